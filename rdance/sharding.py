@@ -1,0 +1,200 @@
+"""Device mesh, logical axis rules, and parameters created directly on their shards.
+
+Every parameter carries logical axis names (``'embed'``, ``'mlp'``, ``'heads'``, ``'vocab'``,
+``'layers'`` ...) in its ``out_sharding`` metadata. A rules table from the config maps each
+logical name to a mesh axis (or ``None`` for replicated). A logical name that no rule mentions is
+an error: silent replication of a 26B model is how one runs out of memory on a pod.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterable, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.experimental import mesh_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+# The batch dimension of activations and inputs is split over both data-parallel axes.
+BATCH_AXES = ("data", "fsdp")
+
+Rules = Sequence[tuple[str, Any]]
+
+# Defaults: FSDP over 'fsdp' on the embedding dimension, tensor parallel over 'tensor'.
+DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", BATCH_AXES),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("vocab", "tensor"),
+    ("layers", None),
+    ("norm", None),
+    ("length", None),
+    ("conv", None),
+    ("channels", None),
+)
+
+
+class ShardingError(ValueError):
+    """A parameter or mesh that cannot be sharded as configured."""
+
+
+def param(value: jax.Array, axes: Sequence[str | None]) -> nnx.Param:
+    """An ``nnx.Param`` annotated with logical axes; placed later by :func:`create_sharded`."""
+    axes = tuple(axes)
+    if len(axes) != np.ndim(value):
+        raise ShardingError(f"axes {axes} do not match a parameter of shape {np.shape(value)}")
+    # Eager sharding would need a mesh at construction time; we place the whole state at once.
+    return nnx.Param(value, out_sharding=axes, eager_sharding=False)
+
+
+def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...]:
+    """Fill in the single ``-1`` entry so that the product equals ``num_devices``."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != len(MESH_AXES):
+        raise ShardingError(f"mesh shape {shape} must have one entry per axis {MESH_AXES}")
+    if sum(s == -1 for s in shape) > 1 or any(s == 0 or s < -1 for s in shape):
+        raise ShardingError(f"mesh shape {shape}: use positive sizes and at most one -1")
+    known = math.prod(s for s in shape if s != -1)
+    if -1 in shape:
+        if num_devices % known:
+            raise ShardingError(f"mesh shape {shape} does not divide {num_devices} devices")
+        shape = tuple(num_devices // known if s == -1 else s for s in shape)
+    if math.prod(shape) != num_devices:
+        raise ShardingError(
+            f"mesh shape {shape} uses {math.prod(shape)} devices but {num_devices} are present; "
+            "set one axis to -1 to take the rest")
+    return shape
+
+
+def make_mesh(shape: Sequence[int] = (1, -1, 1), devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A mesh over axes ``('data', 'fsdp', 'tensor')``; ``-1`` takes the remaining devices."""
+    devices = list(devices if devices is not None else jax.devices())
+    shape = resolve_mesh_shape(shape, len(devices))
+    # create_device_mesh orders devices so that the innermost axes sit on the fastest links.
+    grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+    return Mesh(grid, MESH_AXES)
+
+
+def logical_to_spec(names: Sequence[str | None], rules: Rules) -> P:
+    """Map logical axis names to a PartitionSpec; an unknown name is an error."""
+    table = dict(rules)
+    used: set[str] = set()
+    spec = []
+    for name in names:
+        if name is None:
+            spec.append(None)
+            continue
+        if name not in table:
+            raise ShardingError(
+                f"no sharding rule for logical axis '{name}'; known axes: {sorted(table)}. "
+                f"Add ('{name}', <mesh axis or None>) to config.mesh.rules")
+        target = table[name]
+        axes = (target,) if isinstance(target, str) else tuple(target or ())
+        # A mesh axis may appear once per spec: later dimensions fall back to replication.
+        axes = tuple(a for a in axes if a not in used)
+        used.update(axes)
+        spec.append(axes[0] if len(axes) == 1 else (axes or None))
+    return P(*spec)
+
+
+def _axes_of(path: tuple, var: nnx.Variable) -> tuple | None:
+    axes = var.get_metadata().get("out_sharding")
+    if axes is None and isinstance(var, nnx.Param):
+        raise ShardingError(
+            f"parameter {'/'.join(map(str, path))} has no logical axes; create it with "
+            "rdance.sharding.param(value, axes)")
+    return axes
+
+
+def _check_divisible(path, shape, spec: P, mesh: Mesh):
+    for dim, entry in zip(shape, tuple(spec)):
+        axes = (entry,) if isinstance(entry, str) else tuple(entry or ())
+        size = math.prod(mesh.shape[a] for a in axes)
+        if dim % size:
+            raise ShardingError(
+                f"parameter {'/'.join(map(str, path))} of shape {tuple(shape)} cannot be split "
+                f"{size} ways along {axes} (spec {spec}); change config.mesh.rules or the mesh shape")
+
+
+def state_specs(state: nnx.State, rules: Rules) -> nnx.State:
+    """PartitionSpecs for every variable of an (abstract) state."""
+    def spec(path, var):
+        axes = _axes_of(path, var)
+        return var.replace(logical_to_spec(axes, rules) if axes else P())
+    return jax.tree.map_with_path(spec, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def state_shardings(state: nnx.State, mesh: Mesh, rules: Rules) -> nnx.State:
+    """NamedShardings for every variable of an (abstract) state, checked for divisibility."""
+    def sharding(path, var):
+        axes = _axes_of(path, var)
+        spec = logical_to_spec(axes, rules) if axes else P()
+        _check_divisible(path, var.value.shape, spec, mesh)
+        return var.replace(NamedSharding(mesh, spec))
+    return jax.tree.map_with_path(sharding, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def create_sharded(make_model: Callable[[], nnx.Module], mesh: Mesh, rules: Rules) -> nnx.Module:
+    """Build a module with every parameter created directly on its shards.
+
+    ``make_model`` is traced twice: once under ``eval_shape`` (no memory) to learn the shapes,
+    then inside a jit whose ``out_shardings`` place each parameter, so no host or device ever
+    holds the whole model.
+    """
+    abstract = nnx.eval_shape(make_model)
+    graphdef, abstract_state = nnx.split(abstract)
+    shardings = state_shardings(abstract_state, mesh, rules)
+
+    init = jax.jit(lambda: nnx.state(make_model()), out_shardings=shardings)
+    return nnx.merge(graphdef, init())
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
+    """Leading dimension split over the data-parallel axes, the rest replicated."""
+    return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+
+
+def global_batch(local_batch: Any, mesh: Mesh) -> Any:
+    """Assemble global arrays from each host's slice of the batch (leading dimension)."""
+    def to_global(x):
+        x = np.asarray(x)
+        return jax.make_array_from_process_local_data(batch_sharding(mesh, x.ndim), x)
+    return jax.tree.map(to_global, local_batch)
+
+
+def host_batch_size(global_batch_size: int) -> int:
+    """This host's share of a global batch; the global size must split evenly over hosts."""
+    hosts = jax.process_count()
+    if global_batch_size % hosts:
+        raise ShardingError(f"global batch {global_batch_size} does not split over {hosts} hosts")
+    return global_batch_size // hosts
+
+
+def initialize_distributed(enabled: bool, coordinator: str | None = None,
+                           num_processes: int | None = None, process_id: int | None = None) -> None:
+    """Call ``jax.distributed.initialize`` (from main only; never at import)."""
+    if not enabled:
+        return
+    kwargs = {}
+    if coordinator:
+        kwargs = dict(coordinator_address=coordinator, num_processes=num_processes,
+                      process_id=process_id)
+    jax.distributed.initialize(**kwargs)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def tree_bytes_per_device(tree: Iterable) -> int:
+    """Bytes a device holds for a tree of sharded arrays (its addressable shard of each leaf)."""
+    total = 0
+    for leaf in jax.tree.leaves(tree):
+        shard = leaf.addressable_shards[0]
+        total += shard.data.size * shard.data.dtype.itemsize
+    return total

@@ -1,0 +1,42 @@
+"""rdance: reward scaling for visual generation, in JAX/Flax."""
+from setuptools import find_packages, setup
+
+setup(
+    name="rdance",
+    version="0.1.0",
+    description="Generative reward models (InternVL) and reward fine-tuning of FLUX/Wan generators in JAX/Flax",
+    packages=find_packages(include=["rdance", "rdance.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.10.2",
+        "flax>=0.12.8",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12.8",
+        "ml-collections>=1.1.0",
+        "absl-py>=2.1",
+        "grain>=0.2.18",
+        "tensorboardX>=2.6",
+        "safetensors>=0.5",
+        "numpy>=1.26",
+        "pillow>=10",
+        "tokenizers>=0.21",
+        "psutil>=5.9",
+    ],
+    extras_require={
+        # torch must stay pinned: an unpinned torch pulls a multi-GB CUDA build.
+        "test": [
+            "pytest>=8",
+            "torch==2.13.0",
+            "transformers==5.23.0",
+            "diffusers==0.42.1",
+            "jax[tpu]>=0.10.2",
+        ],
+        "tpu": ["jax[tpu]>=0.10.2"],
+        "data": ["tensorflow-datasets", "array-record"],
+    },
+    entry_points={
+        "console_scripts": [
+            "rdance-fit=rdance.fit_check:run",
+        ],
+    },
+)
