@@ -102,11 +102,24 @@ def logical_to_spec(names: Sequence[str | None], rules: Rules) -> P:
     return P(*spec)
 
 
+def path_str(path: tuple) -> str:
+    """'blocks/0/kernel' from a jax key path."""
+    parts = []
+    for k in path:
+        for attr in ("key", "idx", "name"):
+            if hasattr(k, attr):
+                parts.append(str(getattr(k, attr)))
+                break
+        else:
+            parts.append(str(k))
+    return "/".join(parts)
+
+
 def _axes_of(path: tuple, var: nnx.Variable) -> tuple | None:
     axes = var.get_metadata().get("out_sharding")
     if axes is None and isinstance(var, nnx.Param):
         raise ShardingError(
-            f"parameter {'/'.join(map(str, path))} has no logical axes; create it with "
+            f"parameter {path_str(path)} has no logical axes; create it with "
             "rdance.sharding.param(value, axes)")
     return axes
 
@@ -117,7 +130,7 @@ def _check_divisible(path, shape, spec: P, mesh: Mesh):
         size = math.prod(mesh.shape[a] for a in axes)
         if dim % size:
             raise ShardingError(
-                f"parameter {'/'.join(map(str, path))} of shape {tuple(shape)} cannot be split "
+                f"parameter {path_str(path)} of shape {tuple(shape)} cannot be split "
                 f"{size} ways along {axes} (spec {spec}); change config.mesh.rules or the mesh shape")
 
 

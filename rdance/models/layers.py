@@ -83,3 +83,54 @@ class LayerNorm(nnx.Module):
         if self.bias is not None:
             y = y + self.bias[...].astype(jnp.float32)
         return y.astype(dtype)
+
+
+class Conv2d(nnx.Module):
+    """2D convolution on NHWC arrays; ``kernel`` is [kh, kw, in, out] (torch's is [out, in, kh, kw]).
+
+    ``padding`` is an int (same on every side, as torch's ``padding=``) or explicit
+    ``((top, bottom), (left, right))`` pairs, which the diffusers VAE needs for its asymmetric
+    downsampling pad.
+    """
+
+    def __init__(self, in_features: int, out_features: int, kernel_size: int, *, rngs: nnx.Rngs,
+                 stride: int = 1, padding=0, use_bias: bool = True,
+                 axes: tuple = ("conv", "conv", "channels", "channels"), param_dtype=jnp.float32,
+                 dtype=None, kernel_init: Initializer = default_kernel_init):
+        shape = (kernel_size, kernel_size, in_features, out_features)
+        self.kernel = param(kernel_init(rngs.params(), shape, param_dtype), axes)
+        self.bias = param(jnp.zeros((out_features,), param_dtype), axes[3:]) if use_bias else None
+        self.stride = stride
+        self.padding = ((padding, padding), (padding, padding)) if isinstance(padding, int) else tuple(padding)
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dtype = self.dtype or x.dtype
+        y = jax.lax.conv_general_dilated(
+            x.astype(dtype), self.kernel[...].astype(dtype), (self.stride, self.stride), self.padding,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(dtype)
+        return y
+
+
+class GroupNorm(nnx.Module):
+    """GroupNorm over the last (channel) axis of NHWC arrays, statistics in float32 as torch does."""
+
+    def __init__(self, num_groups: int, features: int, *, eps: float = 1e-5,
+                 axes: tuple[str] = ("norm",), param_dtype=jnp.float32):
+        if features % num_groups:
+            raise ValueError(f"GroupNorm: {features} channels do not split into {num_groups} groups")
+        self.weight = param(jnp.ones((features,), param_dtype), axes)
+        self.bias = param(jnp.zeros((features,), param_dtype), axes)
+        self.num_groups = num_groups
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dtype = x.dtype
+        shape = x.shape
+        x32 = x.astype(jnp.float32).reshape(shape[0], -1, self.num_groups, shape[-1] // self.num_groups)
+        mean = jnp.mean(x32, axis=(1, 3), keepdims=True)
+        var = jnp.mean(jnp.square(x32 - mean), axis=(1, 3), keepdims=True)
+        y = ((x32 - mean) * jax.lax.rsqrt(var + self.eps)).reshape(shape)
+        return (y * self.weight[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)).astype(dtype)

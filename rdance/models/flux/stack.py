@@ -1,0 +1,53 @@
+"""Repeated blocks stored stacked along a leading 'layers' axis and run with a scan.
+
+Compile time stays flat in depth because the block body is traced once; convert.py maps the
+per-layer checkpoint keys (``blocks.3.attn.to_q.weight``) onto index 3 of the stacked leaves.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+from flax import nnx
+
+# Remat policies by name, so configs and CLIs can pick one with a string.
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+def make_stack(make_block: Callable[[nnx.Rngs], nnx.Module], num: int, rngs: nnx.Rngs) -> nnx.Module:
+    """``num`` blocks with their parameters stacked on a leading axis named 'layers'."""
+    @nnx.split_rngs(splits=num)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+    def make(rngs):
+        return make_block(rngs)
+    return make(rngs)
+
+
+def run_stack(blocks: nnx.Module, carry, *shared, remat: str = "none"):
+    """Apply the stacked blocks in order: ``carry = block(carry, *shared)`` for each layer.
+
+    ``shared`` inputs (time embedding, rotary tables, masks) are broadcast to every layer.
+    With ``remat`` other than 'none' each layer's activations are recomputed in the backward
+    pass according to the named policy (see REMAT_POLICIES).
+    """
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"unknown remat policy {remat!r}; choose one of {sorted(REMAT_POLICIES)}")
+    policy = REMAT_POLICIES[remat]
+
+    @nnx.scan(in_axes=(nnx.Carry, 0, None), out_axes=nnx.Carry)
+    def body(carry, block, shared):
+        graphdef, state = nnx.split(block)
+
+        def apply(state, carry, shared):
+            return nnx.merge(graphdef, state)(carry, *shared)
+
+        if remat != "none":
+            apply = jax.checkpoint(apply, policy=policy)
+        return apply(state, carry, shared)
+
+    return body(carry, blocks, shared)

@@ -1,0 +1,74 @@
+"""Metrics to TensorBoard and metrics.jsonl (process 0 only), and a progress log line."""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+from absl import logging
+
+
+class MetricWriter:
+    def __init__(self, workdir: str):
+        self.enabled = jax.process_index() == 0
+        self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
+        self._tb = None
+        if self.enabled:
+            from tensorboardX import SummaryWriter
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records past ``step``: after a resume they will be written again."""
+        if not self.enabled or not os.path.exists(self.jsonl_path):
+            return
+        with open(self.jsonl_path) as f:
+            kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+        tmp = self.jsonl_path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(kept)
+        os.replace(tmp, self.jsonl_path)
+
+    def write(self, step: int, scalars: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        for name, value in scalars.items():
+            self._tb.add_scalar(name, value, step)
+        with open(self.jsonl_path, "a") as f:
+            f.write(json.dumps({"step": step, **scalars}) + "\n")
+
+    def write_image(self, step: int, name: str, image_hwc) -> None:
+        if self.enabled:
+            self._tb.add_image(name, image_hwc, step, dataformats="HWC")
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+class Progress:
+    """Steps/s, examples/s and ETA from wall time between log lines."""
+
+    def __init__(self, total_steps: int, global_batch_size: int, start_step: int):
+        self.total, self.batch = total_steps, global_batch_size
+        self._last_step, self._last_time = start_step, time.perf_counter()
+
+    def rates(self, step: int) -> dict[str, float]:
+        now = time.perf_counter()
+        steps_per_s = (step - self._last_step) / max(now - self._last_time, 1e-9)
+        self._last_step, self._last_time = step, now
+        return {"steps_per_s": steps_per_s, "examples_per_s": steps_per_s * self.batch}
+
+    def log(self, step: int, scalars: dict[str, float]) -> None:
+        rate = scalars.get("steps_per_s", 0.0)
+        eta = (self.total - step) / rate if rate > 0 else float("nan")
+        logging.info("step %d/%d  loss %.5f  %.2f steps/s  %.1f examples/s  ETA %s",
+                     step, self.total, scalars["loss"], rate, scalars.get("examples_per_s", 0.0),
+                     format_seconds(eta))
+
+
+def format_seconds(seconds: float) -> str:
+    if seconds != seconds:  # NaN: no rate yet
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

@@ -1,0 +1,33 @@
+"""Train the toy MLP regressor: the foundation's proof that the harness works end to end.
+
+    python -m rdance.train_toy --config=experiments/toy.py --workdir=/tmp/rdance_toy
+"""
+from __future__ import annotations
+
+from absl import app, logging
+from flax import nnx
+
+from rdance import cli
+from rdance.models.mlp import MLP, TeacherRegression, mse_loss
+from rdance.train.loop import Task, train
+
+
+def make_task(config) -> Task:
+    m = config.model
+    source = TeacherRegression(config.data.num_examples, m.in_features, m.out_features,
+                               seed=config.data.seed + 1)
+    return Task(
+        make_model=lambda: MLP(m.in_features, m.hidden, m.depth, m.out_features,
+                               rngs=nnx.Rngs(config.seed)),
+        loss_fn=mse_loss, source=source)
+
+
+def main(argv):
+    del argv
+    config, workdir = cli.start()
+    result = train(config, workdir, make_task(config))
+    logging.info("done at step %d%s", result.step, " (preempted)" if result.preempted else "")
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=cli.parse_flags)
