@@ -26,6 +26,7 @@ setup(
         # torch must stay pinned: an unpinned torch pulls a multi-GB CUDA build.
         "test": [
             "pytest>=8",
+            "portpicker>=1.6",
             "torch==2.13.0",
             "transformers==5.23.0",
             "diffusers==0.42.1",

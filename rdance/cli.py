@@ -92,8 +92,9 @@ def start() -> tuple[ml_collections.ConfigDict, str]:
         jax.distributed.initialize(**kwargs)
     os.makedirs(WORKDIR.value, exist_ok=True)
     handler = logging.get_absl_handler()
-    handler.use_absl_log_file("log", WORKDIR.value)
+    handler.use_absl_log_file(f"log.process{jax.process_index()}", WORKDIR.value)
     handler.addFilter(_QuietLibraries())
+    logging.set_stderrthreshold(logging.INFO)  # progress lines on the console as well as the file
     logging.info("process %d/%d, %d local devices, %d global",
                  jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())
     logging.info("config:\n%s", CONFIG.value)

@@ -66,7 +66,8 @@ def _element(task):
 
 
 def format_report(r: dict) -> str:
-    gib = lambda b: f"{b / 2**30:9.3f} GiB"
+    def gib(b):
+        return f"{b / 2**30:9.3f} GiB" if b >= 2**30 else f"{b / 2**20:9.3f} MiB"
     rows = [("topology", r["topology"]), ("devices", str(r["devices"])), ("mesh", str(r["mesh"])),
             ("parameters", f"{r['params']:,}"), ("arguments", gib(r["argument"])),
             ("outputs", gib(r["output"])), ("aliased (donated)", gib(r["alias"])),

@@ -8,7 +8,7 @@ an error: silent replication of a 26B model is how one runs out of memory on a p
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -178,36 +178,3 @@ def global_batch(local_batch: Any, mesh: Mesh) -> Any:
         x = np.asarray(x)
         return jax.make_array_from_process_local_data(batch_sharding(mesh, x.ndim), x)
     return jax.tree.map(to_global, local_batch)
-
-
-def host_batch_size(global_batch_size: int) -> int:
-    """This host's share of a global batch; the global size must split evenly over hosts."""
-    hosts = jax.process_count()
-    if global_batch_size % hosts:
-        raise ShardingError(f"global batch {global_batch_size} does not split over {hosts} hosts")
-    return global_batch_size // hosts
-
-
-def initialize_distributed(enabled: bool, coordinator: str | None = None,
-                           num_processes: int | None = None, process_id: int | None = None) -> None:
-    """Call ``jax.distributed.initialize`` (from main only; never at import)."""
-    if not enabled:
-        return
-    kwargs = {}
-    if coordinator:
-        kwargs = dict(coordinator_address=coordinator, num_processes=num_processes,
-                      process_id=process_id)
-    jax.distributed.initialize(**kwargs)
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P())
-
-
-def tree_bytes_per_device(tree: Iterable) -> int:
-    """Bytes a device holds for a tree of sharded arrays (its addressable shard of each leaf)."""
-    total = 0
-    for leaf in jax.tree.leaves(tree):
-        shard = leaf.addressable_shards[0]
-        total += shard.data.size * shard.data.dtype.itemsize
-    return total

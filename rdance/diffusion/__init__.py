@@ -1,0 +1,1 @@
+"""Flow-matching samplers: schedules and packing (flow_match), Euler sampling and ReFL (sampler)."""

@@ -66,14 +66,30 @@ def test_fsdp_divides_argument_memory(devices):
     assert fsdp["argument"] <= replicated["argument"] / 8 * 1.15, ratio
 
 
+class PoisonedRegression(TeacherRegression):
+    """One example carries a NaN, as a corrupt record would."""
+
+    def __init__(self, poisoned_index, *args):
+        super().__init__(*args)
+        self.poisoned_index = poisoned_index
+
+    def __getitem__(self, index):
+        example = super().__getitem__(index)
+        if index == self.poisoned_index:
+            example["x"][0] = np.nan
+        return example
+
+
 def test_non_finite_loss_stops_with_step_and_checkpoint(tmp_path, devices):
     c = toy.get_config()
-    c.optim.update(dict(name="sgd", learning_rate=1e12, grad_clip_norm=0.0, warmup_steps=0,
-                        schedule="constant", b1=0.0))
     c.train.update(dict(steps=40, log_every=1, checkpoint_every=2))
+    # Find an example that the pipeline delivers in step 7, and poison it.
+    index_source = [{"i": np.int64(i)} for i in range(512)]
+    batches = iter(host_batches(index_source, global_batch_size=32, num_steps=40, seed=0))
+    step7 = [next(batches) for _ in range(7)][-1]["i"][0]
     task = loop.Task(make_model=lambda: MLP(16, 64, 3, 4, rngs=nnx.Rngs(0)), loss_fn=mse_loss,
-                     source=TeacherRegression(512, 16, 4, seed=1))
-    with pytest.raises(loop.NonFiniteLoss, match=r"step \d+: loss (nan|inf).*last good checkpoint: "):
+                     source=PoisonedRegression(int(step7), 512, 16, 4, 1))
+    with pytest.raises(loop.NonFiniteLoss, match=r"step 7: loss nan.*last good checkpoint: \S+/6\b"):
         loop.train(c, str(tmp_path), task)
     # Nothing non-finite reached the metrics, and the named checkpoint holds finite parameters.
     records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]

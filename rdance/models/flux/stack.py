@@ -37,17 +37,14 @@ def run_stack(blocks: nnx.Module, carry, *shared, remat: str = "none"):
     """
     if remat not in REMAT_POLICIES:
         raise ValueError(f"unknown remat policy {remat!r}; choose one of {sorted(REMAT_POLICIES)}")
-    policy = REMAT_POLICIES[remat]
+    # A plain lax.scan over the split state (not nnx.scan): the blocks may come from an
+    # nnx.merge inside an outer jit or scan (the sampler), which nnx transforms refuse.
+    graphdef, state = nnx.split(blocks)
 
-    @nnx.scan(in_axes=(nnx.Carry, 0, None), out_axes=nnx.Carry)
-    def body(carry, block, shared):
-        graphdef, state = nnx.split(block)
+    def apply(layer_state, carry):
+        return nnx.merge(graphdef, layer_state)(carry, *shared)
 
-        def apply(state, carry, shared):
-            return nnx.merge(graphdef, state)(carry, *shared)
-
-        if remat != "none":
-            apply = jax.checkpoint(apply, policy=policy)
-        return apply(state, carry, shared)
-
-    return body(carry, blocks, shared)
+    if remat != "none":
+        apply = jax.checkpoint(apply, policy=REMAT_POLICIES[remat])
+    carry, _ = jax.lax.scan(lambda c, layer_state: (apply(layer_state, c), None), carry, state)
+    return carry

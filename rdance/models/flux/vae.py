@@ -133,10 +133,16 @@ class UpBlock(nnx.Module):
 
 
 def _run(block, x, remat: str):
-    """Apply one block, rematerialised under the named policy (see stack.REMAT_POLICIES)."""
+    """Apply one block, rematerialised under the named policy (see stack.REMAT_POLICIES).
+
+    jax.checkpoint over the split state rather than nnx.remat, so this also works on a module
+    merged inside an outer jit/grad (nnx transforms refuse modules from another trace level).
+    """
     if remat == "none":
         return block(x)
-    return nnx.remat(lambda blk, y: blk(y), policy=REMAT_POLICIES[remat])(block, x)
+    graphdef, state = nnx.split(block)
+    apply = jax.checkpoint(lambda state, x: nnx.merge(graphdef, state)(x), policy=REMAT_POLICIES[remat])
+    return apply(state, x)
 
 
 class Encoder(nnx.Module):

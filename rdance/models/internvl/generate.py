@@ -56,10 +56,15 @@ def prefill(graphdef, state, input_ids, pixel_values, attention_mask, slots: int
 def decode_loop(graphdef, state, logits, cache, attention_mask, rng, temperature, top_p,
                 eos_ids, pad_id, *, steps: int, greedy: bool) -> Generation:
     """``steps`` tokens starting from the prefill's last logits; ``eos_ids`` [n] (-1 = none)."""
-    model = nnx.merge(graphdef, state)
     b, length = attention_mask.shape
     valid = jnp.concatenate([attention_mask.astype(bool), jnp.ones((b, steps), bool)], axis=1)
     position = positions_from_mask(attention_mask)[:, -1] + 1
+
+    def decode(token, position, cache, index):
+        # nnx Variables may only be used at the trace level that created them: rebuild the
+        # state's Variables (tree.map copies them) inside this branch before merging.
+        fresh = jax.tree.map(lambda x: x, state)
+        return nnx.merge(graphdef, fresh).decode(token, position, cache, index, valid)
 
     def step(carry, t):
         logits, cache, position, finished = carry
@@ -70,7 +75,7 @@ def decode_loop(graphdef, state, logits, cache, attention_mask, rng, temperature
         # The last token needs no forward pass: its logits would never be used.
         logits, cache = jax.lax.cond(
             t < steps - 1,
-            lambda: model.decode(token, position, cache, length + t, valid),
+            lambda: decode(token, position, cache, length + t),
             lambda: (logits, cache))
         return (logits, cache, position + 1, finished), (token, logp)
 

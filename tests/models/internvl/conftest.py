@@ -47,13 +47,36 @@ def random_hf_model(flavour, seed=0):
     return model
 
 
+_SAVED = {}
+
+
+def saved(flavour, tmp_path_factory):
+    """(flavour, torch model, folder written by save_pretrained), built once per session."""
+    if flavour not in _SAVED:
+        model = random_hf_model(flavour)
+        path = tmp_path_factory.mktemp(flavour)
+        model.save_pretrained(path)
+        _SAVED[flavour] = (flavour, model, str(path))
+    return _SAVED[flavour]
+
+
 @pytest.fixture(scope="session", params=sorted(FLAVOURS))
 def hf_folder(request, tmp_path_factory):
-    """(flavour, torch model, folder written by save_pretrained)."""
-    model = random_hf_model(request.param)
-    path = tmp_path_factory.mktemp(request.param)
-    model.save_pretrained(path)
-    return request.param, model, str(path)
+    return saved(request.param, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def hf_folder_300m(tmp_path_factory):
+    return saved("vit300m", tmp_path_factory)
+
+
+def hf_logits(model, ids, pixels, mask):
+    """transformers' logits with generate's position ids (left padding skipped)."""
+    positions = np.where(mask, np.cumsum(mask, -1) - 1, 0)
+    with torch.no_grad():
+        return model(input_ids=torch.tensor(ids), pixel_values=torch.tensor(pixels),
+                     attention_mask=torch.tensor(mask),
+                     position_ids=torch.tensor(positions)).logits.numpy()
 
 
 def make_batch(seed=0):
@@ -71,3 +94,8 @@ def make_batch(seed=0):
 @pytest.fixture(scope="session")
 def batch():
     return make_batch
+
+
+@pytest.fixture(scope="session")
+def reference_logits():
+    return hf_logits

@@ -1,0 +1,85 @@
+"""FLUX (text to image) in Flax NNX, loaded from diffusers-layout folders.
+
+    pipe = load_pipeline("/ckpt/FLUX.1-dev")          # model_index.json folder
+    transformer = load_transformer("/ckpt/FLUX.1-dev/transformer")
+    vae = load_vae("/ckpt/FLUX.1-dev/vae")             # .encode / .decode on NCHW arrays
+    export_transformer(transformer, "/out/transformer")  # diffusers loads it back
+
+Every loader takes ``mesh``/``rules`` to place parameters directly on their shards, and
+``param_dtype``/``dtype``/``remat`` overrides for the runtime-only config fields.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from flax import nnx
+
+from rdance import sharding
+from rdance.diffusion.flow_match import ScheduleConfig
+from rdance.models.flux import clip, config, convert, t5, transformer, vae
+from rdance.models.flux.pipeline import FluxPipeline
+from rdance.models.flux.text import TextEncoders
+
+__all__ = ["load_transformer", "load_vae", "load_text_encoders", "load_pipeline", "export_transformer",
+           "export_vae", "FluxPipeline", "TextEncoders"]
+
+
+def _load(path, cfg_cls, model_cls, torch_key, check, mesh, rules, runtime, **convert_kw):
+    raw = config.read_json(path)
+    config.check_type(raw, path, **check)
+    cfg = config.from_dict(cfg_cls, raw, **runtime)
+    return convert.load_module(path, lambda: model_cls(cfg, rngs=nnx.Rngs(0)), torch_key,
+                               mesh=mesh, rules=rules, **convert_kw)
+
+
+def load_transformer(path, *, mesh=None, rules=sharding.DEFAULT_RULES, **runtime) -> transformer.FluxTransformer:
+    return _load(path, transformer.FluxConfig, transformer.FluxTransformer, transformer.torch_key,
+                 dict(class_names=(transformer.CLASS_NAME,)), mesh, rules, runtime)
+
+
+def load_vae(path, *, mesh=None, rules=sharding.DEFAULT_RULES, **runtime) -> vae.AutoencoderKL:
+    return _load(path, vae.VAEConfig, vae.AutoencoderKL, vae.torch_key,
+                 dict(class_names=(vae.CLASS_NAME,)), mesh, rules, runtime)
+
+
+def load_t5(path, *, mesh=None, rules=sharding.DEFAULT_RULES, **runtime) -> t5.T5Encoder:
+    return _load(path, t5.T5Config, t5.T5Encoder, t5.torch_key, dict(model_types=t5.MODEL_TYPES),
+                 mesh, rules, runtime, ignore=t5.TIED_KEYS)
+
+
+def load_clip(path, *, mesh=None, rules=sharding.DEFAULT_RULES, **runtime) -> clip.CLIPTextModel:
+    return _load(path, clip.CLIPTextConfig, clip.CLIPTextModel, clip.torch_key,
+                 dict(model_types=clip.MODEL_TYPES), mesh, rules, runtime, rename=clip.normalise_key)
+
+
+def load_text_encoders(path, *, mesh=None, rules=sharding.DEFAULT_RULES, **runtime) -> TextEncoders:
+    """CLIP from text_encoder/, T5 from text_encoder_2/, tokenizers from tokenizer{,_2}/."""
+    from transformers import AutoTokenizer  # host-side tokenisation only; no torch models
+    path = Path(path)
+    return TextEncoders(load_clip(path / "text_encoder", mesh=mesh, rules=rules, **runtime),
+                        load_t5(path / "text_encoder_2", mesh=mesh, rules=rules, **runtime),
+                        AutoTokenizer.from_pretrained(path / "tokenizer"),
+                        AutoTokenizer.from_pretrained(path / "tokenizer_2"))
+
+
+def load_pipeline(path, *, mesh=None, rules=sharding.DEFAULT_RULES, **runtime) -> FluxPipeline:
+    """A FluxPipeline folder (model_index.json, transformer/, vae/, text encoders, scheduler/)."""
+    path = Path(path)
+    index = config.read_json(path, "model_index.json")
+    if index.get("_class_name") not in ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline"):
+        raise config.CheckpointTypeError(f"{path} is a {index.get('_class_name')} folder, not a FluxPipeline")
+    schedule = ScheduleConfig.from_dict(config.read_json(path / "scheduler", "scheduler_config.json"))
+    return FluxPipeline(load_transformer(path / "transformer", mesh=mesh, rules=rules, **runtime),
+                        load_vae(path / "vae", mesh=mesh, rules=rules, **runtime),
+                        load_text_encoders(path, mesh=mesh, rules=rules, **runtime), schedule)
+
+
+def export_transformer(model: transformer.FluxTransformer, path, **kw) -> Path:
+    """Write ``model`` as a diffusers FluxTransformer2DModel folder."""
+    cfg = dict(config.to_dict(model.cfg), _class_name=transformer.CLASS_NAME)
+    return convert.export_module(model, path, transformer.torch_key, cfg, **kw)
+
+
+def export_vae(model: vae.AutoencoderKL, path, **kw) -> Path:
+    cfg = dict(config.to_dict(model.cfg), _class_name=vae.CLASS_NAME)
+    return convert.export_module(model, path, vae.torch_key, cfg, **kw)

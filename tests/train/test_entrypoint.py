@@ -1,0 +1,143 @@
+"""The toy entrypoint as a user runs it: bad overrides, kill -9 and SIGTERM, two hosts, fit check."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import portpicker
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+STEPS = 400
+COMMON = ["--config=experiments/toy.py", "--config.train.log_every=1",
+          "--config.train.checkpoint_every=10", "--config.optim.schedule=constant"]
+
+
+def command(workdir, *extra, module="rdance.train_toy"):
+    return [sys.executable, "-m", module, f"--workdir={workdir}", *COMMON, *extra]
+
+
+def environment(devices=8):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env.pop("PYTEST_CURRENT_TEST", None)
+    return env
+
+
+def run(cmd, devices=8, timeout=300):
+    return subprocess.run(cmd, cwd=REPO, env=environment(devices), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def losses(workdir):
+    by_step = {}
+    for line in open(os.path.join(workdir, "metrics.jsonl")):
+        record = json.loads(line)
+        by_step[record["step"]] = record["loss"]
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def last_logged_step(workdir):
+    try:
+        with open(os.path.join(workdir, "metrics.jsonl")) as f:
+            lines = f.read().splitlines()
+        return json.loads(lines[-1])["step"] if lines else 0
+    except (FileNotFoundError, json.JSONDecodeError, IndexError):
+        return 0
+
+
+def start_and_wait_for_step(cmd, workdir, step):
+    proc = subprocess.Popen(cmd, cwd=REPO, env=environment(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    while last_logged_step(workdir) < step:
+        assert proc.poll() is None, f"run ended before step {step}:\n{proc.stdout.read()[-3000:]}"
+        assert time.time() < deadline, "run made no progress"
+        time.sleep(0.002)
+    return proc
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("uninterrupted"))
+    result = run(command(workdir, f"--config.train.steps={STEPS}"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return losses(workdir)
+
+
+def test_misspelt_override_fails_before_any_work(tmp_path):
+    result = run(command(tmp_path / "w", "--config.train.stepz=3"))
+    assert result.returncode != 0
+    assert "unknown config key 'train.stepz'" in result.stderr
+    assert "valid keys there: async_checkpoints, checkpoint_every" in result.stderr
+    assert not (tmp_path / "w").exists()
+
+
+def test_wrong_type_override_is_refused(tmp_path):
+    result = run(command(tmp_path / "w", "--config.train.steps=many"))
+    assert result.returncode != 0 and "--config.train.steps=many" in result.stderr
+
+
+def test_kill_9_then_resume_gives_the_uninterrupted_losses(tmp_path, uninterrupted):
+    workdir = str(tmp_path)
+    kill_at = random.randint(15, 120)
+    proc = start_and_wait_for_step(command(workdir, f"--config.train.steps={STEPS}"), workdir, kill_at)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = last_logged_step(workdir)
+    assert killed_at < STEPS, "the run finished before it could be killed"
+    resumed = run(command(workdir, f"--config.train.steps={STEPS}"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stderr
+    np.testing.assert_allclose(losses(workdir), uninterrupted, rtol=1e-6)
+    assert len(losses(workdir)) == STEPS
+
+
+def test_sigterm_checkpoints_and_exits_zero(tmp_path):
+    workdir = str(tmp_path)
+    proc = start_and_wait_for_step(command(workdir, "--config.train.steps=1000000"), workdir, 25)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, output[-3000:]
+    saved = max(int(p) for p in os.listdir(os.path.join(workdir, "checkpoints")) if p.isdigit())
+    assert saved >= 25
+    assert f"preempted: saved {os.path.join(workdir, 'checkpoints', str(saved))}" in output
+
+
+def test_two_processes_match_one(tmp_path, uninterrupted):
+    workdir = str(tmp_path)
+    port = portpicker.pick_unused_port()
+    flags = [f"--config.train.steps={STEPS}", "--config.mesh.shape=(2,4,1)", "--distributed",
+             f"--coordinator_address=localhost:{port}", "--num_processes=2"]
+    procs = [subprocess.Popen(command(workdir, *flags, f"--process_id={i}"), cwd=REPO,
+                              env=environment(devices=4), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    for p, out in zip(procs, outputs):
+        assert p.returncode == 0, out[-3000:]
+    assert "process 1/2, 4 local devices, 8 global" in outputs[1]
+    got = losses(workdir)[:20]
+    np.testing.assert_allclose(got, uninterrupted[:20], rtol=1e-5)
+
+
+def test_fit_check_reports_tpu_memory():
+    result = run([sys.executable, "-m", "rdance.fit_check", "--config=experiments/toy.py",
+                  "--topology=v5e:2x2", "--config.mesh.shape=(1,-1,1)"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    print(result.stdout)
+    lines = dict(map(str.strip, line.split("  ", 1)) for line in result.stdout.splitlines() if line.strip())
+    assert lines["devices"] == "4"
+    assert lines["HBM per device"] == "16.000 GiB"
+    peak, unit = lines["peak per device"].split()
+    assert float(peak) > 0 and unit in ("MiB", "GiB")
+    assert lines["fits"].startswith("yes")
+
+
+def test_fit_check_rejects_unknown_topology():
+    result = run([sys.executable, "-m", "rdance.fit_check", "--config=experiments/toy.py",
+                  "--topology=v9x:2x2"])
+    assert result.returncode != 0 and "--topology='v9x:2x2'" in result.stderr
