@@ -1,0 +1,63 @@
+"""Preference data from the synthetic world, labelled by the judge (with optional label noise).
+
+Rationales are written from the judge's findings with ``{preferred}`` / ``{other}`` placeholders;
+the reward templates fill them with "image 1" / "image 2" for the order they present.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from rdance.data.records import PreferenceRecord
+from rdance.data.world.judge import judge
+from rdance.data.world.prompts import KINDS, sample_scene
+from rdance.data.world.render import possible_mistakes, render_variant
+
+ALIGNMENT_CRITERIA = ("Image-text alignment: every object in the prompt is present with the right "
+                      "colour, shape and count, and stated positions are respected.")
+
+
+def _rationale(better, worse) -> str:
+    failed = [text for text, ok in worse.checks if not ok]
+    better_failed = [text for text, ok in better.checks if not ok]
+    words = (f"{{preferred}} passes {sum(ok for _, ok in better.checks)} of {len(better.checks)} "
+             f"checks; {{other}} fails: {'; '.join(failed)}.")
+    if better_failed:
+        words += f" {{preferred}} is not perfect either: {'; '.join(better_failed)}."
+    return words
+
+
+def make_pair(index: int, seed: int, size: int, label_noise: float, kinds=KINDS) -> PreferenceRecord:
+    """One pair for ``index``: deterministic from (seed, index), judged, maybe mislabelled."""
+    rng = np.random.default_rng([seed, index])
+    scene = sample_scene(rng, kinds)
+    mistakes = [None, *possible_mistakes(scene)]
+    while True:
+        choice = [mistakes[rng.integers(len(mistakes))] for _ in range(2)]
+        images = [render_variant(scene, m, size, rng) for m in choice]
+        verdicts = [judge(im, scene) for im in images]
+        if verdicts[0].score != verdicts[1].score:  # ties carry no preference
+            break
+    winner = int(verdicts[1].score > verdicts[0].score)
+    rationale = _rationale(verdicts[winner], verdicts[1 - winner])
+    if rng.random() < label_noise:
+        winner = 1 - winner
+    return PreferenceRecord(prompt=scene.prompt, images=tuple(images), label=winner,
+                            criteria=ALIGNMENT_CRITERIA, rationale=rationale)
+
+
+class PreferencePairs:
+    """A random-access source of judged pairs (for grain); ``split`` seeds keep sets disjoint."""
+
+    def __init__(self, num_pairs: int, seed: int, size: int = 32, label_noise: float = 0.0,
+                 kinds=KINDS):
+        if not 0.0 <= label_noise < 0.5:
+            raise ValueError(f"label_noise={label_noise}: use a value in [0, 0.5)")
+        self.num_pairs, self.seed, self.size, self.noise, self.kinds = num_pairs, seed, size, label_noise, kinds
+
+    def __len__(self) -> int:
+        return self.num_pairs
+
+    def __getitem__(self, index: int) -> PreferenceRecord:
+        if not 0 <= index < self.num_pairs:
+            raise IndexError(index)
+        return make_pair(int(index), self.seed, self.size, self.noise, self.kinds)
