@@ -20,6 +20,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                    b1=0.9, b2=0.999, weight_decay=0.0, grad_clip_norm=1.0)
     # (data, fsdp, tensor); -1 takes the remaining devices.
     c.mesh = dict(shape=(1, -1, 1), rules=DEFAULT_RULES)
-    c.train = dict(steps=300, log_every=25, checkpoint_every=100, keep_checkpoints=3,
+    c.train = dict(steps=300, log_every=25, eval_every=0, checkpoint_every=100, keep_checkpoints=3,
                    async_checkpoints=True)
     return c

@@ -27,11 +27,18 @@ from rdance.train.step import LossFn, compile_train_step, make_train_step, memor
 
 @dataclasses.dataclass
 class Task:
-    """What a training job trains: a model, its loss and its examples."""
+    """What a training job trains: a model, its loss and its examples.
+
+    ``evaluate(params, step)`` returns scalars logged under ``eval/`` every ``train.eval_every``
+    steps and at the end. ``initial_params(shardings)`` returns starting parameters (e.g. a
+    pretrained checkpoint) placed on the given shardings; without it parameters are random.
+    """
     make_model: Callable[[], nnx.Module]
     loss_fn: LossFn
     source: RandomAccess
     transform: Callable[[Any], Any] | None = None
+    evaluate: Callable[[Any, int], dict[str, float]] | None = None
+    initial_params: Callable[[Any], Any] | None = None
 
 
 class NonFiniteLoss(RuntimeError):
@@ -70,7 +77,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: Task) -> Result
 
     start = ckpt.latest_step()
     if start is None:
-        state = factory.init()
+        state = factory.init(task.initial_params(factory.shardings.params) if task.initial_params else None)
         start = 0
     else:
         logging.info("resuming from %s", ckpt.path_of(start))
@@ -103,6 +110,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: Task) -> Result
             is_last = step == tc.steps
             if step % tc.log_every == 0 or is_last:
                 _flush(pending, writer, progress, ckpt, last_saved)
+            if task.evaluate and ((tc.eval_every and step % tc.eval_every == 0) or is_last):
+                _flush(pending, writer, progress, ckpt, last_saved)
+                scalars = {f"eval/{k}": float(v) for k, v in task.evaluate(state.params, step).items()}
+                writer.write(step, scalars)
+                logging.info("eval at step %d: %s", step, "  ".join(f"{k}={v:.4f}" for k, v in scalars.items()))
             if step % tc.checkpoint_every == 0 or is_last:
                 _flush(pending, writer, progress, ckpt, last_saved)
                 ckpt.save(step, state, data_iter, config.to_dict())

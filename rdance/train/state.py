@@ -50,14 +50,19 @@ class StateFactory:
                                     opt_state=opt_shardings, rng=replicated)
 
     def _init(self) -> TrainState:
-        params = nnx.to_pure_dict(nnx.state(self.make_model(), nnx.Param))
+        return self._start_from(nnx.to_pure_dict(nnx.state(self.make_model(), nnx.Param)))
+
+    def init(self, params=None) -> TrainState:
+        """A fresh state, each array created on its own shards; ``params`` (already placed on
+        ``shardings.params``) replace the random initial parameters."""
+        if params is None:
+            return jax.jit(self._init, out_shardings=self.shardings)()
+        return jax.jit(self._start_from, out_shardings=self.shardings, donate_argnums=0)(params)
+
+    def _start_from(self, params) -> TrainState:
         rng = jax.random.key_data(jax.random.key(self.seed))
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                           opt_state=self.tx.init(params), rng=rng)
-
-    def init(self) -> TrainState:
-        """A fresh state, each array created on its own shards."""
-        return jax.jit(self._init, out_shardings=self.shardings)()
 
     def abstract_with_shardings(self) -> TrainState:
         """ShapeDtypeStructs carrying shardings: the restore target and the compile signature."""

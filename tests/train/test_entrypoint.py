@@ -73,7 +73,7 @@ def test_misspelt_override_fails_before_any_work(tmp_path):
     result = run(command(tmp_path / "w", "--config.train.stepz=3"))
     assert result.returncode != 0
     assert "unknown config key 'train.stepz'" in result.stderr
-    assert "valid keys there: async_checkpoints, checkpoint_every" in result.stderr
+    assert "valid keys there: async_checkpoints, checkpoint_every, eval_every" in result.stderr
     assert not (tmp_path / "w").exists()
 
 
