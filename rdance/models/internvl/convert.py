@@ -180,12 +180,17 @@ def _read_shard(ckpt, keys, lead, perm, stacked, index, dtype):
     """The rdance-layout block ``index`` of one leaf, read key by key (layer by layer)."""
     def one(key, idx):
         hf_idx = idx if perm is None else tuple(idx[perm.index(j)] for j in range(len(idx)))
-        block = ckpt.read(key, (0,) * lead + tuple(hf_idx))
-        return (block if perm is None else block.transpose(perm)).astype(dtype)
+        block = ckpt.read(key, (0,) * lead + tuple(hf_idx)).reshape(
+            tuple(s.stop - s.start for s in hf_idx))
+        return block if perm is None else block.transpose(perm)
     if not stacked:
-        return one(keys[0], index)
+        return one(keys[0], index).astype(dtype)
     layers = range(*index[0].indices(len(keys)))
-    return np.stack([one(keys[i], index[1:]) for i in layers])
+    # Filled layer by layer: one copy of the shard, never a list of layers plus their stack.
+    out = np.empty((len(layers),) + tuple(s.stop - s.start for s in index[1:]), dtype)
+    for n, i in enumerate(layers):
+        out[n] = one(keys[i], index[1:])
+    return out
 
 
 def load_state(path: str, abstract_state: nnx.State, shardings: nnx.State, tied: bool) -> nnx.State:
@@ -201,7 +206,8 @@ def load_state(path: str, abstract_state: nnx.State, shardings: nnx.State, tied:
             array = jax.make_array_from_callback(
                 shape, sharding.value,
                 lambda index: _read_shard(ckpt, keys, lead, perm, stacked, _full(index, shape), dtype))
-            return var.replace(array)
+            # Wait for the copy to the device, so host buffers of one leaf only are alive at a time.
+            return var.replace(array.block_until_ready())
         is_var = lambda x: isinstance(x, nnx.Variable)
         return jax.tree.map_with_path(load, abstract_state, shardings, is_leaf=is_var)
     finally:

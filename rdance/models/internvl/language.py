@@ -15,7 +15,7 @@ from flax import nnx
 from rdance.models.layers import Embed, Linear, RMSNorm
 
 from .config import TextConfig, rope_frequencies
-from .vision import activation
+from .vision import activation, call_layer
 
 
 class KVCache(NamedTuple):
@@ -116,14 +116,9 @@ class Qwen2(nnx.Module):
         """x: input embeddings [batch, length, embed]; returns final-normed hidden states, cache."""
         cos, sin = rope(positions, self.cfg)
 
-        def run(layer, x, kv_slot):
-            return layer(x, cos, sin, mask, kv_slot, index)
-        if self.remat_policy is not None:
-            run = nnx.remat(run, policy=self.remat_policy)
-
         @nnx.scan(in_axes=(nnx.Carry, 0, 0), out_axes=(nnx.Carry, 0))
         def body(x, layer, kv_slot):
-            return run(layer, x, kv_slot)
+            return call_layer(layer, self.remat_policy, x, cos, sin, mask, kv_slot, index)
         kv = None if cache is None else (cache.k, cache.v)
         x, kv = body(x, self.layers, kv)
         return self.norm(x), (None if cache is None else KVCache(*kv))

@@ -26,6 +26,18 @@ def activation(name: str):
     return table[name]
 
 
+def call_layer(layer: nnx.Module, remat_policy, *args):
+    """``layer(*args)``, rematerialised under ``remat_policy`` (a jax.checkpoint_policies entry)."""
+    if remat_policy is None:
+        return layer(*args)
+    graphdef, state = nnx.split(layer)
+
+    def run(state, *args):
+        # Variables are rebuilt inside the checkpoint trace: nnx refuses ones from another level.
+        return nnx.merge(graphdef, jax.tree.map(lambda x: x, state))(*args)
+    return jax.checkpoint(run, policy=remat_policy)(state, *args)
+
+
 def make_norm(cfg: VisionConfig, features: int):
     if cfg.norm_type == "rms_norm":
         return RMSNorm(features, eps=cfg.layer_norm_eps)
@@ -122,13 +134,8 @@ class VisionTower(nnx.Module):
         if self.position_embeddings is not None:
             x = x + self.position_embeddings[...]
 
-        def run(layer, x):
-            return layer(x)
-        if self.remat_policy is not None:
-            run = nnx.remat(run, policy=self.remat_policy)
-
         @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
         def body(x, layer):
-            return run(layer, x)
+            return call_layer(layer, self.remat_policy, x)
         x = body(x, self.layers)
         return x if self.final_norm is None else self.final_norm(x)

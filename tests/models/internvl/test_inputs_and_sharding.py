@@ -49,3 +49,45 @@ def test_sharded_forward_equals_unsharded(hf_folder_300m, model, batch, devices)
     print(f"sharded vs unsharded: max |diff| = {err:.2e}")
     assert err < 1e-5
     np.testing.assert_array_equal(np.asarray(tokens), np.asarray(want_tokens))
+
+
+def test_sampling_top_p_and_logprobs(model, batch):
+    torch = pytest.importorskip("torch")
+    from transformers.generation.logits_process import TopPLogitsWarper
+    from rdance.models.internvl.generate import top_p_filter
+    logits = np.random.default_rng(0).standard_normal((3, 128)).astype(np.float32) * 3
+    want = TopPLogitsWarper(0.7)(None, torch.tensor(logits)).numpy()
+    np.testing.assert_array_equal(np.isinf(np.asarray(top_p_filter(jax.numpy.asarray(logits), 0.7))), np.isinf(want))
+
+    ids, pixels, mask = batch()
+    greedy = model.generate(ids, pixels, mask, max_new_tokens=6)
+    # A vanishing nucleus keeps only the top token: sampling becomes greedy.
+    nucleus = model.generate(ids, pixels, mask, max_new_tokens=6, temperature=1.0, top_p=1e-6, seed=3)
+    np.testing.assert_array_equal(np.asarray(nucleus.tokens), np.asarray(greedy.tokens))
+    a = model.generate(ids, pixels, mask, max_new_tokens=6, temperature=1.5, top_p=0.9, seed=7)
+    b = model.generate(ids, pixels, mask, max_new_tokens=6, temperature=1.5, top_p=0.9, seed=7)
+    np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
+    assert bool(np.all(np.asarray(a.logprobs) <= 0))
+    # EOS: the row that emits it is padded afterwards with log-prob 0.
+    eos = int(greedy.tokens[0, 1])
+    stopped = model.generate(ids, pixels, mask, max_new_tokens=6, eos_token_id=eos, pad_token_id=5)
+    first = int(np.argmax(np.asarray(stopped.tokens[0]) == eos))
+    assert np.all(np.asarray(stopped.tokens[0, first + 1:]) == 5)
+    assert np.all(np.asarray(stopped.logprobs[0, first + 1:]) == 0)
+
+
+def test_remat_policy_gives_same_logits_and_gradients(hf_folder_300m, model, batch):
+    ids, pixels, mask = batch()
+    remat = internvl.load(hf_folder_300m[2], remat_policy="nothing_saveable")
+    np.testing.assert_allclose(np.asarray(remat.logits(ids, pixels, mask)),
+                               np.asarray(model.logits(ids, pixels, mask)), atol=1e-6)
+    from flax import nnx
+
+    def loss(pixels, m):
+        gd, st = m.graphdef, m.state
+        # A copy of the state: its Variables then belong to the grad trace, as nnx requires.
+        module = nnx.merge(gd, jax.tree.map(lambda a: a, st))
+        return module(ids, pixels, mask, jax.numpy.asarray(np.cumsum(mask, -1) - 1)).sum()
+    g1 = jax.grad(loss)(jax.numpy.asarray(pixels), remat)
+    g2 = jax.grad(loss)(jax.numpy.asarray(pixels), model)
+    np.testing.assert_allclose(np.asarray(g1), np.asarray(g2), atol=1e-5)
