@@ -38,6 +38,7 @@ setup(
     entry_points={
         "console_scripts": [
             "rdance-fit=rdance.fit_check:run",
+            "rdance-generate=rdance.generate:run",
         ],
     },
 )

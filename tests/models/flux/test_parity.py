@@ -10,7 +10,9 @@ ATOL = 1e-4
 
 
 def max_diff(ours, ref):
-    return float(np.abs(np.asarray(ours) - ref.detach().numpy()).max())
+    diff = float(np.abs(np.asarray(ours) - ref.detach().numpy()).max())
+    print(f"max abs diff: {diff:.2e}")  # shown with pytest -rP, for the parity report
+    return diff
 
 
 def test_transformer(flux_pipe, rng):

@@ -20,6 +20,7 @@ def test_four_steps_match_diffusers(flux_pipe, rd_pipe, rng):
     with jax.default_matmul_precision("highest"):
         ours = rd_pipe.sample_latents(PROMPTS, height=16, width=16, num_steps=4, guidance_scale=3.5,
                                       noise=noise, max_sequence_length=8)
+    print(f"max abs diff: {np.abs(np.asarray(ours) - ref).max():.2e}")
     assert np.abs(np.asarray(ours) - ref).max() < 1e-3
 
 
@@ -31,6 +32,7 @@ def test_true_cfg_matches_diffusers(flux_pipe, rd_pipe, rng):
         ours = rd_pipe.sample_latents(PROMPTS, height=16, width=16, num_steps=4, guidance_scale=1.0,
                                       noise=noise, negative_prompts=["blurry"], true_cfg_scale=4.0,
                                       max_sequence_length=8)
+    print(f"max abs diff: {np.abs(np.asarray(ours) - ref).max():.2e}")
     assert np.abs(np.asarray(ours) - ref).max() < 1e-3
 
 
@@ -43,10 +45,11 @@ def test_decode_matches_diffusers_images(flux_pipe, rd_pipe, rng):
         ref = pipe.vae.decode(unpacked / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor).sample
     with jax.default_matmul_precision("highest"):
         ours = rd_pipe.decode(latents, 16, 16)
+    print(f"max abs diff: {np.abs(np.asarray(ours) - ref.clamp(-1, 1).numpy()).max():.2e}")
     assert np.abs(np.asarray(ours) - ref.clamp(-1, 1).numpy()).max() < 1e-4
 
 
-@pytest.mark.parametrize("height,width", [(15, 16), (16, 20), (0, 16)])
+@pytest.mark.parametrize("height,width", [(15, 16), (16, 18), (0, 16)])
 def test_resolution_must_tile(rd_pipe, height, width):
     with pytest.raises(ValueError, match="multiples of 4"):
         rd_pipe.sample_latents(["a cat"], height=height, width=width, num_steps=1)
