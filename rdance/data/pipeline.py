@@ -22,7 +22,8 @@ class RandomAccess(Protocol):
 
 def host_batches(source: RandomAccess, *, global_batch_size: int, num_steps: int, seed: int,
                  transform: Callable[[Any], Any] | None = None,
-                 process_index: int | None = None, process_count: int | None = None) -> grain.IterDataset:
+                 process_index: int | None = None, process_count: int | None = None,
+                 read_threads: int = 2) -> grain.IterDataset:
     """An endless-enough stream of this host's batches for ``num_steps`` training steps."""
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
@@ -44,4 +45,7 @@ def host_batches(source: RandomAccess, *, global_batch_size: int, num_steps: int
     ds = grain.MapDataset.range(num_batches * local).map(lambda i: source[order[global_position(i)]])
     if transform is not None:
         ds = ds.map(transform)
-    return ds.batch(local, drop_remainder=True).to_iter_dataset()
+    # Background threads build the next batches while the device computes; the iterator's
+    # checkpointed position still counts only the batches handed to the loop.
+    read = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(2 * local, 8))
+    return ds.batch(local, drop_remainder=True).to_iter_dataset(read)

@@ -85,17 +85,17 @@ class TokenTemplate:
     transformers' InternVL processor writes it; a video becomes one such block per frame.
     """
 
-    def __init__(self, tokenizer, tokens_per_image: int):
-        self.tokenizer, self.tokens_per_image = tokenizer, tokens_per_image
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
         names = ("context_image_token", "start_image_token", "end_image_token")
         missing = [n for n in names if not getattr(tokenizer, n, None)]
         if missing:
             raise TemplateError(f"the tokenizer defines no {', '.join(missing)}; an InternVL "
                                 "checkpoint's tokenizer_config.json lists them in extra_special_tokens")
         self.placeholder = tokenizer.context_image_token
-        self.image_block = ([tokenizer.convert_tokens_to_ids(tokenizer.start_image_token)]
-                            + [tokenizer.convert_tokens_to_ids(self.placeholder)] * tokens_per_image
-                            + [tokenizer.convert_tokens_to_ids(tokenizer.end_image_token)])
+        self.context_id = tokenizer.convert_tokens_to_ids(self.placeholder)
+        self.start_id = tokenizer.convert_tokens_to_ids(tokenizer.start_image_token)
+        self.end_id = tokenizer.convert_tokens_to_ids(tokenizer.end_image_token)
         self.yes_id, self.no_id = self._single_token("yes"), self._single_token("no")
         self.end_ids = self._ids(tokenizer.eos_token) if tokenizer.eos_token else []
 
@@ -116,22 +116,29 @@ class TokenTemplate:
                 "\n".join(f"Frame{i + 1}: {self.placeholder}" for i in range(t))
                 for t in frames_per_image]
 
-    def encode(self, question: str, answer_text: str | None = None,
+    def encode(self, question: str, image_tokens: Sequence[int], answer_text: str | None = None,
                history: Sequence[tuple[str, str]] = ()) -> Encoded:
-        """Tokens of ``history`` turns (in-context examples) then the question, ready to answer."""
+        """Tokens of ``history`` turns (in-context examples) then the question, ready to answer.
+
+        ``image_tokens`` gives, for each placeholder in order, how many features it stands for
+        (tiles x tokens per tile).
+        """
         messages = []
         for q, a in history:
             messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
         messages.append({"role": "user", "content": question})
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         pieces = text.split(self.placeholder)
+        if len(pieces) - 1 != len(image_tokens):
+            raise TemplateError(f"the question holds {len(pieces) - 1} image placeholders but "
+                                f"{len(image_tokens)} images were given")
         ids: list[int] = self._ids(pieces[0])
-        for piece in pieces[1:]:
-            ids += self.image_block + self._ids(piece)
+        for count, piece in zip(image_tokens, pieces[1:]):
+            ids += [self.start_id] + [self.context_id] * count + [self.end_id] + self._ids(piece)
         answer_ids = [] if answer_text is None else self._ids(answer_text) + self.end_ids
-        if answer_ids and answer_text.split(".")[0].split()[0] in ("yes", "no") and \
+        if answer_text and answer_text.split()[0].rstrip(".") in ("yes", "no") and \
                 answer_ids[0] not in (self.yes_id, self.no_id):
-            raise TemplateError(f"answer {answer_text[:20]!r} does not start with the yes/no token")
+            raise TemplateError(f"the answer {answer_text[:20]!r} does not start with the yes/no token")
         return Encoded(np.asarray(ids, np.int32), np.asarray(answer_ids, np.int32))
 
 

@@ -1,0 +1,157 @@
+"""The reward model users call: load a trained RM folder, score images, explain a verdict.
+
+    rm = RewardModel.from_pretrained("/tmp/rm/export")
+    p = rm.score_pairwise(reference_images, images, prompts)     # P("yes"): image 2 beats image 1
+    p = rm.score_pointwise(images, prompts, criteria="aesthetics")
+    text = rm.explain(reference_images, images, prompts)          # the generated rationale
+
+Scores are jitted and differentiable in the candidate images: ``rm.pairwise_fn`` /
+``rm.pointwise_fn`` are pure functions ``(params, tokens, [references,] images) -> rewards``
+that a fine-tuning step can take gradients through, with ``tokens`` from ``rm.tokens(...)``.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from rdance.models import internvl
+from rdance.reward import losses, templates as T
+from rdance.reward.model import RewardNet, to_pixels
+from rdance.reward.rows import RowBuilder, RowSpec
+from rdance.reward.scratch import HEAD_FILE, RM_CONFIG_FILE
+
+
+class RewardModel:
+    def __init__(self, vlm: internvl.InternVL, settings: dict, head: dict | None = None):
+        self.vlm, self.settings = vlm, settings
+        self.paradigm = settings.get("paradigm", "pairwise")
+        self.normalise = settings.get("normalise", True)
+        cfg = vlm.config
+        self.spec = RowSpec(paradigm=self.paradigm, answer_format=settings.get("answer_format", "none"),
+                            criteria=settings.get("criteria", "alignment"),
+                            max_prompt_tokens=settings.get("max_prompt_tokens", 512),
+                            max_answer_tokens=settings.get("max_answer_tokens", 64),
+                            image_size=cfg.vision.image_size, max_tiles=settings.get("max_tiles", 1),
+                            tokens_per_tile=cfg.tokens_per_tile)
+        self.template = T.TokenTemplate(vlm.tokenizer)
+        self.builder = RowBuilder(self.template, self.spec)
+        net = nnx.eval_shape(lambda: RewardNet(cfg, regression_head=head is not None, rngs=nnx.Rngs(0)))
+        self.graphdef = nnx.split(net, nnx.Param)[0]
+        self.params = {"vlm": nnx.to_pure_dict(vlm.state)}
+        if head is not None:
+            self.params["head"] = jax.device_put(head, NamedSharding(vlm.mesh, P()))
+
+    @classmethod
+    def from_pretrained(cls, path: str, mesh=None, dtype=jnp.float32, **overrides) -> "RewardModel":
+        """An RM folder (``train_reward``'s export) or any InternVL ``*-hf`` folder (then the
+        settings default to pairwise, normalised P(yes), alignment criteria)."""
+        vlm = internvl.load(path, mesh=mesh, dtype=dtype)
+        settings_file = os.path.join(path, RM_CONFIG_FILE)
+        settings = json.load(open(settings_file)) if os.path.exists(settings_file) else {}
+        settings.update(overrides)
+        head = None
+        if settings.get("paradigm") == "regressive":
+            head_file = os.path.join(path, HEAD_FILE)
+            if not os.path.exists(head_file):
+                raise FileNotFoundError(f"{path} is a regressive RM but has no {HEAD_FILE}")
+            head = dict(np.load(head_file))
+        return cls(vlm, settings, head)
+
+    # ----- tokens: depend on prompts and image shapes only, so they are built on the host once
+    def tokens(self, prompts: Sequence[str], image_shape: tuple, *, pairwise: bool,
+               criteria: str | None = None) -> dict[str, np.ndarray]:
+        """Token rows for a batch of prompts; ``image_shape`` is one image's [H, W, 3] or [T, H, W, 3]."""
+        if not len(prompts):
+            raise ValueError("no prompts to score")
+        blank = np.zeros(image_shape, np.uint8)
+        criteria = criteria or self.spec.criteria
+        fmt = self.spec.eval_format()
+        rows = [self.builder.encode_pairwise(p, criteria, blank, blank, fmt) if pairwise
+                else self.builder.encode_pointwise(p, criteria, blank, fmt) for p in prompts]
+        packed = T.pack(rows, self.spec.max_prompt_tokens, 0, self.vlm.tokenizer.pad_token_id,
+                        (self.template.yes_id, self.template.no_id))
+        return {"input_ids": packed.input_ids, "attention_mask": packed.attention_mask}
+
+    def _reward(self, params, tokens, stream, tiles: int):
+        net = nnx.merge(self.graphdef, params)
+        pixels = to_pixels(stream, self.spec.image_size, tiles)
+        hidden = net.hidden(tokens["input_ids"], pixels, tokens["attention_mask"])
+        at_answer = hidden[:, self.spec.max_prompt_tokens - 1]
+        if self.paradigm == "regressive":
+            return net.score(at_answer)
+        return losses.p_yes(net.logits(at_answer), self.template.yes_id, self.template.no_id, self.normalise)
+
+    def pairwise_fn(self, params, tokens, references, images):
+        """P("yes": image 2 beats image 1) with image 1 = reference. Images [B, H, W, 3] (or clips
+        [B, T, H, W, 3]), uint8 or float in [0, 1]; differentiable in both."""
+        frames = images.shape[-4] if images.ndim == 5 else 1
+        stream = jnp.stack([references.astype(jnp.float32) / _scale(references),
+                            images.astype(jnp.float32) / _scale(images)], axis=1)
+        stream = stream.reshape(-1, *stream.shape[-3:])
+        return self._reward(params, tokens, stream, 1 if frames > 1 else self.spec.max_tiles)
+
+    def pointwise_fn(self, params, tokens, images):
+        frames = images.shape[-4] if images.ndim == 5 else 1
+        stream = (images.astype(jnp.float32) / _scale(images)).reshape(-1, *images.shape[-3:])
+        return self._reward(params, tokens, stream, 1 if frames > 1 else self.spec.max_tiles)
+
+    @functools.cached_property
+    def _pairwise_jit(self):
+        return jax.jit(self.pairwise_fn)
+
+    @functools.cached_property
+    def _pointwise_jit(self):
+        return jax.jit(self.pointwise_fn)
+
+    def score_pairwise(self, reference_images, images, prompts: Sequence[str], criteria: str | None = None) -> np.ndarray:
+        references, images = _check_images(reference_images, "reference_images"), _check_images(images, "images")
+        if references.shape != images.shape or len(images) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts, reference images {references.shape} and images "
+                             f"{images.shape}: give one reference and one image of the same size per prompt")
+        tokens = self.tokens(prompts, images.shape[1:], pairwise=True, criteria=criteria)
+        return np.asarray(self._pairwise_jit(self.params, tokens, references, images))
+
+    def score_pointwise(self, images, prompts: Sequence[str], criteria: str | None = None) -> np.ndarray:
+        images = _check_images(images, "images")
+        if len(images) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(images)} images")
+        tokens = self.tokens(prompts, images.shape[1:], pairwise=False, criteria=criteria)
+        return np.asarray(self._pointwise_jit(self.params, tokens, images))
+
+    def explain(self, reference_images, images, prompts: Sequence[str], criteria: str | None = None,
+                max_new_tokens: int = 64) -> list[str]:
+        """The model's verdict and reasons (decision first), by greedy generation."""
+        references, images = _check_images(reference_images, "reference_images"), _check_images(images, "images")
+        fmt = "decision_first"
+        rows = [self.builder.encode_pairwise(p, criteria or self.spec.criteria, r, i, fmt)
+                for p, r, i in zip(prompts, references, images)]
+        packed = T.pack(rows, max(len(r.prompt_ids) for r in rows), 0,
+                        self.vlm.tokenizer.pad_token_id, (self.template.yes_id, self.template.no_id))
+        stream = np.stack([references, images], axis=1).reshape(-1, *images.shape[-3:])
+        pixels = to_pixels(jnp.asarray(stream), self.spec.image_size, self.spec.max_tiles)
+        out = self.vlm.generate(packed.input_ids, pixels, packed.attention_mask,
+                                max_new_tokens=max_new_tokens, eos_token_id=self.template.end_ids,
+                                pad_token_id=self.vlm.tokenizer.pad_token_id)
+        return [self.vlm.tokenizer.decode(row, skip_special_tokens=True).strip() for row in np.asarray(out.tokens)]
+
+
+def _scale(images) -> float:
+    return 255.0 if images.dtype == jnp.uint8 else 1.0
+
+
+def _check_images(images, name: str) -> np.ndarray | jax.Array:
+    if isinstance(images, (list, tuple)):
+        images = np.stack([np.asarray(im) for im in images])
+    if images.ndim not in (4, 5) or images.shape[-1] != 3:
+        raise ValueError(f"{name} must be [batch, H, W, 3] (or clips [batch, T, H, W, 3]), got {images.shape}")
+    if not (images.dtype == np.uint8 or jnp.issubdtype(images.dtype, jnp.floating)):
+        raise ValueError(f"{name} must be uint8 or float in [0, 1], got {images.dtype}")
+    return images
