@@ -6,7 +6,7 @@ setup(
     version="0.1.0",
     description="Generative reward models (InternVL) and reward fine-tuning of FLUX/Wan generators in JAX/Flax",
     packages=find_packages(include=["rdance", "rdance.*"]),
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     install_requires=[
         "jax>=0.10.2",
         "flax>=0.12.8",
@@ -31,9 +31,12 @@ setup(
             "transformers==5.23.0",
             "diffusers==0.42.1",
             "jax[tpu]>=0.10.2",
+            "tensorflow-datasets>=4.9.10", "pyarrow", "importlib_resources",
         ],
-        "tpu": ["jax[tpu]>=0.10.2"],
-        "data": ["tensorflow-datasets", "array-record"],
+        # gcsfs / google-cloud-storage let orbax, etils and tensorboardX write gs:// workdirs.
+        "tpu": ["jax[tpu]>=0.10.2", "gcsfs", "google-cloud-storage"],
+        # Converting preference sets to ArrayRecord (no TensorFlow needed) and reading parquet.
+        "data": ["tensorflow-datasets>=4.9.10", "array-record", "pyarrow", "importlib_resources"],
     },
     entry_points={
         "console_scripts": [

@@ -8,10 +8,12 @@ from __future__ import annotations
 import logging as std_logging
 import os
 import sys
+import tempfile
 
 import jax
 import ml_collections
 from absl import flags, logging
+from etils import epath
 from ml_collections import config_flags
 
 CONFIG = config_flags.DEFINE_config_file("config", None, "experiments/*.py config file", lock_config=True)
@@ -90,9 +92,12 @@ def start() -> tuple[ml_collections.ConfigDict, str]:
             kwargs = dict(coordinator_address=COORDINATOR.value, num_processes=NUM_PROCESSES.value,
                           process_id=PROCESS_ID.value)
         jax.distributed.initialize(**kwargs)
-    os.makedirs(WORKDIR.value, exist_ok=True)
+    epath.Path(WORKDIR.value).mkdir(parents=True, exist_ok=True)
+    # absl writes its log with local file I/O: a gs:// workdir keeps the log on the worker.
+    log_dir = WORKDIR.value if "://" not in WORKDIR.value else os.path.join(tempfile.gettempdir(), "rdance")
+    os.makedirs(log_dir, exist_ok=True)
     handler = logging.get_absl_handler()
-    handler.use_absl_log_file(f"log.process{jax.process_index()}", WORKDIR.value)
+    handler.use_absl_log_file(f"log.process{jax.process_index()}", log_dir)
     handler.addFilter(_QuietLibraries())
     logging.set_stderrthreshold(logging.INFO)  # progress lines on the console as well as the file
     logging.info("process %d/%d, %d local devices, %d global",

@@ -31,7 +31,16 @@ from rdance.train.loop import Task, train
 
 
 def open_source(spec: str, data, *, seed: int, size: int, noise: float):
-    """'world' | 'world:relation+count' (prompt kinds) | a JSONL file (see rdance.data.records)."""
+    """Where pairs come from:
+    'world' or 'world:relation+count' (synthetic, by prompt kinds); a .jsonl file (see
+    rdance.data.records); 'tfds:DATA_DIR:FORMAT[:SPLIT]', a set converted by
+    ``python -m rdance.data.preference_set`` (Pick-a-Pic v2, HPDv2, ImageRewardDB, JSONL)."""
+    if spec.startswith("tfds:"):
+        from rdance.data.preference_set import PreferenceSource
+        parts = spec.split(":")
+        if len(parts) not in (3, 4):
+            raise ValueError(f"data source {spec!r}: use tfds:DATA_DIR:FORMAT[:SPLIT]")
+        return PreferenceSource(parts[1], parts[2], parts[3] if len(parts) == 4 else "train")
     if spec == "world" or spec.startswith("world:"):
         kinds = tuple(spec.split(":", 1)[1].split("+")) if ":" in spec else KINDS
         unknown = set(kinds) - set(KINDS)
@@ -40,7 +49,8 @@ def open_source(spec: str, data, *, seed: int, size: int, noise: float):
         return PreferencePairs(size, seed=seed, size=data.image_size, label_noise=noise, kinds=kinds)
     if spec.endswith(".jsonl"):
         return JsonlRecords(spec, skip_bad_records=data.skip_bad_records)
-    raise ValueError(f"data source {spec!r}: use 'world', 'world:KIND+KIND' or a .jsonl file")
+    raise ValueError(f"data source {spec!r}: use 'world', 'world:KIND+KIND', a .jsonl file or "
+                     "tfds:DATA_DIR:FORMAT[:SPLIT]")
 
 
 def model_folder(config, workdir: str | None) -> str:

@@ -7,12 +7,21 @@ import time
 
 import jax
 from absl import logging
+from etils import epath
 
 
 class MetricWriter:
+    """TensorBoard events and ``metrics.jsonl`` in the workdir.
+
+    Object stores (gs://) cannot append, so for a remote workdir the jsonl is kept in memory and
+    rewritten whole at each write; a local workdir is appended to.
+    """
+
     def __init__(self, workdir: str):
         self.enabled = jax.process_index() == 0
-        self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
+        self.jsonl_path = epath.Path(workdir) / "metrics.jsonl"
+        self._remote = "://" in workdir
+        self._lines: list[str] = []
         self._tb = None
         if self.enabled:
             from tensorboardX import SummaryWriter
@@ -20,22 +29,24 @@ class MetricWriter:
 
     def truncate_after(self, step: int) -> None:
         """Drop records past ``step``: after a resume they will be written again."""
-        if not self.enabled or not os.path.exists(self.jsonl_path):
+        if not self.enabled or not self.jsonl_path.exists():
             return
-        with open(self.jsonl_path) as f:
-            kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-        tmp = self.jsonl_path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(kept)
-        os.replace(tmp, self.jsonl_path)
+        lines = self.jsonl_path.read_text().splitlines(keepends=True)
+        self._lines = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+        self.jsonl_path.write_text("".join(self._lines))
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
             return
         for name, value in scalars.items():
             self._tb.add_scalar(name, value, step)
-        with open(self.jsonl_path, "a") as f:
-            f.write(json.dumps({"step": step, **scalars}) + "\n")
+        line = json.dumps({"step": step, **scalars}) + "\n"
+        if self._remote:
+            self._lines.append(line)
+            self.jsonl_path.write_text("".join(self._lines))
+        else:
+            with open(self.jsonl_path, "a") as f:
+                f.write(line)
 
     def write_image(self, step: int, name: str, image_hwc) -> None:
         if self.enabled:
