@@ -42,6 +42,7 @@ setup(
         "console_scripts": [
             "rdance-fit=rdance.fit_check:run",
             "rdance-generate=rdance.generate:run",
+            "rdance-score=rdance.score:run",
         ],
     },
 )
