@@ -27,7 +27,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         max_answer_tokens=4)  # 72 with rationales
     c.data = dict(train="world", eval_sets="in_domain=world,relations=world:relation",
                   train_pairs=200000, eval_pairs=256, eval_batch_size=64, image_size=32,
-                  label_noise=0.1, seed=0, global_batch_size=32, skip_bad_records=False)
+                  label_noise=0.1, seed=0, global_batch_size=32, skip_bad_records=False,
+                  # Share of pairs that set a faithful render against a near miss; the rest
+                  # rank two images drawn from {faithful, each kind of mistake}.
+                  clean_share=0.75)
     c.optim = dict(name="adamw", learning_rate=1e-3, schedule="cosine", warmup_steps=100,
                    b1=0.9, b2=0.98, weight_decay=0.01, grad_clip_norm=1.0)
     c.mesh = dict(shape=(1, -1, 1), rules=DEFAULT_RULES)

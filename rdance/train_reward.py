@@ -19,7 +19,7 @@ from flax import nnx
 
 from rdance import cli
 from rdance.data.records import JsonlRecords
-from rdance.data.world.pairs import PreferencePairs
+from rdance.data.world.pairs import PreferencePairs, WorldCaptions
 from rdance.data.world.prompts import KINDS
 from rdance.reward import scratch
 from rdance.reward.task import Evaluator, LossSpec, make_loss_fn, row_spec_from_config
@@ -32,7 +32,8 @@ from rdance.train.loop import Task, train
 
 def open_source(spec: str, data, *, seed: int, size: int, noise: float):
     """Where pairs come from:
-    'world' or 'world:relation+count' (synthetic, by prompt kinds); a .jsonl file (see
+    'world' or 'world:relation+count' (synthetic pairs, by prompt kinds); 'world_captions'
+    (images and what they show, to pretrain a from-scratch VLM); a .jsonl file (see
     rdance.data.records); 'tfds:DATA_DIR:FORMAT[:SPLIT]', a set converted by
     ``python -m rdance.data.preference_set`` (Pick-a-Pic v2, HPDv2, ImageRewardDB, JSONL)."""
     if spec.startswith("tfds:"):
@@ -41,12 +42,15 @@ def open_source(spec: str, data, *, seed: int, size: int, noise: float):
         if len(parts) not in (3, 4):
             raise ValueError(f"data source {spec!r}: use tfds:DATA_DIR:FORMAT[:SPLIT]")
         return PreferenceSource(parts[1], parts[2], parts[3] if len(parts) == 4 else "train")
+    if spec == "world_captions":
+        return WorldCaptions(size, seed=seed, size=data.image_size)
     if spec == "world" or spec.startswith("world:"):
         kinds = tuple(spec.split(":", 1)[1].split("+")) if ":" in spec else KINDS
         unknown = set(kinds) - set(KINDS)
         if unknown:
             raise ValueError(f"data source {spec!r}: unknown prompt kinds {sorted(unknown)}; known {KINDS}")
-        return PreferencePairs(size, seed=seed, size=data.image_size, label_noise=noise, kinds=kinds)
+        return PreferencePairs(size, seed=seed, size=data.image_size, label_noise=noise, kinds=kinds,
+                               clean_share=data.clean_share)
     if spec.endswith(".jsonl"):
         return JsonlRecords(spec, skip_bad_records=data.skip_bad_records)
     raise ValueError(f"data source {spec!r}: use 'world', 'world:KIND+KIND', a .jsonl file or "

@@ -5,6 +5,8 @@ pairwise    two rows per pair, one per order: (reference=A, candidate=B) answers
             trains position bias away.
 pointwise   two rows per pair, winner then loser, each alone: "does it meet the criteria?".
 regressive  the pointwise rows without an answer; a scalar head scores them.
+caption     one row per single-image record, "Describe the image." answered by the record's
+            prompt: the VLM pretraining that a from-scratch smoke RM starts from.
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ from rdance.data.records import PreferenceRecord
 from rdance.reward import templates as T
 from rdance.reward.model import tiles_per_image
 
-PARADIGMS = ("pairwise", "pointwise", "regressive")
+PARADIGMS = ("pairwise", "pointwise", "regressive", "caption")
+CAPTION_QUESTION = "Image: {image}\nDescribe the image."
 ANSWER_FORMATS = (*T.FORMATS, "mixed")
 
 
@@ -74,7 +77,19 @@ class RowBuilder:
         answer = None if yes is None else T.answer(yes, "", fmt)
         return self.template.encode(question, self._image_tokens(image), answer)
 
+    def caption_rows(self, record: PreferenceRecord) -> dict[str, np.ndarray]:
+        image = record.images[0]
+        question = CAPTION_QUESTION.format(image=self.template.image_marks([_frames(image)])[0])
+        encoded = self.template.encode(question, self._image_tokens(image), record.prompt)
+        rows = T.pack([encoded], self.spec.max_prompt_tokens, self.spec.max_answer_tokens,
+                      self.template.tokenizer.pad_token_id, ())
+        return {"input_ids": rows.input_ids, "attention_mask": rows.attention_mask,
+                "targets": rows.targets, "target_kind": rows.target_kind,
+                "images": image.reshape(-1, *image.shape[-3:]), "yes": np.ones((1,), np.int32)}
+
     def __call__(self, record: PreferenceRecord, training: bool = True) -> dict[str, np.ndarray]:
+        if self.spec.paradigm == "caption":
+            return self.caption_rows(record)
         if record.kind != "pair":
             raise ValueError(f"the {self.spec.paradigm} reward model trains on pairs; got a "
                              f"single-image record for prompt {record.prompt!r}")

@@ -35,12 +35,19 @@ def world_corpus() -> list[str]:
 
 
 def write_model_folder(model, image_size: int, folder: str) -> str:
-    """config.json + tokenizer of a small InternVL-shaped model sized by ``config.model``."""
+    """config.json + tokenizer of an InternVL-shaped model: ``model.architecture`` (a real
+    checkpoint's config.json fields, e.g. for a fit check) or the small sizes in ``model``."""
     build_word_tokenizer(world_corpus(), folder)
     tokenizer = load_tokenizer(folder)
+    image_token_id = tokenizer.convert_tokens_to_ids(tokenizer.context_image_token)
+    if "architecture" in model:
+        hf = dict(model.architecture.to_dict(), image_token_id=image_token_id)
+        with open(os.path.join(folder, "config.json"), "w") as f:
+            json.dump(hf, f, indent=2)
+        return folder
     hf = {
         "model_type": "internvl", "downsample_ratio": model.downsample_ratio,
-        "image_token_id": tokenizer.convert_tokens_to_ids(tokenizer.context_image_token),
+        "image_token_id": image_token_id,
         "projector_hidden_act": "gelu", "tie_word_embeddings": True,
         "vision_feature_layer": -1, "vision_feature_select_strategy": "default",
         "vision_config": {

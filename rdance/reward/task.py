@@ -7,6 +7,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rdance.reward import losses
@@ -48,11 +49,16 @@ def make_loss_fn(spec: LossSpec):
         del rng
         hidden = forward_rows(net, batch, spec)
         yes = batch["yes"].reshape(-1)
-        if spec.paradigm == "pairwise":
+        if spec.paradigm in ("pairwise", "caption"):
             col = spec.answer_col
             logits = net.logits(hidden[:, col:])  # answer columns only: the prompt needs no vocab
             targets = batch["targets"].reshape(hidden.shape[0], -1)[:, col:]
             kind = batch["target_kind"].reshape(hidden.shape[0], -1)[:, col:]
+            if spec.paradigm == "caption":  # every caption token counts alike
+                loss, metrics = losses.answer_ce(logits, targets, kind, 1.0)
+                predicted = jnp.argmax(logits, -1) == targets
+                metrics = {"token_accuracy": (predicted * (kind > 0)).sum() / jnp.maximum((kind > 0).sum(), 1)}
+                return loss, metrics
             loss, metrics = losses.answer_ce(logits, targets, kind, spec.rationale_weight)
             odds = losses.yes_log_odds(logits[:, 0].astype(jnp.float32), spec.yes_id, spec.no_id)
             metrics["accuracy"] = jnp.mean((odds > 0) == (yes == 1))
@@ -103,8 +109,10 @@ class Evaluator:
                      for name, source in sets.items()}
 
         def scores(params, batch):
-            from flax import nnx
             net = nnx.merge(graphdef, params)
+            if spec.paradigm == "caption":  # held-out captions: teacher-forced NLL and accuracy
+                loss, metrics = make_loss_fn(spec)(net, batch, None)
+                return jnp.stack([loss, metrics["token_accuracy"]])
             return row_scores(net, forward_rows(net, batch, spec), spec)
         self._scores = jax.jit(scores)
 
@@ -114,6 +122,12 @@ class Evaluator:
         replicated = NamedSharding(self.mesh, P())
         for name, rows in self.sets.items():
             n = len(rows["yes"])
+            if self.spec.paradigm == "caption":
+                parts = [np.asarray(self._scores(params, jax.device_put(
+                    {k: v[np.arange(s, s + self.batch) % n] for k, v in rows.items()}, replicated)))
+                    for s in range(0, n, self.batch)]
+                out[f"{name}/caption_nll"], out[f"{name}/token_accuracy"] = map(float, np.mean(parts, axis=0))
+                continue
             chunks = []
             for start in range(0, n, self.batch):
                 idx = np.arange(start, start + self.batch) % n  # the last batch wraps: one shape

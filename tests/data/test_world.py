@@ -78,3 +78,31 @@ def _scene_of(prompt, index):
     scene = sample_scene(rng)
     assert scene.prompt == prompt
     return scene
+
+
+def test_clean_share_sets_faithful_renders_against_near_misses():
+    pairs = PreferencePairs(200, seed=8, clean_share=1.0)
+    for i in range(40):
+        record = pairs[i]
+        scene = _scene_of_seed(record.prompt, i, 8)
+        scores = sorted(judge(im, scene).score for im in record.images)
+        assert scores[1] == 1.0 and scores[0] < 1.0
+    with pytest.raises(ValueError, match="clean_share"):
+        PreferencePairs(1, seed=0, clean_share=1.5)
+
+
+def test_captions_describe_what_was_drawn():
+    from rdance.data.world.pairs import WorldCaptions
+    captions = WorldCaptions(30, seed=1)
+    for i in range(30):
+        record = captions[i]
+        assert record.kind == "point" and record.label == 1 and record.prompt
+        assert record.images[0].shape == (32, 32, 3)
+    assert len({captions[i].prompt for i in range(30)}) > 20
+
+
+def _scene_of_seed(prompt, index, seed):
+    from rdance.data.world.prompts import sample_scene
+    scene = sample_scene(np.random.default_rng([seed, index]))
+    assert scene.prompt == prompt
+    return scene

@@ -69,3 +69,14 @@ def test_yes_must_be_one_known_token(tmp_path):
     build_word_tokenizer(["only no here"], str(tmp_path))
     with pytest.raises(T.TemplateError, match="'yes'.*not as one known token"):
         T.TokenTemplate(load_tokenizer(str(tmp_path)))
+
+
+def test_caption_rows_answer_with_the_prompt(template):
+    from rdance.data.world.pairs import WorldCaptions
+    spec = RowSpec(paradigm="caption", image_size=32, tokens_per_tile=4, max_prompt_tokens=40,
+                   max_answer_tokens=16)
+    record = WorldCaptions(1, seed=0)[0]
+    rows = RowBuilder(template, spec)(record)
+    assert rows["input_ids"].shape == (1, 56) and rows["images"].shape == (1, 32, 32, 3)
+    answer = rows["targets"][0][rows["target_kind"][0] > 0]
+    assert template.tokenizer.decode(answer[:-1]) == record.prompt.replace(" ", " ")

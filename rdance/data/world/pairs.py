@@ -10,7 +10,7 @@ import numpy as np
 from rdance.data.records import PreferenceRecord
 from rdance.data.world.judge import judge
 from rdance.data.world.prompts import KINDS, sample_scene
-from rdance.data.world.render import possible_mistakes, render_variant
+from rdance.data.world.render import mistaken_scene, possible_mistakes, render, render_variant
 
 ALIGNMENT_CRITERIA = ("Image-text alignment: every object in the prompt is present with the right "
                       "colour, shape and count, and stated positions are respected.")
@@ -26,13 +26,21 @@ def _rationale(better, worse) -> str:
     return words
 
 
-def make_pair(index: int, seed: int, size: int, label_noise: float, kinds=KINDS) -> PreferenceRecord:
-    """One pair for ``index``: deterministic from (seed, index), judged, maybe mislabelled."""
+def make_pair(index: int, seed: int, size: int, label_noise: float, kinds=KINDS,
+              clean_share: float = 0.0) -> PreferenceRecord:
+    """One pair for ``index``: deterministic from (seed, index), judged, maybe mislabelled.
+
+    With probability ``clean_share`` one image is a faithful render and the other a near miss;
+    otherwise both are drawn from {faithful, each kind of mistake}, so the pair may rank two
+    imperfect images by how many checks they pass.
+    """
     rng = np.random.default_rng([seed, index])
     scene = sample_scene(rng, kinds)
     mistakes = [None, *possible_mistakes(scene)]
     while True:
         choice = [mistakes[rng.integers(len(mistakes))] for _ in range(2)]
+        if rng.random() < clean_share:
+            choice = [None, mistakes[1 + rng.integers(len(mistakes) - 1)]][::rng.choice([-1, 1])]
         images = [render_variant(scene, m, size, rng) for m in choice]
         verdicts = [judge(im, scene) for im in images]
         if verdicts[0].score != verdicts[1].score:  # ties carry no preference
@@ -49,10 +57,13 @@ class PreferencePairs:
     """A random-access source of judged pairs (for grain); ``split`` seeds keep sets disjoint."""
 
     def __init__(self, num_pairs: int, seed: int, size: int = 32, label_noise: float = 0.0,
-                 kinds=KINDS):
+                 kinds=KINDS, clean_share: float = 0.0):
         if not 0.0 <= label_noise < 0.5:
             raise ValueError(f"label_noise={label_noise}: use a value in [0, 0.5)")
+        if not 0.0 <= clean_share <= 1.0:
+            raise ValueError(f"clean_share={clean_share}: use a value in [0, 1]")
         self.num_pairs, self.seed, self.size, self.noise, self.kinds = num_pairs, seed, size, label_noise, kinds
+        self.clean_share = clean_share
 
     def __len__(self) -> int:
         return self.num_pairs
@@ -60,4 +71,25 @@ class PreferencePairs:
     def __getitem__(self, index: int) -> PreferenceRecord:
         if not 0 <= index < self.num_pairs:
             raise IndexError(index)
-        return make_pair(int(index), self.seed, self.size, self.noise, self.kinds)
+        return make_pair(int(index), self.seed, self.size, self.noise, self.kinds, self.clean_share)
+
+
+class WorldCaptions:
+    """Images with what they show: the pretraining set of the smoke VLM (a reward model starts
+    from a VLM that can already see, as the paper's InternVL RMs do). Half the images are drawn
+    from a prompt, half from a near miss of it, and each is captioned by what was drawn."""
+
+    def __init__(self, num_images: int, seed: int, size: int = 32, kinds=KINDS):
+        self.num, self.seed, self.size, self.kinds = num_images, seed, size, kinds
+
+    def __len__(self) -> int:
+        return self.num
+
+    def __getitem__(self, index: int) -> PreferenceRecord:
+        if not 0 <= index < self.num:
+            raise IndexError(index)
+        rng = np.random.default_rng([self.seed, int(index)])
+        scene = sample_scene(rng, self.kinds)
+        if rng.random() < 0.5:
+            scene = mistaken_scene(scene, str(rng.choice(possible_mistakes(scene))), rng)
+        return PreferenceRecord(prompt=scene.prompt, images=(render(scene, self.size, rng),), label=1)

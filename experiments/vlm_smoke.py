@@ -1,0 +1,27 @@
+"""Pretrain the smoke VLM by captioning synthetic-world images, so the smoke reward model starts,
+like the paper's InternVL RMs, from a model that can already see.
+
+    python -m rdance.train_reward --config=experiments/vlm_smoke.py --workdir=/tmp/vlm_smoke
+
+Then: ``python -m rdance.train_reward --config=experiments/rm_smoke.py --workdir=/tmp/rm_smoke
+--config.rm.pretrained=/tmp/vlm_smoke/export``.
+"""
+import ml_collections
+
+from experiments import rm_smoke
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    c = rm_smoke.get_config(arg)
+    c.rm.paradigm = "caption"
+    c.rm.max_prompt_tokens = 32
+    c.rm.max_answer_tokens = 16
+    c.data.train = "world_captions"
+    c.data.eval_sets = "captions=world_captions"
+    c.data.train_pairs = 200000
+    c.data.eval_pairs = 256
+    c.data.global_batch_size = 64
+    c.optim.learning_rate = 2e-3
+    c.train.steps = 600
+    c.train.eval_every = 100
+    return c
