@@ -25,6 +25,7 @@ from rdance.reward import scratch
 from rdance.reward.task import Evaluator, LossSpec, make_loss_fn, row_spec_from_config
 from rdance.reward.templates import TokenTemplate
 from rdance.reward.rows import RowBuilder
+from rdance.models.internvl.api import checkpoint_policy
 from rdance.models.internvl.config import load_config
 from rdance.reward.model import RewardNet
 from rdance.train.loop import Task, train
@@ -82,7 +83,7 @@ def make_task(config, workdir: str | None = None) -> Task:
                          pointwise_ce_weight=config.rm.pointwise_ce_weight, yes_id=template.yes_id,
                          no_id=template.no_id, answer_col=spec.max_prompt_tokens - 1,
                          image_size=spec.image_size, max_tiles=_stream_tiles(train_source[0], spec))
-    remat = config.rm.remat_policy or None
+    remat = checkpoint_policy(config.rm.remat_policy or None)
     make_model = lambda: RewardNet(vlm_config, regression_head=spec.paradigm == "regressive",
                                    rngs=nnx.Rngs(config.seed), remat_policy=remat)
     task = Task(make_model=make_model, loss_fn=make_loss_fn(loss_spec), source=train_source,

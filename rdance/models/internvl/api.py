@@ -52,7 +52,8 @@ def check_inputs(config: InternVLConfig, input_ids, pixel_values, attention_mask
     return ids, pix, mask
 
 
-def _remat(policy):
+def checkpoint_policy(policy):
+    """A jax.checkpoint_policies entry from its name (None or a callable pass through)."""
     if policy is None or callable(policy):
         return policy
     if not hasattr(jax.checkpoint_policies, policy):
@@ -134,7 +135,7 @@ class InternVL:
 def abstract_model(config: InternVLConfig, dtype=jnp.float32, remat_policy=None):
     """(graphdef, abstract state) of the model: shapes only, no memory."""
     abstract = nnx.eval_shape(lambda: InternVLModel(
-        config, rngs=nnx.Rngs(0), dtype=dtype, remat_policy=_remat(remat_policy)))
+        config, rngs=nnx.Rngs(0), dtype=dtype, remat_policy=checkpoint_policy(remat_policy)))
     return nnx.split(abstract)
 
 
