@@ -51,8 +51,7 @@ def fit_report(config, task, topology: str) -> dict:
     factory = StateFactory(task.make_model, tx, mesh, config.mesh.rules, config.seed)
     local = jax.tree.map(lambda x: np.zeros((config.data.global_batch_size, *np.shape(x)), np.asarray(x).dtype),
                          _element(task))
-    spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.batch_sharding(mesh, x.ndim)),
-                        local)
+    spec = batch_spec(local, mesh)
     compiled = compile_train_step(make_train_step(factory, task.loss_fn, schedule), factory, spec)
     mem = memory_per_device(compiled)
     params = sum(math.prod(x.shape) for x in jax.tree.leaves(factory.abstract.params))

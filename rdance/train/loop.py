@@ -55,6 +55,12 @@ class Result:
 
 def batch_spec(local_batch, mesh) -> Any:
     """Global ShapeDtypeStructs (with shardings) of a batch, given one host's slice of it."""
+    ways = int(np.prod([mesh.shape[a] for a in sharding.BATCH_AXES]))
+    rows = jax.tree.leaves(local_batch)[0].shape[0] * jax.process_count()
+    if rows % ways:
+        raise sharding.ShardingError(
+            f"a global batch of {rows} does not split over the {ways} data-parallel devices "
+            f"(data x fsdp of mesh {dict(mesh.shape)}); make data.global_batch_size a multiple of {ways}")
     return jax.tree.map(
         lambda x: jax.ShapeDtypeStruct((x.shape[0] * jax.process_count(), *x.shape[1:]), x.dtype,
                                        sharding=sharding.batch_sharding(mesh, x.ndim)), local_batch)

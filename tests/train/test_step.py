@@ -102,3 +102,9 @@ def test_non_finite_loss_stops_with_step_and_checkpoint(tmp_path, devices):
     state = ckpt.restore(last, factory.abstract_with_shardings(), data_iter)
     ckpt.close()
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(state.params)))
+
+
+def test_batch_that_does_not_split_over_devices_is_explained(devices):
+    mesh = sh.make_mesh((2, 4, 1))
+    with pytest.raises(sh.ShardingError, match="global batch of 4 does not split over the 8 data-parallel"):
+        loop.batch_spec({"x": np.zeros((4, 3), np.float32)}, mesh)
