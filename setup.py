@@ -21,6 +21,8 @@ setup(
         "pillow>=10",
         "tokenizers>=0.21",
         "psutil>=5.9",
+        # Tokenizers and chat templates of checkpoints (AutoTokenizer only; never model code or torch).
+        "transformers>=5.0",
     ],
     extras_require={
         # torch must stay pinned: an unpinned torch pulls a multi-GB CUDA build.
@@ -32,6 +34,7 @@ setup(
             "diffusers==0.42.1",
             "jax[tpu]>=0.10.2",
             "tensorflow-datasets>=4.9.10", "pyarrow", "importlib_resources",
+            "nbclient", "nbformat", "ipykernel",  # tests/launch/test_notebook.py runs launch/colab_smoke.ipynb
         ],
         # gcsfs / google-cloud-storage let orbax, etils and tensorboardX write gs:// workdirs.
         "tpu": ["jax[tpu]>=0.10.2", "gcsfs", "google-cloud-storage"],

@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from rdance import sharding
 from rdance.models import internvl
 from rdance.reward import losses, templates as T
 from rdance.reward.model import RewardNet, to_pixels
@@ -30,7 +31,8 @@ from rdance.reward.scratch import HEAD_FILE, RM_CONFIG_FILE
 
 
 class RewardModel:
-    def __init__(self, vlm: internvl.InternVL, settings: dict, head: dict | None = None):
+    def __init__(self, vlm: internvl.InternVL, settings: dict, head: dict | None = None,
+                 remat_policy=None):
         self.vlm, self.settings = vlm, settings
         self.paradigm = settings.get("paradigm", "pairwise")
         self.normalise = settings.get("normalise", True)
@@ -43,17 +45,21 @@ class RewardModel:
                             tokens_per_tile=cfg.tokens_per_tile)
         self.template = T.TokenTemplate(vlm.tokenizer)
         self.builder = RowBuilder(self.template, self.spec)
-        net = nnx.eval_shape(lambda: RewardNet(cfg, regression_head=head is not None, rngs=nnx.Rngs(0)))
+        net = nnx.eval_shape(lambda: RewardNet(cfg, regression_head=head is not None, rngs=nnx.Rngs(0),
+                                               remat_policy=remat_policy))
         self.graphdef = nnx.split(net, nnx.Param)[0]
         self.params = {"vlm": nnx.to_pure_dict(vlm.state)}
         if head is not None:
             self.params["head"] = jax.device_put(head, NamedSharding(vlm.mesh, P()))
 
     @classmethod
-    def from_pretrained(cls, path: str, mesh=None, dtype=jnp.float32, **overrides) -> "RewardModel":
+    def from_pretrained(cls, path: str, mesh=None, dtype=jnp.float32, *, rules=None, remat_policy=None,
+                        **overrides) -> "RewardModel":
         """An RM folder (``train_reward``'s export) or any InternVL ``*-hf`` folder (then the
-        settings default to pairwise, normalised P(yes), alignment criteria)."""
-        vlm = internvl.load(path, mesh=mesh, dtype=dtype)
+        settings default to pairwise, normalised P(yes), alignment criteria). ``rules`` shard it
+        like the model it judges (fine-tuning); ``remat_policy`` (a jax.checkpoint_policies name)
+        recomputes its layers when a reward gradient is taken through it."""
+        vlm = internvl.load(path, mesh=mesh, dtype=dtype, rules=rules or sharding.DEFAULT_RULES)
         settings_file = os.path.join(path, RM_CONFIG_FILE)
         settings = json.load(open(settings_file)) if os.path.exists(settings_file) else {}
         settings.update(overrides)
@@ -63,7 +69,8 @@ class RewardModel:
             if not os.path.exists(head_file):
                 raise FileNotFoundError(f"{path} is a regressive RM but has no {HEAD_FILE}")
             head = dict(np.load(head_file))
-        return cls(vlm, settings, head)
+        policy = getattr(jax.checkpoint_policies, remat_policy) if remat_policy else None
+        return cls(vlm, settings, head, remat_policy=policy)
 
     # ----- tokens: depend on prompts and image shapes only, so they are built on the host once
     def tokens(self, prompts: Sequence[str], image_shape: tuple, *, pairwise: bool,

@@ -1,0 +1,153 @@
+"""One ReFL step of the smoke fine-tuning config on CPU, and its parts: the gradient-free rollout,
+the generator's forward and backward through the graded step and the decode, and the reward
+model's forward and backward (the gradient with respect to the images).
+
+    python bench/bench_finetune.py --reps=5
+    python bench/bench_finetune.py --generator=/tmp/gen_smoke/export --rm=/tmp/rm_smoke/export
+
+Without folders the models are random, with the smoke configs' sizes (experiments/gen_smoke.py,
+experiments/rm_smoke.py). Batch and sampler settings come from experiments/finetune_smoke.py;
+the rollout is timed at the window's middle step. Each part is jitted on its own; the total is
+the compiled training step (optimizer, EMA and monitors included). GFLOP are XLA's cost
+analysis of each compiled part. Prints one table.
+"""
+import os
+import sys
+import tempfile
+import time
+
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # experiments/
+
+flags.DEFINE_string("generator", "", "A world generator folder (default: random, gen_smoke sizes).")
+flags.DEFINE_string("rm", "", "A reward model folder (default: random, rm_smoke sizes).")
+flags.DEFINE_integer("reps", 5, "Timed repetitions after one warm-up; the median is reported.")
+FLAGS = flags.FLAGS
+
+
+def median_time(fn, reps):
+    fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def random_folders(tmp):
+    """Random generator and reward model with the smoke configs' sizes, written as folders."""
+    from flax import nnx
+
+    from experiments import gen_smoke, rm_smoke
+    from rdance.diffusion.world_generator import WorldGenerator
+    from rdance.models.internvl.config import load_config
+    from rdance.reward import scratch
+    from rdance.reward.model import RewardNet
+    sizes = dict(gen_smoke.get_config().model)
+    sizes["dtype"] = sizes["dtype"] or None
+    WorldGenerator.write_tokenizer(f"{tmp}/tokenizer")
+    gen = WorldGenerator.create(sizes, f"{tmp}/tokenizer")
+    gen.export(nnx.to_pure_dict(nnx.state(gen.make_model(), nnx.Param)), f"{tmp}/generator")
+    config = rm_smoke.get_config()
+    base = scratch.write_model_folder(config.model, config.data.image_size, f"{tmp}/rm_base")
+    net = RewardNet(load_config(base), regression_head=False, rngs=nnx.Rngs(0))
+    scratch.export(nnx.to_pure_dict(nnx.state(net, nnx.Param)), base, f"{tmp}/rm", config)
+    return f"{tmp}/generator", f"{tmp}/rm"
+
+
+def main(argv):
+    del argv
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    from experiments import finetune_smoke
+    from rdance import sharding as sh
+    from rdance.data.world.prompts import prompt_set
+    from rdance.diffusion import generator as genlib
+    from rdance.diffusion.sampler import euler_step, sample
+    from rdance.diffusion.world_generator import WorldGenerator
+    from rdance.reward.api import RewardModel
+    from rdance.train.finetune_loop import step_settings
+    from rdance.train.finetune_step import FinetuneState, make_step
+    from rdance.train.optim import make_optimizer
+
+    tmp = tempfile.mkdtemp()
+    gen_path, rm_path = (FLAGS.generator, FLAGS.rm) if FLAGS.generator and FLAGS.rm else random_folders(tmp)
+    config = finetune_smoke.get_config()
+    mesh = sh.make_mesh((1, -1, 1))
+    gen = WorldGenerator.from_pretrained(gen_path)
+    rm = RewardModel.from_pretrained(rm_path, mesh=mesh)
+    graphdef = nnx.split(nnx.eval_shape(gen.make_model), nnx.Param)[0]
+    params = gen.initial_params(mesh, sh.DEFAULT_RULES)
+    s = step_settings(config, "pairwise")
+    b, g = config.data.global_batch_size, s.samples_per_prompt
+    n = b * g
+    prompts = [scene.prompt for scene in prompt_set(3, b)]
+    tokens = gen.tokenize(prompts)
+    rm_tokens = rm.tokens(prompts, gen.image_shape, pairwise=True)
+    per_sample = lambda tree: jax.tree.map(lambda x: np.repeat(x, g, axis=0), tree)  # noqa: E731
+    sig = genlib.sigmas(gen, s.num_steps)
+    k = s.num_steps - (s.window + 1) // 2
+    noise = jax.random.normal(jax.random.key(0), (n, *gen.latent_shape))
+    refs = np.random.default_rng(0).integers(0, 255, (b, 1, *gen.image_shape), dtype=np.uint8)
+    images = jax.random.uniform(jax.random.key(1), (n, *gen.image_shape))
+
+    def rollout(params):
+        model = nnx.merge(graphdef, params)
+        return sample(gen.velocity(model, gen.condition(model, {}, per_sample(tokens))), noise, sig[: k + 1])
+
+    x_k = jax.jit(rollout)(params)
+
+    def graded_step(params):
+        model = nnx.merge(graphdef, params)
+        _, x0 = euler_step(gen.velocity(model, gen.condition(model, {}, per_sample(tokens))), x_k, sig[k], sig[k + 1])
+        return jnp.sum(gen.decode({}, x0) * images)   # a stand-in for the reward's pull on the pixels
+
+    def rm_forward(images):
+        return rm.pairwise_fn(rm.params, per_sample(rm_tokens), jnp.repeat(refs[:, 0], g, 0), images).sum()
+
+    tx, schedule = make_optimizer(config.optim, config.train.steps)
+    state = FinetuneState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                          ema=jax.tree.map(jnp.copy, params), rng=jax.random.key_data(jax.random.key(0)),
+                          rewards=jnp.zeros((config.monitor.window, n), jnp.float32))
+    batch = {"prompt": np.arange(b, dtype=np.int32), "gen": tokens, "rm": rm_tokens, "refs": refs}
+    step = jax.jit(make_step(gen, graphdef, rm.pairwise_fn, s, tx, schedule, mesh), donate_argnums=0)
+
+    parts = [
+        (f"rollout ({k} steps, no grad)", jax.jit(rollout), (params,)),
+        ("generator fwd+bwd (1 step, decode)", jax.jit(jax.grad(graded_step)), (params,)),
+        ("RM forward", jax.jit(rm_forward), (images,)),
+        ("RM forward+backward (d/dimages)", jax.jit(jax.grad(rm_forward)), (images,)),
+    ]
+    rows = []
+    for name, fn, args in parts:
+        flops = fn.lower(*args).compile().cost_analysis().get("flops", float("nan"))
+        seconds = median_time(lambda: jax.block_until_ready(fn(*args)), FLAGS.reps)
+        rows.append((name, seconds, flops))
+    compiled = step.lower(state, batch, {}, rm.params).compile()
+    flops = compiled.cost_analysis().get("flops", float("nan"))
+    holder = [state]
+
+    def run_step():
+        holder[0], metrics = compiled(holder[0], batch, {}, rm.params)
+        jax.block_until_ready(metrics)
+    rows.append(("whole ReFL step (compiled)", median_time(run_step, FLAGS.reps), flops))
+
+    total = rows[-1][1]
+    print(f"\nReFL step, smoke config on CPU ({jax.device_count()} device(s), {os.cpu_count()} cores): "
+          f"{b} prompts x {g} samples, {s.num_steps} sampler steps, k = {k}; median of {FLAGS.reps}")
+    print(f"| {'part':<36} | seconds | share of step | GFLOP  | GFLOP/s |")
+    print(f"|{'-' * 38}|---------|---------------|--------|---------|")
+    for name, seconds, flops in rows:
+        print(f"| {name:<36} | {seconds:7.3f} | {100 * seconds / total:12.0f}% | {flops / 1e9:6.2f} | "
+              f"{flops / 1e9 / seconds:7.1f} |")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    app.run(main)

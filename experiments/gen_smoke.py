@@ -1,0 +1,33 @@
+"""Smoke generator for the synthetic world: a small pixel-space FLUX transformer (32x32 images as
+64 tokens of 4x4 patches) with a small T5 over the world's words, trained by flow matching on
+rendered scenes. It is meant to be imperfect (judge alignment well below 1), leaving room for RL.
+
+    python -m rdance.pretrain_generator --config=experiments/gen_smoke.py --workdir=/tmp/gen_smoke
+
+The generator is exported to WORKDIR/export; fine-tune it with experiments/finetune_smoke.py.
+"""
+import ml_collections
+
+from rdance.sharding import DEFAULT_RULES
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    # rdance.diffusion.world_generator.WorldGeneratorConfig fields (vocab_size comes from the tokenizer).
+    c.model = dict(image_size=32, patch_size=4, max_tokens=12, text_dim=64, text_layers=2, text_heads=4,
+                   heads=4, head_dim=32, double_layers=2, single_layers=2, axes_dims_rope=(8, 12, 12),
+                   shift=1.0, param_dtype="float32", dtype="", remat="none")
+    c.data = dict(num_examples=1_000_000, global_batch_size=64, seed=0, t_sampling="uniform")
+    # Held-out prompts judged during training (one sample each, fixed noise).
+    c.eval = dict(prompts=64, prompt_seed=7, num_steps=20, chunk=64, sample_seed=0)
+    # Judge-labelled preference pairs over the trained generator's samples (0 prompts: none),
+    # mixed with rendered pairs, written to WORKDIR/pairs/{train,eval}.jsonl for train_reward.
+    c.pairs = dict(num_prompts=0, eval_prompts=256, samples_per_prompt=4, pairs_per_prompt=2,
+                   rendered_pairs=0, eval_rendered_pairs=0, seed=0)
+    c.optim = dict(name="adamw", learning_rate=1e-3, schedule="cosine", warmup_steps=100,
+                   b1=0.9, b2=0.99, weight_decay=0.0, grad_clip_norm=1.0)
+    c.mesh = dict(shape=(1, -1, 1), rules=DEFAULT_RULES)
+    c.train = dict(steps=1500, log_every=50, eval_every=250, checkpoint_every=250,
+                   keep_checkpoints=2, async_checkpoints=True)
+    return c

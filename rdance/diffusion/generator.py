@@ -1,0 +1,120 @@
+"""The generator interface that pretraining and fine-tuning use, and what every generator shares.
+
+A generator is two things: a trainable nnx module (the parameters fine-tuning updates) and
+frozen arrays (text encoders, VAE) that the jitted steps take as arguments. Everything else is
+a pure function of those two, so the loops can jit, shard and differentiate it:
+
+    tokens = gen.tokenize(prompts)                 # host: prompts -> integer arrays
+    cond = gen.condition(model, frozen, tokens)    # text conditioning
+    v = gen.velocity(model, cond)                  # v(x, t) for the sampler; t scalar or [B]
+    images = gen.decode(frozen, latents)           # packed latents -> [B, H, W, 3] float in [0, 1]
+    latents = gen.encode(frozen, images)           # uint8 [B, H, W, 3] -> packed latents
+
+Two implementations: :class:`rdance.diffusion.world_generator.WorldGenerator` (a small pixel-space
+FLUX transformer for the synthetic world) and :class:`rdance.diffusion.flux_generator.FluxGenerator`
+(a FLUX diffusers folder). :func:`load_generator` opens either from a config section.
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from rdance.diffusion import flow_match
+from rdance.diffusion.sampler import Velocity, sample
+
+T_SAMPLING = ("uniform", "logit_normal")
+
+
+class Generator(Protocol):
+    kind: str
+    image_shape: tuple[int, int, int]        # decoded image [H, W, 3]
+    latent_shape: tuple[int, int]            # packed latents [tokens, channels]
+    schedule: flow_match.ScheduleConfig
+    frozen: dict                             # frozen arrays on the mesh ({} when all of it trains)
+
+    def make_model(self) -> nnx.Module:
+        """The trainable module (random init); the loops only ever eval_shape it."""
+
+    def initial_params(self, mesh, rules) -> dict | None:
+        """Pretrained parameters of the trainable module on ``mesh`` (None: random init)."""
+
+    def tokenize(self, prompts: Sequence[str]) -> dict[str, np.ndarray]:
+        """Prompts -> integer arrays [B, ...] (host side)."""
+
+    def condition(self, model, frozen, tokens) -> dict:
+        """Text conditioning of a batch."""
+
+    def velocity(self, model, cond) -> Velocity:
+        """v(x, t) with x packed latents and t a noise level in [0, 1], scalar or per row."""
+
+    def decode(self, frozen, latents) -> jax.Array:
+        """Packed latents -> images [B, H, W, 3] float in [0, 1], differentiable."""
+
+    def encode(self, frozen, images) -> jax.Array:
+        """uint8 images [B, H, W, 3] -> packed latents (for flow-matching losses)."""
+
+    def export(self, params, folder: str) -> str:
+        """Write the generator with trainable parameters ``params`` to ``folder``."""
+
+
+def sigmas(gen: Generator, num_steps: int) -> np.ndarray:
+    """The generator's noise levels for ``num_steps`` Euler steps (shifted as it is configured)."""
+    return flow_match.sigmas(num_steps, gen.latent_shape[0], gen.schedule)
+
+
+def per_sample_normal(key: jax.Array, ids: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """One Gaussian draw per id: row i gets normal(fold_in(key, ids[i])). The draw depends on the
+    sample's id only, not on the batch it sits in, its micro-batch or the mesh."""
+    return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), shape))(ids)
+
+
+def sample_t(key: jax.Array, ids: jax.Array, how: str) -> jax.Array:
+    """Training noise levels, one per id: uniform in (0, 1) or logit-normal (SD3's choice)."""
+    if how not in T_SAMPLING:
+        raise ValueError(f"t sampling {how!r}: use one of {T_SAMPLING}")
+    z = per_sample_normal(key, ids, ())
+    if how == "logit_normal":
+        return jax.nn.sigmoid(z)
+    return jax.scipy.special.ndtr(z)  # uniform from the same normal draw
+
+
+def flow_matching_loss(gen: Generator, model, cond: dict, x0: jax.Array, key: jax.Array, ids: jax.Array,
+                       t_sampling: str = "uniform") -> jax.Array:
+    """Per-sample rectified-flow loss ||v(x_t, t) - (noise - x0)||^2 with x_t = (1-t) x0 + t noise."""
+    x0 = x0.astype(jnp.float32)
+    t = sample_t(jax.random.fold_in(key, 0), ids, t_sampling)
+    noise = per_sample_normal(jax.random.fold_in(key, 1), ids, x0.shape[1:])
+    tb = t[:, None, None]
+    x_t = (1 - tb) * x0 + tb * noise
+    v = gen.velocity(model, cond)(x_t, t).astype(jnp.float32)
+    return jnp.mean(jnp.square(v - (noise - x0)), axis=tuple(range(1, x0.ndim)))
+
+
+def generate(gen: Generator, model, frozen, tokens, noise: jax.Array, sigma_values) -> jax.Array:
+    """Sample with ``len(sigma_values) - 1`` Euler steps and decode: images [B, H, W, 3] in [0, 1]."""
+    cond = gen.condition(model, frozen, tokens)
+    return gen.decode(frozen, sample(gen.velocity(model, cond), noise, sigma_values))
+
+
+def to_uint8(images) -> np.ndarray:
+    """Float images in [0, 1] -> uint8 on the host."""
+    return np.asarray(np.clip(np.round(np.asarray(images, np.float32) * 255.0), 0, 255), np.uint8)
+
+
+def load_generator(cfg: Any, mesh, rules) -> Generator:
+    """Open the generator a config's ``generator`` section names: ``kind`` 'world' (a folder from
+    ``rdance.pretrain_generator``) or 'flux' (a diffusers FluxPipeline folder)."""
+    if cfg.kind == "world":
+        from rdance.diffusion.world_generator import WorldGenerator
+        return WorldGenerator.from_pretrained(cfg.path)
+    if cfg.kind == "flux":
+        from rdance.diffusion.flux_generator import FluxGenerator
+        return FluxGenerator(cfg.path, mesh=mesh, rules=rules, height=cfg.height, width=cfg.width,
+                             guidance_scale=cfg.guidance_scale,
+                             max_sequence_length=cfg.max_sequence_length, dtype=cfg.dtype or None,
+                             remat=cfg.remat, transformer_path=cfg.transformer_path or None)
+    raise ValueError(f"generator.kind={cfg.kind!r}: use 'world' or 'flux'")
