@@ -33,7 +33,7 @@ from rdance.train.finetune_data import (CaptionImages, FinetuneExamples, Rendere
 from rdance.train.finetune_step import FinetuneState, StepSettings, make_step
 from rdance.train.generator_eval import JudgeEval, Sampler, place
 from rdance.train.host import agree, sync, to_host
-from rdance.train.loop import NonFiniteLoss, batch_spec
+from rdance.train.loop import batch_spec, raise_on_non_finite
 from rdance.train.metrics import MetricWriter, format_seconds
 from rdance.train.monitors import image_grid
 from rdance.train.optim import make_optimizer
@@ -78,6 +78,7 @@ def step_settings(config, paradigm: str) -> StepSettings:
         algo=config.algo, paradigm=paradigm, num_steps=config.sampler.num_steps, window=r.window,
         samples_per_prompt=config.data.samples_per_prompt, grad_accum=config.optim.grad_accum_steps,
         reward_scale=r.scale, refl_loss=r.loss, hinge_margin=r.hinge_margin, references=r.references,
+        shift=r.shift,
         rwr_temperature=w.temperature, anchor_weight=config.anchor.weight,
         t_sampling=config.sampler.t_sampling, collapse_eps=config.monitor.collapse_eps,
         ema_decay=config.ema.decay, ema_warmup=config.ema.warmup,
@@ -379,12 +380,9 @@ def _flush(pending, writer: MetricWriter, ckpt: Checkpointer, last_saved, clock,
     fetched = jax.device_get([m for _, m in pending])
     steps = [s for s, _ in pending]
     pending.clear()
+    raise_on_non_finite(steps, fetched, ckpt.path_of(last_saved),
+                        "Lower optim.learning_rate or refl.scale, or set optim.grad_clip_norm")
     for step, metrics in zip(steps, fetched):
-        if not metrics["finite"]:
-            raise NonFiniteLoss(
-                f"step {step}: loss {float(metrics['loss'])}, gradient norm {float(metrics['grad_norm'])}; "
-                f"last good checkpoint: {ckpt.path_of(last_saved)}. Lower optim.learning_rate or "
-                "refl.scale, or set optim.grad_clip_norm, then resume from it")
         writer.write(step, {k: float(v) for k, v in metrics.items() if k != "finite"})
     step, now = steps[-1], time.perf_counter()
     rate = (step - clock[0]) / max(now - clock[1], 1e-9)

@@ -45,6 +45,16 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
+def raise_on_non_finite(steps, fetched, ckpt_path: str, remedy: str) -> None:
+    """Stop at the first step whose metrics say ``finite`` is false, naming the step, its loss
+    and gradient norm, and the last good checkpoint to resume from."""
+    for step, metrics in zip(steps, fetched):
+        if not metrics["finite"]:
+            raise NonFiniteLoss(
+                f"step {step}: loss {float(metrics['loss'])}, gradient norm "
+                f"{float(metrics['grad_norm'])}; last good checkpoint: {ckpt_path}. {remedy}, then resume from it")
+
+
 @dataclasses.dataclass
 class Result:
     state: TrainState
@@ -140,12 +150,8 @@ def _flush(pending: list, writer: MetricWriter, progress: Progress, ckpt: Checkp
     steps = [s for s, _ in pending]
     fetched = jax.device_get([m for _, m in pending])
     pending.clear()
-    for step, metrics in zip(steps, fetched):
-        if not metrics["finite"]:
-            raise NonFiniteLoss(
-                f"step {step}: loss {float(metrics['loss'])}, gradient norm "
-                f"{float(metrics['grad_norm'])}; last good checkpoint: {ckpt.path_of(last_saved)}. "
-                "Lower optim.learning_rate or set optim.grad_clip_norm, then resume from it")
+    raise_on_non_finite(steps, fetched, ckpt.path_of(last_saved),
+                        "Lower optim.learning_rate or set optim.grad_clip_norm")
     step = steps[-1]
     scalars = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0] if k != "finite"}
     scalars.update(progress.rates(step))
