@@ -9,7 +9,7 @@ Without folders the models are random, with the smoke configs' sizes (experiment
 experiments/rm_smoke.py). Batch and sampler settings come from experiments/finetune_smoke.py;
 the rollout is timed at the window's middle step. Each part is jitted on its own; the total is
 the compiled training step (optimizer, EMA and monitors included). GFLOP are XLA's cost
-analysis of each compiled part. Prints one table.
+analysis of each compiled part (loops counted once per iteration). Prints one table.
 """
 import os
 import sys
@@ -118,6 +118,13 @@ def main(argv):
     batch = {"prompt": np.arange(b, dtype=np.int32), "gen": tokens, "rm": rm_tokens, "refs": refs}
     step = jax.jit(make_step(gen, graphdef, rm.pairwise_fn, s, tx, schedule, mesh), donate_argnums=0)
 
+    def one_forward(params):
+        model = nnx.merge(graphdef, params)
+        return gen.velocity(model, gen.condition(model, {}, per_sample(tokens)))(x_k, sig[k])
+
+    # XLA's cost analysis counts a loop's body once: the rollout (a fori_loop / scan of k steps)
+    # is counted here as k forwards, and the whole step gets the k - 1 it misses.
+    forward_flops = jax.jit(one_forward).lower(params).compile().cost_analysis().get("flops", float("nan"))
     parts = [
         (f"rollout ({k} steps, no grad)", jax.jit(rollout), (params,)),
         ("generator fwd+bwd (1 step, decode)", jax.jit(jax.grad(graded_step)), (params,)),
@@ -125,12 +132,12 @@ def main(argv):
         ("RM forward+backward (d/dimages)", jax.jit(jax.grad(rm_forward)), (images,)),
     ]
     rows = []
-    for name, fn, args in parts:
-        flops = fn.lower(*args).compile().cost_analysis().get("flops", float("nan"))
+    for i, (name, fn, args) in enumerate(parts):
+        flops = k * forward_flops if i == 0 else fn.lower(*args).compile().cost_analysis().get("flops", float("nan"))
         seconds = median_time(lambda: jax.block_until_ready(fn(*args)), FLAGS.reps)
         rows.append((name, seconds, flops))
     compiled = step.lower(state, batch, {}, rm.params).compile()
-    flops = compiled.cost_analysis().get("flops", float("nan"))
+    flops = compiled.cost_analysis().get("flops", float("nan")) + (k - 1) * forward_flops
     holder = [state]
 
     def run_step():

@@ -29,7 +29,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Best-of-N references from the frozen starting generator (pairwise RMs only).
     c.bank = dict(num_samples=8, top_k=1, select="top", seed=1234, chunk=64)
     # window: k is drawn from the last `window` of sampler.num_steps steps (ImageReward: 10 of 40).
-    c.refl = dict(window=5, scale=1.0, loss="linear", hinge_margin=1.0, references="sample")
+    # shift: the scored image is translated by up to this many pixels (0: off), see finetune_step.
+    c.refl = dict(window=5, scale=1.0, loss="linear", hinge_margin=1.0, references="sample", shift=0)
     c.rwr = dict(temperature=0.5)
     c.anchor = dict(weight=0.0, path="", seed=99)   # flow-matching loss on caption-image pairs
     c.ema = dict(decay=0.99, warmup=True)

@@ -11,6 +11,7 @@ on the mesh and out of the compiled program.
   scored by the RM (against one of the prompt's references, or their mean, for a pairwise RM);
   loss = scale * mean(-reward) ('linear') or scale * mean(relu(margin - reward)) ('hinge', the
   original ReFL's phi). The gradient flows through the RM and the decoder into the generator.
+  Optionally the scored image is randomly translated by a few pixels (``shift``).
 - **RWR**: G samples per prompt without gradient, scored, and each sample's flow-matching loss
   (on its own final latents) weighted by G * softmax(z / temperature) over the prompt's samples,
   z the rewards normalised per prompt (zero mean, unit std).
@@ -62,6 +63,7 @@ class StepSettings:
     refl_loss: str = "linear"         # linear | hinge
     hinge_margin: float = 1.0
     references: str = "sample"        # sample (one reference per sample) | mean (all of them)
+    shift: int = 0                    # ReFL: random translation of the scored image, up to this many pixels
     rwr_temperature: float = 1.0
     anchor_weight: float = 0.0
     t_sampling: str = "uniform"
@@ -98,6 +100,19 @@ def rwr_weights(rewards: jax.Array, temperature: float, eps: float = 1e-6) -> ja
     return rewards.shape[-1] * jax.nn.softmax(z / temperature, axis=-1)
 
 
+def random_shift(images: jax.Array, key: jax.Array, ids: jax.Array, max_shift: int) -> jax.Array:
+    """Translate each image [n, H, W, C] by its own random (dy, dx) in [-max_shift, max_shift],
+    edges repeated. Scoring a randomly shifted image (an expectation over translations, drawn
+    once per sample and step) keeps ReFL from following an RM's gradient into patterns locked to
+    its patch grid, an adversarial direction no translation-invariant judge rewards."""
+    if max_shift <= 0:
+        return images
+    h, w = images.shape[1:3]
+    padded = jnp.pad(images, ((0, 0), (max_shift, max_shift), (max_shift, max_shift), (0, 0)), mode="edge")
+    offsets = jax.vmap(lambda i: jax.random.randint(jax.random.fold_in(key, i), (2,), 0, 2 * max_shift + 1))(ids)
+    return jax.vmap(lambda x, o: jax.lax.dynamic_slice(x, (o[0], o[1], 0), (h, w, x.shape[-1])))(padded, offsets)
+
+
 def reward_loss(reward: jax.Array, s: StepSettings) -> jax.Array:
     """Per-sample ReFL loss before scaling: -r, or the hinge relu(margin - r)."""
     if s.refl_loss == "hinge":
@@ -106,7 +121,7 @@ def reward_loss(reward: jax.Array, s: StepSettings) -> jax.Array:
 
 
 RewardFn = Callable[..., jax.Array]
-KEY_PURPOSES = ("k", "noise", "reference", "fm", "anchor")
+KEY_PURPOSES = ("k", "noise", "reference", "fm", "anchor", "shift")
 
 
 def batch_constraint(mesh: Mesh):
@@ -119,7 +134,7 @@ def batch_constraint(mesh: Mesh):
 
 def step_keys(rng: jax.Array) -> dict[str, jax.Array]:
     """One key per purpose from the step's key: the ReFL step index, sampling noise, reference
-    choice, flow-matching noise and timesteps, the anchor's."""
+    choice, flow-matching noise and timesteps, the anchor's, the scored image's translation."""
     return {name: jax.random.fold_in(rng, i) for i, name in enumerate(KEY_PURPOSES)}
 
 
@@ -178,7 +193,8 @@ def make_micro(gen: genlib.Generator, graphdef, reward_fn: RewardFn, s: StepSett
             cond = gen.condition(model, frozen, per_sample(mb["gen"]))
             x0, _ = rollout_then_step(gen.velocity(model, cond), noise_for(ids, keys["noise"]), sigma_values, k)
             images = constrain(gen.decode(frozen, x0))
-            reward = rewards_of(rm_params, mb, images, ids, keys["reference"])
+            scored = constrain(random_shift(images, keys["shift"], ids, s.shift))
+            reward = rewards_of(rm_params, mb, scored, ids, keys["reference"])
             rl_loss = s.reward_scale * jnp.mean(reward_loss(reward, s))
             loss, anchor = with_anchor(model, frozen, mb, rows, keys, rl_loss)
             aux = dict(reward=reward, rl_loss=rl_loss, anchor_loss=anchor,
