@@ -1,0 +1,86 @@
+"""The small scale every ablation shares (``python -m rdance.ablate``): the stages, their budgets,
+the seeds, and the metrics an ablation can tabulate. Not run on its own.
+
+Each ablation file (paradigm.py, rm_size.py, references.py, cot.py) starts from this config and
+adds its arms: per-stage overrides on top of these. Stages identical across arms and ablations
+(the generator, the VLM of one size, the pairwise RM of one seed, ...) have the same settings
+hash, so ``rdance.ablate`` runs each once and reuses it.
+
+As in experiments/demo.py every recipe number comes from the smoke configs; ``set`` sections
+override steps, cadence and sizes only. The RM here is the ladder's middle size: the smoke RM's
+widths halved (see ``rm_size``), so that 3 seeds of every arm fit the suite's 90 minutes.
+Variant ``ci``: tiny models and a few steps (plumbing only).
+"""
+import ml_collections
+
+from experiments import rm_smoke
+from experiments.demo import FAST_COMPILE, TINY_GENERATOR, TINY_VLM, stage
+
+# What an ablation can tabulate: (label, stage, metric in that stage's metrics.jsonl, which value).
+METRICS = {
+    "rm_accuracy": dict(label="RM accuracy", stage="rm", key="eval/in_domain/accuracy", how="last"),
+    "late_reward_std": dict(label="late reward std", stage="finetune", key="reward/window_std", how="last"),
+    "reward": dict(label="final reward", stage="finetune", key="reward/mean", how="late_mean"),
+    "judge": dict(label="judge after RL", stage="finetune", key="eval/judge_ema", how="last"),
+}
+
+
+def rm_size(width: float, depth: float) -> dict:
+    """RM (VLM) sizes: the smoke RM's widths times ``width`` and its depths times ``depth``
+    (rounded, at least one layer; widths stay multiples of the heads)."""
+    m = rm_smoke.get_config().model
+
+    def scaled(hidden: int, heads: int) -> int:
+        return max(heads, round(hidden * width / heads) * heads)
+    return dict(vision_hidden=scaled(m.vision_hidden, m.vision_heads), text_hidden=scaled(m.text_hidden, m.text_heads),
+                vision_layers=max(1, round(m.vision_layers * depth)), text_layers=max(1, round(m.text_layers * depth)))
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    variant = arg or "full"
+    if variant not in ("full", "ci"):
+        raise ValueError(f"ablation variant {variant!r}: use full (the default) or ci")
+    c = ml_collections.ConfigDict()
+    c.variant = variant
+    c.name, c.title, c.paper = "", "", ""
+    c.seeds = 3
+    # What makes seed s: each listed key of a stage gets its configured value + s.
+    c.seed_keys = dict(rm="seed,data.seed", finetune="seed,data.seed")
+    c.columns = "judge"
+    c.metrics = METRICS
+    c.generator = stage("experiments/gen_smoke.py", 240,
+                        train=dict(steps=400, eval_every=100, checkpoint_every=100, log_every=25))
+    c.vlm = stage("experiments/vlm_smoke.py", 70, model=rm_size(0.5, 0.67),
+                  train=dict(steps=300, eval_every=100, checkpoint_every=100))
+    c.rm = stage("experiments/rm_smoke.py", 110, train=dict(steps=240, eval_every=80, checkpoint_every=80),
+                 data=dict(eval_sets="in_domain=world"))
+    # Bank: Best-of-16, top-2 (the paper's best setting, Table 8), for every pairwise arm.
+    c.finetune = stage("experiments/finetune_smoke.py", 110,
+                       data=dict(train_prompts=48, eval_prompts=64), bank=dict(num_samples=16, top_k=2),
+                       monitor=dict(window=16, eval_every=24, grid_every=0),
+                       train=dict(steps=48, checkpoint_every=24))
+    c.arms = ml_collections.ConfigDict()   # name -> label and overrides per stage (vlm, rm, finetune)
+    c.order = ""                           # the arms' order in the table ("" = by name)
+    if variant == "ci":
+        c.seeds = 1
+        c.generator.set = dict(model=TINY_GENERATOR, data=dict(global_batch_size=16), optim=dict(warmup_steps=2),
+                               eval=dict(prompts=8, num_steps=4, chunk=8),
+                               train=dict(steps=40, log_every=10, eval_every=40, checkpoint_every=20))
+        c.generator.estimate_s = 25
+        c.vlm.set = dict(model=TINY_VLM, data=dict(global_batch_size=8, eval_pairs=16, eval_batch_size=16),
+                         optim=dict(warmup_steps=2), train=dict(steps=10, log_every=5, eval_every=10,
+                                                                checkpoint_every=10))
+        c.vlm.estimate_s = 25
+        c.rm.set = dict(data=dict(global_batch_size=8, eval_pairs=16, eval_batch_size=16, eval_sets="in_domain=world"),
+                        optim=dict(warmup_steps=2), train=dict(steps=10, log_every=5, eval_every=10,
+                                                               checkpoint_every=10))
+        c.rm.estimate_s = 30
+        c.finetune.set = dict(
+            sampler=dict(num_steps=4), refl=dict(window=2),
+            data=dict(train_prompts=16, eval_prompts=8, global_batch_size=8, samples_per_prompt=2),
+            bank=dict(num_samples=4, top_k=2, chunk=16), monitor=dict(window=4, eval_every=2, grid_every=0,
+                                                                      eval_chunk=8),
+            optim=dict(learning_rate=1e-3), train=dict(steps=4, log_every=1, checkpoint_every=2,
+                                                       compiler_options=FAST_COMPILE))
+        c.finetune.estimate_s = 40
+    return c

@@ -1,0 +1,85 @@
+"""The demo: the whole RewardDance job on the synthetic world, on a CPU, in one command.
+
+    python -m rdance.demo --workdir=/tmp/demo
+
+Stages, each an rdance entrypoint in its own folder under the workdir (rdance/demo.py wires
+them): pretrain the world generator (experiments/gen_smoke.py), write judge-labelled preference
+pairs over its samples (rdance.make_pairs), caption-pretrain the VLM (experiments/vlm_smoke.py),
+train the pairwise generative RM from it (experiments/rm_smoke.py), build the Best-of-N
+reference bank and fine-tune with ReFL (experiments/finetune_smoke.py), judge the generator
+before and after on the same held-out prompts and noise (rdance.judge_generators), and write
+WORKDIR/report/report.md (+ .html).
+
+Every recipe number comes from those smoke configs; each stage's ``set`` section overrides only
+what the demo's time budget needs (steps, eval and checkpoint cadence, how much data it writes),
+so a retuned recipe flows into the demo. ``estimate_s`` is a stage's expected wall time on 2
+idle CPU cores (for the ETA). Override anything, e.g. ``--config.rm.set.train.steps=800``, or keys
+the demo does not set with ``--config.rm.extra="optim.learning_rate=3e-4;data.label_noise=0"``.
+
+Variant ``:ci`` (``--config=experiments/demo.py:ci``): tiny models and a few steps of each stage,
+the whole chain in about 3 minutes; it checks the plumbing, not the quality.
+"""
+import ml_collections
+
+# The tiny sizes of tests/finetune/conftest.py and tests/reward/conftest.py (the Colab smoke test's too).
+TINY_GENERATOR = dict(text_dim=32, text_layers=1, text_heads=2, heads=2, head_dim=16, axes_dims_rope=(4, 6, 6),
+                      double_layers=1, single_layers=1)
+TINY_VLM = dict(patch_size=8, vision_hidden=32, vision_layers=1, vision_heads=2, text_hidden=32, text_layers=1,
+                text_heads=2, text_kv_heads=1)
+# Unoptimised machine code compiles about twice as fast; the CI variant's runs are a few steps long.
+FAST_COMPILE = "xla_backend_optimization_level=0,xla_llvm_disable_expensive_passes=true"
+
+
+def stage(config: str, estimate_s: float, **overrides) -> dict:
+    """A stage: the experiments/ file its entrypoint runs, its expected seconds, the overrides
+    (``set``, nested like the recipe) and ``extra``: more overrides as one string for the command
+    line, e.g. ``--config.rm.extra="optim.learning_rate=3e-4;model.text_layers=4"``."""
+    return dict(config=config, estimate_s=estimate_s, set=overrides, extra="")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    variant = arg or "full"
+    if variant not in ("full", "ci"):
+        raise ValueError(f"experiments/demo.py:{variant}: variants are full (the default) and ci")
+    c = ml_collections.ConfigDict()
+    c.variant = variant
+    c.generator = stage("experiments/gen_smoke.py", 420,
+                        train=dict(steps=600, eval_every=150, checkpoint_every=150, log_every=25))
+    # Judge-labelled pairs over the generator's samples: the RM's held-out test on the images RL
+    # will show it ("samples" eval set) and, with rm.train_data=pairs, its training set.
+    c.pairs = stage("experiments/gen_smoke.py", 45, pairs=dict(num_prompts=0, eval_prompts=160))
+    c.vlm = stage("experiments/vlm_smoke.py", 240, train=dict(steps=400, eval_every=100, checkpoint_every=100))
+    c.rm = stage("experiments/rm_smoke.py", 540, train=dict(steps=360, eval_every=120, checkpoint_every=60))
+    c.rm.train_data = "recipe"          # recipe: rm_smoke's data.train | pairs: the pairs stage's train.jsonl
+    # Fine-tuning; the bank stage runs the same config with train.steps=0 (it only builds the bank).
+    c.finetune = stage("experiments/finetune_smoke.py", 300,
+                       train=dict(steps=120, checkpoint_every=30), monitor=dict(eval_every=20, grid_every=40))
+    c.bank = dict(estimate_s=75)
+    c.evaluate = dict(estimate_s=45, samples_per_prompt=4, grid_prompts=16, grid_samples=4, scale=3)
+    c.report = dict(html=True)
+    if variant == "ci":
+        c.generator.set = dict(model=TINY_GENERATOR, data=dict(global_batch_size=16), optim=dict(warmup_steps=2),
+                               eval=dict(prompts=8, num_steps=4, chunk=8),
+                               train=dict(steps=40, log_every=10, eval_every=40, checkpoint_every=20))
+        c.generator.estimate_s = 25
+        c.pairs.set = dict(eval=dict(num_steps=4, chunk=8),
+                           pairs=dict(num_prompts=0, eval_prompts=8, samples_per_prompt=2))
+        c.pairs.estimate_s = 15
+        c.vlm.set = dict(model=TINY_VLM, data=dict(global_batch_size=8, eval_pairs=16, eval_batch_size=16),
+                         optim=dict(warmup_steps=2), train=dict(steps=10, log_every=5, eval_every=10,
+                                                                checkpoint_every=10))
+        c.vlm.estimate_s = 25
+        c.rm.set = dict(data=dict(global_batch_size=8, eval_pairs=16, eval_batch_size=16, eval_sets="in_domain=world"),
+                        optim=dict(warmup_steps=2), train=dict(steps=10, log_every=5, eval_every=10,
+                                                               checkpoint_every=10))
+        c.rm.estimate_s = 30
+        c.finetune.set = dict(
+            sampler=dict(num_steps=4), refl=dict(window=2),
+            data=dict(train_prompts=16, eval_prompts=8, global_batch_size=8, samples_per_prompt=2),
+            bank=dict(num_samples=4, chunk=16), monitor=dict(window=4, eval_every=2, grid_every=0, eval_chunk=8),
+            optim=dict(learning_rate=1e-3), train=dict(steps=4, log_every=1, checkpoint_every=2,
+                                                       compiler_options=FAST_COMPILE))
+        c.finetune.estimate_s = 40
+        c.bank.estimate_s = 25
+        c.evaluate.update(dict(estimate_s=15, samples_per_prompt=2, grid_prompts=8, grid_samples=2))
+    return c

@@ -1,0 +1,424 @@
+"""Reports of the demo and the ablations: metrics read back from the runs' ``metrics.jsonl``, line
+plots and sample grids as PNGs (PIL only), tables with mean ± std, and documents written as
+Markdown and as one self-contained HTML file. Nothing here imports jax.
+"""
+from __future__ import annotations
+
+import base64
+import time
+import html
+import json
+import math
+import os
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+
+
+# ----- metrics
+
+def read_metrics(workdir: str) -> dict[int, dict]:
+    """``WORKDIR/metrics.jsonl`` by step, a step's records merged (a step's scalars and its eval)."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: has the run in {workdir} started?")
+    out: dict[int, dict] = {}
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                record = json.loads(line)
+                out.setdefault(record["step"], {}).update(record)
+    return out
+
+
+def series(records: dict[int, dict], key: str) -> tuple[list[int], list[float]]:
+    steps = [s for s in sorted(records) if key in records[s]]
+    return steps, [float(records[s][key]) for s in steps]
+
+
+def value(records: dict[int, dict], key: str, how: str = "last", where: str = "") -> float:
+    """One number from a run: the ``last`` or ``first`` logged value of ``key``, or ``late_mean``
+    (the mean over the last quarter of the steps that logged it)."""
+    steps, values = series(records, key)
+    if not values:
+        known = sorted({k for r in records.values() for k in r if k != "step"})
+        raise KeyError(f"{key} is not in {where or 'the metrics'}; it has {', '.join(known)}")
+    if how == "last":
+        return values[-1]
+    if how == "first":
+        return values[0]
+    if how == "late_mean":
+        return float(np.mean(values[-max(1, len(values) // 4):]))
+    raise ValueError(f"how={how!r}: use last, first or late_mean")
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof 1; 0 for a single value)."""
+    x = np.asarray(values, np.float64)
+    if x.size == 0:
+        return float("nan"), float("nan")
+    return float(x.mean()), float(x.std(ddof=1)) if x.size > 1 else 0.0
+
+
+def format_mean_std(values: Sequence[float], digits: int = 3) -> str:
+    """'0.512 ± 0.034'; small numbers (below 0.01) in scientific notation: '3.1e-04 ± 2.0e-05'."""
+    mean, std = mean_std(values)
+    if math.isnan(mean):
+        return "n/a"
+    if 0 < abs(mean) < 0.01 or 0 < std < 10 ** -digits:
+        return f"{mean:.1e} ± {std:.1e}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def smooth(values: Sequence[float], weight: float = 0.9) -> list[float]:
+    """TensorBoard-style exponential smoothing, debiased at the start."""
+    out, acc, norm = [], 0.0, 0.0
+    for v in values:
+        acc, norm = weight * acc + (1 - weight) * v, weight * norm + (1 - weight)
+        out.append(acc / norm)
+    return out
+
+
+# ----- pictures
+
+def _font(size: int = 12):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:   # Pillow without FreeType's bundled font
+        return ImageFont.load_default()
+
+
+def _ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+    raw = (hi - lo) / max(count - 1, 1)
+    magnitude = 10 ** math.floor(math.log10(raw)) if raw > 0 else 1.0
+    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+    start = math.ceil(lo / step) * step
+    return [start + i * step for i in range(int((hi - start) / step + 1e-9) + 1)]
+
+
+def line_plot(curves: dict[str, tuple[Sequence[float], Sequence[float]]], title: str, xlabel: str,
+              ylabel: str, size: tuple[int, int] = (640, 380)) -> Image.Image:
+    """A line plot of ``{label: (x, y)}`` (NaNs are gaps; a lone point is a dot)."""
+    width, height = size
+    left, right, top, bottom = 72, 16, 34, 46
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    font, small = _font(14), _font(11)
+    points = [(x, y) for xs, ys in curves.values() for x, y in zip(xs, ys) if np.isfinite(y)]
+    draw.text((left, 8), title, fill="black", font=font)
+    if not points:
+        draw.text((left, height // 2), "no data", fill="grey", font=font)
+        return image
+    xs, ys = np.array(points, np.float64).T
+    x0, x1 = float(xs.min()), float(xs.max())
+    y0, y1 = float(ys.min()), float(ys.max())
+    if x1 == x0:
+        x0, x1 = x0 - 1, x1 + 1
+    pad = (y1 - y0) * 0.06 or abs(y0) * 0.1 or 1.0
+    y0, y1 = y0 - pad, y1 + pad
+    pw, ph = width - left - right, height - top - bottom
+
+    def to_px(x, y):
+        return left + (x - x0) / (x1 - x0) * pw, top + (1 - (y - y0) / (y1 - y0)) * ph
+
+    draw.rectangle([left, top, left + pw, top + ph], outline="black")
+    for t in _ticks(y0, y1):
+        _, py = to_px(x0, t)
+        draw.line([left - 4, py, left, py], fill="black")
+        draw.line([left + 1, py, left + pw - 1, py], fill="#eeeeee")
+        draw.text((4, py - 7), f"{t:.3g}", fill="black", font=small)
+    for t in _ticks(x0, x1):
+        px, _ = to_px(t, y0)
+        draw.line([px, top + ph, px, top + ph + 4], fill="black")
+        draw.text((px - 10, top + ph + 6), f"{t:g}", fill="black", font=small)
+    draw.text((left + pw // 2 - 20, height - 18), xlabel, fill="black", font=small)
+    draw.text((4, top - 16), ylabel, fill="black", font=small)
+    for n, (label, (cx, cy)) in enumerate(curves.items()):
+        colour = COLOURS[n % len(COLOURS)]
+        segment = []
+        for x, y in list(zip(cx, cy)) + [(None, None)]:
+            if x is None or not np.isfinite(y):
+                if len(segment) == 1:
+                    px, py = segment[0]
+                    draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=colour)
+                elif segment:
+                    draw.line(segment, fill=colour, width=2)
+                segment = []
+            else:
+                segment.append(to_px(x, y))
+        draw.line([left + 8, top + 10 + 16 * n, left + 28, top + 10 + 16 * n], fill=colour, width=3)
+        draw.text((left + 32, top + 3 + 16 * n), label, fill="black", font=small)
+    return image
+
+
+def grid_image(rows: np.ndarray, scale: int = 3, pad: int = 2) -> Image.Image:
+    """uint8 images [R, C, H, W, 3] as one picture, ``scale`` times larger, grey gaps between."""
+    r, c, h, w, _ = rows.shape
+    hs, ws = h * scale, w * scale
+    out = Image.new("RGB", (c * (ws + pad) + pad, r * (hs + pad) + pad), (128, 128, 128))
+    for i in range(r):
+        for j in range(c):
+            tile = Image.fromarray(rows[i, j]).resize((ws, hs), Image.NEAREST)
+            out.paste(tile, (pad + j * (ws + pad), pad + i * (hs + pad)))
+    return out
+
+
+def comparison_image(rows: Sequence[tuple[str, np.ndarray, np.ndarray]], scale: int = 3) -> Image.Image:
+    """Rows of (label, images [G, H, W, 3], judge scores [G]): the label and the row's mean score on
+    the left, each image's score under it; columns are the same prompts."""
+    g, h, w = rows[0][1].shape[:3]
+    hs, ws, gap, left, text = h * scale, w * scale, 6, 96, 14
+    out = Image.new("RGB", (left + g * (ws + gap), len(rows) * (hs + text + gap) + gap), "white")
+    draw = ImageDraw.Draw(out)
+    font, small = _font(13), _font(11)
+    for r, (label, images, scores) in enumerate(rows):
+        y = gap + r * (hs + text + gap)
+        draw.text((4, y + hs // 2 - 14), label, fill="black", font=font)
+        draw.text((4, y + hs // 2 + 2), f"judge {float(np.mean(scores)):.3f}", fill="black", font=small)
+        for c in range(g):
+            x = left + c * (ws + gap)
+            out.paste(Image.fromarray(images[c]).resize((ws, hs), Image.NEAREST), (x, y))
+            draw.text((x + 2, y + hs + 1), f"{float(scores[c]):.2f}", fill="black", font=small)
+    return out
+
+
+# ----- documents
+
+class Document:
+    """Blocks (headings, paragraphs, tables, images, code) written as Markdown + PNG files and as
+    one HTML file with the images inlined."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+        self.blocks: list[tuple] = []
+        os.makedirs(folder, exist_ok=True)
+
+    def heading(self, text: str, level: int = 2) -> None:
+        self.blocks.append(("h", level, text))
+
+    def paragraph(self, text: str) -> None:
+        self.blocks.append(("p", text))
+
+    def code(self, text: str) -> None:
+        self.blocks.append(("code", text))
+
+    def table(self, header: Sequence[str], rows: Sequence[Sequence]) -> None:
+        self.blocks.append(("table", list(header), [list(map(str, r)) for r in rows]))
+
+    def image(self, picture: Image.Image | str, name: str, alt: str) -> None:
+        """A PIL image (saved as ``name`` in the folder) or an existing PNG's path (copied)."""
+        path = os.path.join(self.folder, name)
+        if isinstance(picture, str):
+            picture = Image.open(picture)
+        picture.save(path)
+        self.blocks.append(("img", name, alt))
+
+    def markdown(self) -> str:
+        out = []
+        for block in self.blocks:
+            kind = block[0]
+            if kind == "h":
+                out.append("#" * block[1] + " " + block[2])
+            elif kind == "p":
+                out.append(block[1])
+            elif kind == "code":
+                out.append("```\n" + block[1].rstrip("\n") + "\n```")
+            elif kind == "table":
+                out.append(markdown_table(block[1], block[2]))
+            elif kind == "img":
+                out.append(f"![{block[2]}]({block[1]})")
+        return "\n\n".join(out) + "\n"
+
+    def html(self, title: str) -> str:
+        out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+               "<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto;padding:0 1em}"
+               "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+               "td:first-child,th:first-child{text-align:left}img{max-width:100%}"
+               "pre{background:#f4f4f4;padding:8px;overflow-x:auto}</style></head><body>"]
+        for block in self.blocks:
+            kind = block[0]
+            if kind == "h":
+                out.append(f"<h{block[1]}>{html.escape(block[2])}</h{block[1]}>")
+            elif kind == "p":
+                out.append(f"<p>{_inline_html(block[1])}</p>")
+            elif kind == "code":
+                out.append(f"<pre>{html.escape(block[1])}</pre>")
+            elif kind == "table":
+                head = "".join(f"<th>{html.escape(h)}</th>" for h in block[1])
+                body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+                               for row in block[2])
+                out.append(f"<table><tr>{head}</tr>{body}</table>")
+            elif kind == "img":
+                with open(os.path.join(self.folder, block[1]), "rb") as f:
+                    data = base64.b64encode(f.read()).decode()
+                out.append(f"<p><img alt='{html.escape(block[2])}' src='data:image/png;base64,{data}'></p>")
+        out.append("</body></html>")
+        return "\n".join(out)
+
+    def write(self, name: str, title: str, with_html: bool = True) -> str:
+        path = os.path.join(self.folder, name + ".md")
+        with open(path, "w") as f:
+            f.write(self.markdown())
+        if with_html:
+            with open(os.path.join(self.folder, name + ".html"), "w") as f:
+                f.write(self.html(title))
+        return path
+
+
+def _inline_html(text: str) -> str:
+    """Markdown's `code` spans as <code>, the rest escaped."""
+    parts = text.split("`")
+    return "".join(f"<code>{html.escape(p)}</code>" if i % 2 else html.escape(p) for i, p in enumerate(parts))
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# ----- the demo's report
+
+def _fmt(x: float, digits: int = 3) -> str:
+    return "n/a" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
+
+
+def _load_json(path: str):
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def demo_report(workdir: str, stages: dict, runs: Sequence, config: dict, with_html: bool = True) -> str:
+    """WORKDIR/report/report.md (+ report.html and the PNGs) from the stages' outputs; returns
+    the Markdown file's path. ``stages``: name -> Stage; ``runs``: the Runner's StageRuns."""
+    doc = Document(os.path.join(workdir, "report"))
+    doc.heading("RewardDance demo on the synthetic world", 1)
+    doc.paragraph(f"`python -m rdance.demo --workdir={workdir}` (config variant `{config.get('variant')}`), "
+                  f"report written {time.strftime('%Y-%m-%d %H:%M')}. A world generator is pretrained, a "
+                  "generative reward model (P(\"yes\") of a VLM) is trained, and the generator is fine-tuned "
+                  "with ReFL against it; the programmatic judge, which trains nothing, measures the result.")
+    _judge_section(doc, stages)
+    _rm_section(doc, stages)
+    _finetune_section(doc, stages)
+    _stages_section(doc, stages, runs)
+    return doc.write("report", "RewardDance demo", with_html)
+
+
+def _judge_section(doc: Document, stages: dict) -> None:
+    scores = _load_json(os.path.join(stages["evaluate"].workdir, "scores.json"))
+    doc.heading("Judge score before and after fine-tuning")
+    gens = scores["generators"]
+    before, after = gens["before"], gens["after"]
+    count, per = len(scores["prompts"]), scores["samples_per_prompt"]
+    doc.paragraph(f"Mean judge alignment in [0, 1] (fraction of the prompt's checks passed: objects, counts, "
+                  f"colours, relations) on {count} held-out prompts × {per} samples, with the same noise for "
+                  f"both generators ({scores['num_steps']} sampler steps). Faithful renders of the same prompts "
+                  f"score {scores['target']['judge']:.3f}.")
+    kinds = scores["kinds"]
+    rows = [["all", count, _fmt(before["judge"]), _fmt(after["judge"]), f"{after['judge'] - before['judge']:+.3f}"]]
+    for kind in before["by_kind"]:
+        b, a = before["by_kind"][kind], after["by_kind"][kind]
+        rows.append([kind, kinds.count(kind), _fmt(b), _fmt(a), f"{a - b:+.3f}"])
+    doc.table(["prompts", "n", "before", "after", "change"], rows)
+    folder = stages["evaluate"].workdir
+    doc.image(os.path.join(folder, "comparison.png"), "comparison.png",
+              "faithful render, before and after fine-tuning, same prompts and noise")
+    shown = [f"{i + 1}. {p}" for i, p in enumerate(scores["prompts"][:scores["grid_prompts"]])]
+    doc.paragraph("Rows: a faithful render, the generator before, and after fine-tuning (sample 0 of each "
+                  "prompt, the judge's score under each image). Columns: " + "; ".join(shown) + ".")
+    doc.image(os.path.join(folder, "grid_before.png"), "grid_before.png", "samples before fine-tuning")
+    doc.image(os.path.join(folder, "grid_after.png"), "grid_after.png", "samples after fine-tuning")
+    doc.paragraph("Above: several samples (columns) of the same prompts (rows), before and then after "
+                  "fine-tuning, with the same noise.")
+
+
+def _rm_section(doc: Document, stages: dict) -> None:
+    rm = stages["rm"].workdir
+    records = read_metrics(rm)
+    settings = _load_json(os.path.join(rm, "export", "reward_config.json")) or {}
+    doc.heading("Reward model")
+    sets = sorted({k.split("/")[1] for r in records.values() for k in r
+                   if k.startswith("eval/") and k.endswith("/accuracy")})
+    last_step = max(records)
+    doc.paragraph(f"Paradigm `{settings.get('paradigm', '?')}`, answer format `{settings.get('answer_format', '?')}`, "
+                  f"{last_step} training steps from the caption-pretrained VLM. Pairwise accuracy (both orders "
+                  "averaged) on held-out pairs; `samples` are judge-labelled pairs of the pretrained "
+                  "generator's own samples, the images fine-tuning shows the RM.")
+    rows = []
+    for name in sets:
+        last = {m: series(records, f"eval/{name}/{m}")[1] for m in ("accuracy", "brier", "ece")}
+        rows.append([name] + [_fmt(v[-1] if v else float("nan")) for v in last.values()])
+    doc.table(["eval set", "accuracy", "Brier", "ECE"], rows)
+    curves = {name: series(records, f"eval/{name}/accuracy") for name in sets}
+    doc.image(line_plot(curves, "RM accuracy on held-out pairs", "RM training step", "accuracy"),
+              "rm_accuracy.png", "RM accuracy during training")
+    vlm = stages.get("vlm")
+    if vlm is not None:
+        vrec = read_metrics(vlm.workdir)
+        keys = sorted({k for r in vrec.values() for k in r if k.endswith("/token_accuracy") and k.startswith("eval/")})
+        if keys:
+            doc.paragraph(f"The VLM it starts from: held-out caption token accuracy {value(vrec, keys[0]):.3f} "
+                          f"after {max(vrec)} caption-pretraining steps.")
+
+
+def _finetune_section(doc: Document, stages: dict) -> None:
+    ft = stages["finetune"].workdir
+    records = read_metrics(ft)
+    doc.heading("Fine-tuning")
+    bank = _load_json(os.path.join(ft, "bank", "bank.json"))
+    if bank:
+        s = bank["settings"]
+        with np.load(os.path.join(ft, "bank", "bank.npz")) as data:
+            refs, wins = data["images"], data["wins"]
+            chosen = data["chosen"]
+        top = float(np.take_along_axis(wins, chosen[:, :1], 1).mean())
+        doc.paragraph(f"Best-of-{s['num_samples']} reference bank ({s['select']}-{s['top_k']} by round-robin wins "
+                      f"under the RM) for {len(bank['prompts'])} training prompts; the chosen references won "
+                      f"{top:.2f} of {s['num_samples'] - 1} comparisons on average. The first prompts' references:")
+        shown = refs[:16, :1].transpose(1, 0, 2, 3, 4)
+        doc.image(grid_image(shown, 3), "references.png", "Best-of-N references")
+    else:
+        doc.paragraph("The reward model scores each image alone (no reference images, no bank).")
+    steps, reward = series(records, "reward/mean")
+    doc.image(line_plot({"reward (batch mean)": (steps, reward), "smoothed": (steps, smooth(reward))},
+                        "RM reward during fine-tuning", "fine-tuning step", "P(yes)"), "reward.png", "reward curve")
+    doc.image(line_plot({"batch std": series(records, "reward/std"),
+                         "sliding-window std": series(records, "reward/window_std")},
+                        "Reward standard deviation (the paper's reward-variance signal)", "fine-tuning step", "std"),
+              "reward_std.png", "reward variance curve")
+    judge = {"current parameters": series(records, "eval/judge")}
+    if series(records, "eval/judge_ema")[0]:
+        judge["EMA (exported)"] = series(records, "eval/judge_ema")
+    doc.image(line_plot(judge, "Judge score on held-out prompts during fine-tuning", "fine-tuning step", "judge"),
+              "judge.png", "judge curve")
+    rows = []
+    for key in ("reward/mean", "reward/std", "reward/window_std", "reward/collapse_frac", "diversity", "eval/judge",
+                "eval/judge_ema"):
+        s, v = series(records, key)
+        if v:
+            rows.append([key, f"{v[0]:.4f} (step {s[0]})", f"{v[-1]:.4f} (step {s[-1]})"])
+    doc.table(["metric", "first", "last"], rows)
+
+
+def _stages_section(doc: Document, stages: dict, runs: Sequence) -> None:
+    doc.heading("Stages")
+    rows = []
+    for run in runs:
+        stage = stages[run.name]
+        rows.append([run.name, stage.title, _clock(run.wall_s) + (" (earlier run)" if run.skipped else ""),
+                     _clock(stage.estimate_s), os.path.relpath(stage.workdir, os.path.dirname(doc.folder))])
+    budget = sum(stages[r.name].estimate_s for r in runs)
+    rows.append(["total", "", _clock(sum(r.wall_s for r in runs)), _clock(budget), ""])
+    doc.table(["stage", "what", "wall time", "budget", "folder"], rows)
+    doc.paragraph("Each folder holds the stage's metrics.jsonl, TensorBoard events (`tensorboard --logdir` the "
+                  "workdir), checkpoints and export; the stages' whole logs are in logs/.")
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"

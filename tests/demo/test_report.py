@@ -1,0 +1,104 @@
+"""Reports: mean ± std, values read back from metrics.jsonl, PNG plots and grids, Markdown and
+HTML documents, and the ablation tables built from stage folders."""
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rdance import ablate, report
+from rdance.stages import Stage
+
+
+def write_metrics(folder, records):
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "metrics.jsonl"), "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    with open(os.path.join(folder, "DONE.json"), "w") as f:
+        json.dump({"hash": "x", "wall_s": 10.0}, f)
+
+
+def test_mean_std_and_formatting():
+    assert report.mean_std([0.5, 0.6, 0.7]) == pytest.approx((0.6, 0.1))
+    assert report.mean_std([0.4]) == (0.4, 0.0)
+    assert report.format_mean_std([0.5, 0.6, 0.7]) == "0.600 ± 0.100"
+    assert report.format_mean_std([3e-4, 4e-4]) == "3.5e-04 ± 7.1e-05"
+    assert report.format_mean_std([]) == "n/a"
+    assert report.smooth([1.0, 1.0, 1.0]) == pytest.approx([1.0, 1.0, 1.0])
+
+
+def test_values_from_metrics(tmp_path):
+    write_metrics(tmp_path, [{"step": 0, "eval/judge": 0.2}, {"step": 1, "loss": 1.0}, {"step": 2, "loss": 3.0},
+                             {"step": 2, "eval/judge": 0.5}, {"step": 3, "loss": 5.0}, {"step": 4, "loss": 7.0}])
+    records = report.read_metrics(str(tmp_path))
+    assert report.value(records, "eval/judge") == 0.5 and report.value(records, "eval/judge", "first") == 0.2
+    assert report.value(records, "loss", "late_mean") == 7.0
+    assert report.series(records, "loss") == ([1, 2, 3, 4], [1.0, 3.0, 5.0, 7.0])
+    with pytest.raises(KeyError, match="reward/mean is not in .*it has eval/judge, loss"):
+        report.value(records, "reward/mean")
+
+
+def test_pictures_and_documents(tmp_path):
+    plot = report.line_plot({"a": ([0, 1, 2], [0.1, float("nan"), 0.3]), "b": ([5], [0.2])}, "t", "x", "y")
+    assert plot.size == (640, 380) and len(set(plot.getdata())) > 3
+    assert report.line_plot({}, "empty", "x", "y").size == (640, 380)
+    images = np.random.default_rng(0).integers(0, 255, (2, 3, 8, 8, 3), dtype=np.uint8)
+    grid = report.grid_image(images, scale=2)
+    assert grid.size == (3 * 18 + 2, 2 * 18 + 2)
+    assert np.array_equal(np.asarray(grid)[2:18:2, 2:18:2], images[0, 0])
+    comparison = report.comparison_image([("a", images[0], np.ones(3)), ("b", images[1], np.zeros(3))], 2)
+    assert comparison.size[0] == 96 + 3 * (16 + 6)
+
+    doc = report.Document(str(tmp_path / "r"))
+    doc.heading("Title", 1)
+    doc.paragraph("text with `code`")
+    doc.table(["a", "b"], [[1, "x"]])
+    doc.image(plot, "plot.png", "a plot")
+    path = doc.write("report", "T")
+    md = open(path).read()
+    assert "# Title" in md and "| a | b |\n|---|---|\n| 1 | x |" in md and "![a plot](plot.png)" in md
+    html = open(tmp_path / "r" / "report.html").read()
+    assert "<code>code</code>" in html and "data:image/png;base64," in html
+    assert Image.open(tmp_path / "r" / "plot.png").size == (640, 380)
+
+
+def test_ablation_tables_aggregate_seeds(tmp_path):
+    config = ablate.load_ablation("paradigm", "ci")
+    cells, lookup = [], {}
+    judge = {"pairwise": [0.5, 0.6, 0.7], "pointwise": [0.3, 0.3, 0.3]}
+    for arm, values in judge.items():
+        for seed, j in enumerate(values):
+            names = {}
+            for kind, records in (("rm", [{"step": 10, "eval/in_domain/accuracy": 0.6 + seed / 100}]),
+                                  ("finetune", [{"step": 0, "eval/judge": 0.2},
+                                                {"step": 4, "eval/judge_ema": j, "reward/window_std": 0.01}])):
+                name = f"{kind}.{arm}.{seed}"
+                write_metrics(tmp_path / name, records)
+                lookup[name] = Stage(name, "", "", "", workdir=str(tmp_path / name))
+                names[kind] = name
+            cells.append(ablate.Cell("paradigm", arm, seed, names))
+    results = ablate.collect({"paradigm": config}, cells, lookup)
+    r = results["paradigm"]
+    assert r["arms"]["pairwise"]["judge"] == [0.5, 0.6, 0.7] and r["start_judge"] == [0.2] * 6
+    assert r["stage_time_s"] == 120.0
+    text = ablate.tables(results)
+    assert "| pairwise generative (with reference) | 0.600 ± 0.100 | 0.610 ± 0.010 | 0.010 ± 0.000 |" in text
+    assert "| pointwise generative (no reference) | 0.300 ± 0.000 |" in text
+    assert "over 3 seed(s)" in text and "before RL): 0.200" in text
+
+
+def test_ablation_plan_shares_stages_across_arms_and_ablations():
+    """All four ablations, 3 seeds: one generator, three VLM sizes, and only the RMs and
+    fine-tuning runs that differ (the pairwise arm of a seed serves four ablations)."""
+    configs, cells, stages = ablate.plan(list(ablate.ABLATIONS), "", 0)
+    distinct, _ = ablate.resolve(stages, lambda s: s.name)
+    kinds = [s.name.split(".")[0] for s in distinct]
+    assert len(cells) == 3 * (3 + 3 + 3 + 2)
+    assert {k: kinds.count(k) for k in set(kinds)} == {"generator": 1, "vlm": 3, "rm": 18, "finetune": 24}
+    assert ablate.arm_order(configs["paradigm"]) == ["regressive", "pointwise", "pairwise"]
+    with pytest.raises(ablate.StageError, match="no ablation 'nope'"):
+        ablate.load_ablation("nope")
+    with pytest.raises(ablate.StageError, match="has no arm"):
+        ablate.arm_order(configs["cot"], ["nope"])

@@ -1,0 +1,145 @@
+"""The stage runner (rdance.stages) with a stand-in entrypoint: stages run in order with the
+folders they name, a rerun skips finished stages, a failed or preempted stage resumes where it
+stopped, and settings that changed or a misspelt key are errors before anything runs."""
+import io
+import json
+import os
+
+import pytest
+
+from rdance import stages as st
+
+FAKE = "tests.demo.fake_stage"
+CONFIG = "tests/demo/fake_config.py"
+
+
+def two_stages(**b_overrides):
+    return [st.Stage("a", "first", FAKE, CONFIG, {"value": 2.0}, estimate_s=2),
+            st.Stage("b", "second", FAKE, CONFIG, {"source": "{stage:a}/export", **b_overrides}, estimate_s=3)]
+
+
+def run(tmp_path, stages, **kwargs):
+    distinct, lookup = st.resolve(stages, lambda s: str(tmp_path / s.name))
+    out = io.StringIO()
+    runner = st.Runner(distinct, str(tmp_path / "logs"), out=out, **kwargs)
+    try:
+        return runner.run(), out.getvalue(), lookup
+    except st.StageError as e:
+        e.output = out.getvalue()
+        raise
+
+
+def launches(workdir) -> int:
+    path = os.path.join(workdir, "launches")
+    return len(open(path).read().splitlines()) if os.path.exists(path) else 0
+
+
+def test_runs_in_order_then_skips_on_rerun(tmp_path):
+    runs, out, _ = run(tmp_path, two_stages())
+    assert [r.name for r in runs] == ["a", "b"] and not any(r.skipped for r in runs)
+    assert "stage 1/2 a: first" in out and "stage 2/2 b: second" in out
+    assert "[a] step 3/3  loss 0.5  ETA 0:00:00  | stages ETA" in out
+    assert "not absl's" not in out                                   # only progress lines are echoed
+    assert "not absl's" in (tmp_path / "logs" / "a.log").read_text()  # the log has everything
+    argv = json.loads((tmp_path / "b" / "launches").read_text())
+    assert f"--config.source={tmp_path / 'a'}/export" in argv and f"--workdir={tmp_path / 'b'}" in argv
+    done = json.loads((tmp_path / "b" / "DONE.json").read_text())
+    assert done["stage"] == "b" and done["wall_s"] > 0 and len(done["hash"]) == 16
+
+    runs, out, _ = run(tmp_path, two_stages())
+    assert all(r.skipped for r in runs)
+    assert "stage 1/2 a: finished earlier" in out and "skipped" in out
+    assert launches(tmp_path / "a") == launches(tmp_path / "b") == 1
+
+
+def test_a_failed_stage_resumes_where_it_stopped(tmp_path):
+    with pytest.raises(st.StageError, match=r"stage b failed \(exit status 3\).*b.log.*resumes"):
+        run(tmp_path, two_stages(fail_at=3))
+    assert not (tmp_path / "b" / "DONE.json").exists() and (tmp_path / "b" / "PARTIAL.json").exists()
+    assert (tmp_path / "b" / "progress").read_text() == "2"
+    runs, out, _ = run(tmp_path, two_stages(fail_at=3))
+    assert [r.skipped for r in runs] == [True, False]
+    assert "[b] resuming from" in out and "[b] step 3/3" in out and "[b] step 1/3" not in out
+    assert [json.loads(x)["step"] for x in open(tmp_path / "b" / "metrics.jsonl")] == [1, 2, 3]
+    assert not (tmp_path / "b" / "PARTIAL.json").exists()   # its time went into DONE.json's wall_s
+
+
+def test_a_preempted_stage_is_not_finished(tmp_path):
+    """An entrypoint stopped by SIGTERM saves, logs 'preempted' and exits 0: not done."""
+    with pytest.raises(st.StageError, match="stopped by SIGTERM"):
+        run(tmp_path, two_stages(preempt_at=2))
+    assert not (tmp_path / "b" / "DONE.json").exists()
+    runs, _, _ = run(tmp_path, two_stages(preempt_at=2))
+    assert (tmp_path / "b" / "DONE.json").exists() and launches(tmp_path / "b") == 2
+
+
+def test_changed_settings_and_bad_keys_fail_before_running(tmp_path):
+    run(tmp_path, two_stages())
+    with pytest.raises(st.StageError, match=r"holds a finished 'a' stage made with other settings"):
+        run(tmp_path, [st.Stage("a", "first", FAKE, CONFIG, {"value": 3.0})] + two_stages()[1:])
+    # b names a, so a changed a changes b's hash too (an input's hash, not its path)
+    with pytest.raises(st.StageError, match="unknown config key 'valu'"):
+        run(tmp_path, [st.Stage("c", "third", FAKE, CONFIG, {"valu": 1.0})])
+    with pytest.raises(st.StageError, match="not a float"):
+        run(tmp_path, [st.Stage("c", "third", FAKE, CONFIG, {"value": "many"})])
+    with pytest.raises(st.StageError, match="names stage"):
+        st.resolve([st.Stage("c", "x", FAKE, CONFIG, {"source": "{stage:nowhere}/x"})], lambda s: str(tmp_path))
+    assert launches(tmp_path / "a") == 1 and not (tmp_path / "c").exists()
+
+
+def test_hashes_follow_inputs_and_identical_stages_merge(tmp_path):
+    stages = two_stages() + [st.Stage("a2", "first again", FAKE, CONFIG, {"value": "2.0"}),
+                             st.Stage("b2", "second", FAKE, CONFIG, {"source": "{stage:a2}/export"})]
+    distinct, lookup = st.resolve(stages, lambda s: str(tmp_path / s.name))
+    assert [s.name for s in distinct] == ["a", "b"]                 # a2 == a ("2.0" is parsed as 2.0)
+    assert lookup["a2"] is lookup["a"] and lookup["b2"] is lookup["b"]
+    moved, _ = st.resolve(two_stages(), lambda s: str(tmp_path / "elsewhere" / s.name))
+    assert [s.hash for s in moved] == [s.hash for s in distinct]    # hashes do not depend on folders
+    other, _ = st.resolve([st.Stage("a", "first", FAKE, CONFIG, {"value": 5.0})] + two_stages()[1:],
+                          lambda s: str(tmp_path / s.name))
+    assert other[1].hash != distinct[1].hash
+
+
+def test_copy_overrides_and_command_line():
+    assert st.parse_assignments("a.b=1; c=x,y ;", "w") == {"a.b": "1", "c": "x,y"}
+    with pytest.raises(st.StageError, match="not KEY=VALUE"):
+        st.parse_assignments("a.b", "w")
+    config = st.apply_overrides(st.load_config("experiments/gen_smoke.py"),
+                                {"train.steps": "7", "model.axes_dims_rope": "(4, 6, 6)",
+                                 "train.async_checkpoints": "false", "optim.learning_rate": "3e-4"}, "here")
+    assert config.train.steps == 7 and config.model.axes_dims_rope == (4, 6, 6)
+    assert config.train.async_checkpoints is False and config.optim.learning_rate == 3e-4
+    assert st.flag_value((1, -1, 1)) == "(1,-1,1)" and st.flag_value((3,)) == "(3,)"
+
+
+def test_clock_scales_the_estimates_by_the_speed_so_far():
+    clock = st.Clock([10, 20, 30])
+    assert clock.eta(0, None, 4.0) == 6 + 50
+    clock.finished(10, 20.0)                        # twice as slow as estimated
+    assert clock.eta(1, 5.0, 1.0) == 5 + 60
+    assert clock.eta(1, None, 10.0) == 30 + 60
+
+
+def test_demo_stages_follow_the_rm_paradigm_and_data():
+    from rdance import demo
+    from rdance.stages import load_config
+    config = load_config("experiments/demo.py:ci")
+    names = [s.name for s in demo.build_stages(config)]
+    assert names == ["generator", "pairs", "vlm", "rm", "bank", "finetune", "evaluate"]
+    rm = demo.build_stages(config)[3]
+    assert rm.overrides["data.eval_sets"] == "in_domain=world,samples={stage:pairs}/eval.jsonl"
+    assert rm.overrides["rm.pretrained"] == "{stage:vlm}/export"
+
+    config.rm.extra = "rm.paradigm=pointwise"     # scored without references: no bank
+    stages = demo.build_stages(config)
+    assert [s.name for s in stages] == ["generator", "pairs", "vlm", "rm", "finetune", "evaluate"]
+    assert stages[4].copy == {} and "pointwise" in stages[3].title
+
+    config.rm.train_data = "pairs"
+    with pytest.raises(st.StageError, match="needs training pairs"):
+        demo.build_stages(config)
+    config.pairs.set.pairs.num_prompts = 4
+    assert demo.build_stages(config)[3].overrides["data.train"] == "{stage:pairs}/train.jsonl"
+    config.rm.train_data = "mine"
+    with pytest.raises(st.StageError, match="use 'recipe'"):
+        demo.build_stages(config)
