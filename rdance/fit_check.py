@@ -4,9 +4,13 @@ machine (through libtpu, no TPU needed) and compare per-chip memory with the chi
     python -m rdance.fit_check --config=experiments/toy.py --topology=v5p:2x2x2
     python -m rdance.fit_check --entry=rdance.train_toy --config=... --topology=v5e:4x4 \
         --config.mesh.shape="(1,-1,4)"
+    python -m rdance.fit_check --entry=rdance.finetune --config=experiments/finetune_flux_dev.py:8b \
+        --topology=v5p:4x4x4 --config.mesh.shape="(1,-1,4)"
 
 ``--entry`` names the entrypoint module whose ``make_task(config)`` defines the model, loss and
-data; the mesh shape and rules come from the config, as they would on the slice.
+data; the mesh shape and rules come from the config, as they would on the slice. The fine-tuning
+entrypoint's step (generator, frozen text encoders and VAE, frozen RM) is built from shapes alone
+by :mod:`rdance.train.finetune_fit`.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import importlib
 import math
 import re
 import sys
+import time
 
 import jax
 import numpy as np
@@ -52,11 +57,43 @@ def fit_report(config, task, topology: str) -> dict:
     local = jax.tree.map(lambda x: np.zeros((config.data.global_batch_size, *np.shape(x)), np.asarray(x).dtype),
                          _element(task))
     spec = batch_spec(local, mesh)
-    compiled = compile_train_step(make_train_step(factory, task.loss_fn, schedule), factory, spec)
-    mem = memory_per_device(compiled)
+    started = time.perf_counter()
+    memory = compiled_memory(lambda: compile_train_step(make_train_step(factory, task.loss_fn, schedule),
+                                                        factory, spec))
     params = sum(math.prod(x.shape) for x in jax.tree.leaves(factory.abstract.params))
     return dict(topology=topology, devices=len(devices), mesh=dict(mesh.shape), params=params,
-                hbm=int(hbm), **mem)
+                hbm=int(hbm), compile_seconds=time.perf_counter() - started, **memory)
+
+
+def finetune_fit_report(config, topology: str) -> dict:
+    """The fine-tuning step (rdance.finetune) of ``config``, built from shapes for ``topology``."""
+    from rdance.train import finetune_fit
+    devices, hbm = topology_devices(topology)
+    started = time.perf_counter()
+    step = finetune_fit.lower_step(config, devices)
+    memory = compiled_memory(lambda: step.lowered.compile(compiler_options=step.compiler_options))
+    return dict(topology=topology, devices=len(devices), mesh=dict(step.mesh.shape), step=step.batch,
+                params=sum(step.params.values()), params_by_part=step.params, hbm=int(hbm),
+                compile_seconds=time.perf_counter() - started, **memory)
+
+
+def compiled_memory(compile_fn) -> dict:
+    """Per-device memory of the program ``compile_fn()`` compiles, or ``{'out_of_memory': why}``
+    when the TPU compiler itself gives up because the program cannot fit in HBM."""
+    try:
+        return memory_per_device(compile_fn())
+    except jax.errors.JaxRuntimeError as e:
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        return {"out_of_memory": str(e).strip().splitlines()[0]}
+
+
+def fits(r: dict) -> bool:
+    return "out_of_memory" not in r and r["peak"] <= r["hbm"]
+
+
+# Entrypoints whose step is not a Task's train step, and how to measure theirs.
+STEP_REPORTS = {"rdance.finetune": finetune_fit_report}
 
 
 def _element(task):
@@ -67,12 +104,19 @@ def _element(task):
 def format_report(r: dict) -> str:
     def gib(b):
         return f"{b / 2**30:9.3f} GiB" if b >= 2**30 else f"{b / 2**20:9.3f} MiB"
-    rows = [("topology", r["topology"]), ("devices", str(r["devices"])), ("mesh", str(r["mesh"])),
-            ("parameters", f"{r['params']:,}"), ("arguments", gib(r["argument"])),
-            ("outputs", gib(r["output"])), ("aliased (donated)", gib(r["alias"])),
-            ("temporaries", gib(r["temp"])), ("code", gib(r["generated_code"])),
-            ("peak per device", gib(r["peak"])), ("HBM per device", gib(r["hbm"])),
-            ("fits", f"{'yes' if r['peak'] <= r['hbm'] else 'NO'} ({100 * r['peak'] / r['hbm']:.2f}% of HBM)")]
+    rows = [("topology", r["topology"]), ("devices", str(r["devices"])), ("mesh", str(r["mesh"]))]
+    rows += [("step", r["step"])] if "step" in r else []
+    rows += [("parameters", f"{r['params']:,}")]
+    rows += [(f"  {part}", f"{n:,}") for part, n in r.get("params_by_part", {}).items()]
+    if "out_of_memory" in r:
+        rows += [("HBM per device", gib(r["hbm"])), ("fits", f"NO: the compiler gave up: {r['out_of_memory']}")]
+    else:
+        rows += [("arguments", gib(r["argument"])),
+                 ("outputs", gib(r["output"])), ("aliased (donated)", gib(r["alias"])),
+                 ("temporaries", gib(r["temp"])), ("code", gib(r["generated_code"])),
+                 ("peak per device", gib(r["peak"])), ("HBM per device", gib(r["hbm"])),
+                 ("fits", f"{'yes' if fits(r) else 'NO'} ({100 * r['peak'] / r['hbm']:.2f}% of HBM)")]
+    rows += [("compile", f"{r['compile_seconds']:.1f} s")]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
@@ -81,13 +125,16 @@ def main(argv):
     del argv
     if cli.CONFIG.value is None:
         sys.exit("error: --config is required")
-    task = importlib.import_module(ENTRY.value).make_task(cli.CONFIG.value)
+    config = cli.CONFIG.value
     try:
-        report = fit_report(cli.CONFIG.value, task, TOPOLOGY.value)
-    except (ValueError, sharding.ShardingError) as e:
+        if ENTRY.value in STEP_REPORTS:
+            report = STEP_REPORTS[ENTRY.value](config, TOPOLOGY.value)
+        else:
+            report = fit_report(config, importlib.import_module(ENTRY.value).make_task(config), TOPOLOGY.value)
+    except (ValueError, FileNotFoundError, sharding.ShardingError) as e:
         sys.exit(f"error: {e}")
     print(format_report(report))
-    sys.exit(0 if report["peak"] <= report["hbm"] else 1)
+    sys.exit(0 if fits(report) else 1)
 
 
 def run():

@@ -7,6 +7,8 @@ an error: silent replication of a 26B model is how one runs out of memory on a p
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from typing import Any, Callable, Sequence
 
@@ -178,3 +180,40 @@ def global_batch(local_batch: Any, mesh: Mesh) -> Any:
         x = np.asarray(x)
         return jax.make_array_from_process_local_data(batch_sharding(mesh, x.ndim), x)
     return jax.tree.map(to_global, local_batch)
+
+
+# The mesh whose data-parallel axes split activations' batch dimension while a step is traced.
+_ACTIVATION_MESH: contextvars.ContextVar[Mesh | None] = contextvars.ContextVar("activation_mesh", default=None)
+
+
+@contextlib.contextmanager
+def activations_on(mesh: Mesh):
+    """Trace under this so that :func:`constrain_batch` pins activations to ``mesh``'s batch axes.
+
+    Weights are FSDP-sharded on their embedding dimension; left alone, XLA's sharding propagation
+    may follow the weights and gather the batch onto every device (on a FLUX.1-dev ReFL step,
+    every chip computing the attention of all the slice's samples: 65 GiB of temporaries instead of
+    a few). Each scanned layer pins its input to the batch axes, the layout FSDP intends.
+    It acts while a function is traced: lower a fresh ``jax.jit`` under it, since jit's cache
+    does not know the context.
+    """
+    token = _ACTIVATION_MESH.set(mesh)
+    try:
+        yield mesh
+    finally:
+        _ACTIVATION_MESH.reset(token)
+
+
+def constrain_batch(tree):
+    """Arrays of ``tree`` with their leading (batch) axis split over the data-parallel axes of the
+    mesh :func:`activations_on` set; unchanged outside it, or where the batch does not divide."""
+    mesh = _ACTIVATION_MESH.get()
+    if mesh is None:
+        return tree
+    parts = math.prod(mesh.shape[a] for a in BATCH_AXES)
+
+    def constrain(x):
+        if parts == 1 or x.ndim == 0 or x.shape[0] % parts:
+            return x
+        return jax.lax.with_sharding_constraint(x, batch_sharding(mesh, x.ndim))
+    return jax.tree.map(constrain, tree)

@@ -69,3 +69,19 @@ def test_global_batch_is_split_over_data_axes(devices):
     assert batch["x"].shape == (16, 3)
     assert batch["x"].addressable_shards[0].data.shape == (2, 3)
     np.testing.assert_array_equal(np.asarray(batch["x"]), np.arange(48).reshape(16, 3))
+
+
+def test_constrain_batch_splits_activations_only_under_activations_on(devices):
+    mesh = sh.make_mesh((2, 2, 2))
+    double = lambda x: sh.constrain_batch(x) * 2   # noqa: E731
+
+    with sh.activations_on(mesh):
+        pinned = jax.jit(double)(jnp.ones((8, 3)))
+        odd = jax.jit(double)(jnp.ones((6, 3)))   # 6 rows do not split 4 ways: left to XLA
+    assert pinned.sharding.is_equivalent_to(sh.batch_sharding(mesh, 2), 2)
+    assert pinned.sharding.mesh.shape == mesh.shape
+    assert len(odd.sharding.device_set) == 1
+    # A fresh function: jit's cache does not know the context, so trace anew outside it.
+    outside = jax.jit(lambda x: sh.constrain_batch(x) * 2)(jnp.ones((8, 3)))
+    assert len(outside.sharding.device_set) == 1
+    np.testing.assert_array_equal(pinned, outside)

@@ -180,6 +180,65 @@ def _spec_of(tree):
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
+def reward_paradigm(rm: RewardModel) -> str:
+    """How the step calls the RM: 'pairwise' (against references) or 'pointwise'."""
+    return "pairwise" if rm.paradigm == "pairwise" else "pointwise"
+
+
+def sharded_shapes(make_model, mesh, rules):
+    """(graphdef, parameters as a pure dict of ShapeDtypeStructs sharded on ``mesh`` by ``rules``)
+    of the module ``make_model()`` builds; shapes only, nothing is allocated."""
+    graphdef, abstract = nnx.split(nnx.eval_shape(make_model), nnx.Param)
+    shardings = nnx.to_pure_dict(sharding.state_shardings(abstract, mesh, rules))
+    return graphdef, jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                  nnx.to_pure_dict(abstract), shardings)
+
+
+def lora_layout(config, base, base_shardings):
+    """LoRA's initialiser ``base -> factors`` (zero B: the starting generator) and the factors'
+    shardings; ``base`` may be arrays or ShapeDtypeStructs."""
+    def init_lora(base):
+        return lora.init(base, config.lora.rank, config.lora.targets, jax.random.key(config.seed))
+    return init_lora, lora.shardings(base_shardings, jax.eval_shape(init_lora, base))
+
+
+def state_layout(config, tx, trainable, trainable_shardings, mesh):
+    """The fine-tuning state of ``trainable`` (arrays or ShapeDtypeStructs): its initialiser
+    ``params -> FinetuneState``, its shardings and its sharded ShapeDtypeStructs."""
+    samples = config.data.global_batch_size * config.data.samples_per_prompt
+
+    def init_state(params) -> FinetuneState:
+        return FinetuneState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                             ema=jax.tree.map(jnp.copy, params),
+                             rng=jax.random.key_data(jax.random.key(config.seed)),
+                             rewards=jnp.zeros((config.monitor.window, samples), jnp.float32))
+
+    abstract_state = jax.eval_shape(init_state, trainable)
+    replicated = NamedSharding(mesh, P())
+    opt_shardings = optax.tree_utils.tree_map_params(
+        tx, lambda _, s: s, abstract_state.opt_state, trainable_shardings,
+        transform_non_params=lambda _: replicated)
+    state_shardings = FinetuneState(step=replicated, params=trainable_shardings, opt_state=opt_shardings,
+                                    ema=trainable_shardings, rng=replicated, rewards=replicated)
+    state_spec = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                              abstract_state, state_shardings)
+    return init_state, state_shardings, state_spec
+
+
+def lower_step(gen, graphdef, rm: RewardModel, settings: StepSettings, tx, schedule, mesh,
+               state_spec, batch, frozen, rm_params) -> jax.stages.Lowered:
+    """The fine-tuning step lowered for the sharded ShapeDtypeStructs of its arguments (state
+    donated, metrics replicated), ready to compile ahead of time."""
+    step_fn = make_step(gen, graphdef, rm.pairwise_fn if reward_paradigm(rm) == "pairwise" else rm.pointwise_fn,
+                        settings, tx, schedule, mesh)
+    state_shardings = _shardings_of(state_spec)
+    jitted = jax.jit(step_fn, in_shardings=(state_shardings, _shardings_of(batch), _shardings_of(frozen),
+                                            _shardings_of(rm_params)),
+                     out_shardings=(state_shardings, NamedSharding(mesh, P())), donate_argnums=0)
+    with sharding.activations_on(mesh):   # activations keep the batch split (FSDP)
+        return jitted.lower(state_spec, batch, frozen, rm_params)
+
+
 def finetune(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Result:
     """Run (or resume) the fine-tuning job of ``config`` in ``workdir``; ``devices`` defaults to all."""
     tc = config.train
@@ -194,10 +253,10 @@ def finetune(config: ml_collections.ConfigDict, workdir: str, devices=None) -> R
     gen = genlib.load_generator(config.generator, mesh, rules)
     rm = RewardModel.from_pretrained(config.reward.path, mesh=mesh, dtype=jnp.dtype(config.reward.dtype),
                                      rules=rules, remat_policy=config.reward.remat_policy or None)
-    paradigm = "pairwise" if rm.paradigm == "pairwise" else "pointwise"
+    paradigm = reward_paradigm(rm)
     settings = step_settings(config, paradigm)
-    graphdef, abstract = nnx.split(nnx.eval_shape(gen.make_model), nnx.Param)
-    base_shardings = nnx.to_pure_dict(sharding.state_shardings(abstract, mesh, rules))
+    graphdef, base_spec = sharded_shapes(gen.make_model, mesh, rules)
+    base_shardings = _shardings_of(base_spec)
     base = gen.initial_params(mesh, rules)
     if base is None:
         raise ValueError(f"{config.generator.path} holds no trained generator to fine-tune")
@@ -210,9 +269,8 @@ def finetune(config: ml_collections.ConfigDict, workdir: str, devices=None) -> R
     if settings.lora_scale is None:
         trainable, trainable_shardings = base, base_shardings
     else:
-        init_lora = lambda: lora.init(base, config.lora.rank, config.lora.targets, jax.random.key(config.seed))  # noqa: E731
-        trainable_shardings = lora.shardings(base_shardings, jax.eval_shape(init_lora))
-        trainable = jax.jit(init_lora, out_shardings=trainable_shardings)()
+        init_lora, trainable_shardings = lora_layout(config, base, base_shardings)
+        trainable = jax.jit(init_lora, out_shardings=trainable_shardings)(base)
         logging.info("LoRA rank %d on %d kernels: %d trainable parameters", config.lora.rank,
                      len(lora.targets(base, config.lora.targets)),
                      sum(x.size for x in jax.tree.leaves(trainable)))
@@ -229,7 +287,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: str, devices=None) -> R
 
     # Examples: prompt i mod P with its references, and anchor pair i. The length does not depend
     # on train.steps, so a longer or shorter run sees the same batches in the same order.
-    b, g = config.data.global_batch_size, config.data.samples_per_prompt
+    b = config.data.global_batch_size
     length = len(prompts.train) * EXAMPLES_PER_PROMPT
     source = FinetuneExamples(length, gen.tokenize(prompts.train), rm_tokens,
                               bank.images if bank is not None else None,
@@ -239,22 +297,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: str, devices=None) -> R
 
     # The state: trainable parameters, optimizer, EMA, reward window.
     tx, schedule = make_optimizer(config.optim, tc.steps)
-
-    def init_state(params) -> FinetuneState:
-        return FinetuneState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                             ema=jax.tree.map(jnp.copy, params),
-                             rng=jax.random.key_data(jax.random.key(config.seed)),
-                             rewards=jnp.zeros((config.monitor.window, b * g), jnp.float32))
-
-    abstract_state = jax.eval_shape(init_state, trainable)
-    replicated = NamedSharding(mesh, P())
-    opt_shardings = optax.tree_utils.tree_map_params(
-        tx, lambda _, s: s, abstract_state.opt_state, trainable_shardings,
-        transform_non_params=lambda _: replicated)
-    state_shardings = FinetuneState(step=replicated, params=trainable_shardings, opt_state=opt_shardings,
-                                    ema=trainable_shardings, rng=replicated, rewards=replicated)
-    state_spec = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                              abstract_state, state_shardings)
+    init_state, state_shardings, state_spec = state_layout(config, tx, trainable, trainable_shardings, mesh)
 
     save_arrays_from_one_replica()
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=tc.keep_checkpoints,
@@ -270,12 +313,8 @@ def finetune(config: ml_collections.ConfigDict, workdir: str, devices=None) -> R
         writer.truncate_after(start)
     del trainable
 
-    step_fn = make_step(gen, graphdef, rm.pairwise_fn if paradigm == "pairwise" else rm.pointwise_fn,
-                        settings, tx, schedule, mesh)
-    jitted = jax.jit(step_fn, in_shardings=(state_shardings, _shardings_of(batch_spec(next(iter(data)), mesh)),
-                                            _shardings_of(frozen), _shardings_of(rm.params)),
-                     out_shardings=(state_shardings, replicated), donate_argnums=0)
-    lowered = jitted.lower(state_spec, batch_spec(next(iter(data)), mesh), _spec_of(frozen), _spec_of(rm.params))
+    lowered = lower_step(gen, graphdef, rm, settings, tx, schedule, mesh, state_spec,
+                         batch_spec(next(iter(data)), mesh), _spec_of(frozen), _spec_of(rm.params))
     compiled = lowered.compile(compiler_options=compiler_options(tc.compiler_options))
     log_memory(compiled, "finetune_step")
     memory = memory_per_device(compiled)

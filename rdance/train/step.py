@@ -9,6 +9,7 @@ import optax
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from rdance import sharding
 from rdance.train.state import StateFactory, TrainState
 
 # loss_fn(model, batch, rng) -> (scalar loss, dict of scalar metrics)
@@ -41,7 +42,9 @@ def compile_train_step(train_step, factory: StateFactory, batch_spec) -> jax.sta
     batch_shardings = jax.tree.map(lambda s: s.sharding, batch_spec)
     jitted = jax.jit(train_step, in_shardings=(factory.shardings, batch_shardings),
                      out_shardings=(factory.shardings, replicated), donate_argnums=0)
-    compiled = jitted.lower(factory.abstract_with_shardings(), batch_spec).compile()
+    with sharding.activations_on(factory.mesh):   # activations keep the batch split (FSDP)
+        lowered = jitted.lower(factory.abstract_with_shardings(), batch_spec)
+    compiled = lowered.compile()
     log_memory(compiled, "train_step")
     return compiled
 

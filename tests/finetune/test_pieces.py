@@ -6,7 +6,7 @@ import pytest
 
 from rdance import sharding as sh
 from rdance.train import bank as banklib, ema, lora, monitors
-from rdance.train.finetune_step import rwr_weights
+from rdance.train.finetune_step import random_shift, rwr_weights
 
 
 # ----- RWR weights
@@ -32,6 +32,27 @@ def preferences(quality, bias=0.1):
     """P(j beats reference i) from latent qualities, with a position bias towards image 2."""
     q = np.asarray(quality, np.float64)
     return 1 / (1 + np.exp(-(q[..., None, :] - q[..., :, None]) * 3 - bias))
+
+
+def test_random_shift_translates_each_image_by_its_own_offset_with_edges_repeated():
+    images = jnp.asarray(np.random.default_rng(0).uniform(size=(6, 9, 11, 3)), jnp.float32)
+    key, ids = jax.random.key(3), jnp.arange(6)
+    assert random_shift(images, key, ids, 0) is images
+    shifted = np.asarray(random_shift(images, key, ids, 2))
+    assert shifted.shape == images.shape
+    padded = np.pad(np.asarray(images), ((0, 0), (2, 2), (2, 2), (0, 0)), mode="edge")
+    offsets = []
+    for i in range(6):   # each output is one window of the edge-padded image, offsets within ±2
+        hits = [(dy, dx) for dy in range(5) for dx in range(5)
+                if np.array_equal(padded[i, dy:dy + 9, dx:dx + 11], shifted[i])]
+        assert hits, f"image {i} is not a translation of its input"
+        offsets.append(hits[0])
+    assert len(set(offsets)) > 1   # drawn per image, not one offset for the batch
+    # The same key and ids give the same shifts (resume), another id another draw.
+    np.testing.assert_array_equal(shifted, random_shift(images, key, ids, 2))
+    # Differentiable: the gradient of the sum counts how often each pixel is read.
+    grad = jax.grad(lambda x: random_shift(x, key, ids, 2).sum())(images)
+    assert float(grad.sum()) == pytest.approx(images.size)
 
 
 def test_round_robin_ranks_by_wins_and_cancels_position_bias():

@@ -10,6 +10,8 @@ from typing import Callable
 import jax
 from flax import nnx
 
+from rdance import sharding
+
 # Remat policies by name, so configs and CLIs can pick one with a string.
 REMAT_POLICIES = {
     "none": None,
@@ -46,5 +48,6 @@ def run_stack(blocks: nnx.Module, carry, *shared, remat: str = "none"):
 
     if remat != "none":
         apply = jax.checkpoint(apply, policy=REMAT_POLICIES[remat])
-    carry, _ = jax.lax.scan(lambda c, layer_state: (apply(layer_state, c), None), carry, state)
+    carry, _ = jax.lax.scan(lambda c, layer_state: (apply(layer_state, sharding.constrain_batch(c)), None),
+                            carry, state)
     return carry

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from rdance import sharding
 from rdance.models.layers import Embed, Linear, RMSNorm
 
 from .config import TextConfig, rope_frequencies
@@ -118,7 +119,7 @@ class Qwen2(nnx.Module):
 
         @nnx.scan(in_axes=(nnx.Carry, 0, 0), out_axes=(nnx.Carry, 0))
         def body(x, layer, kv_slot):
-            return call_layer(layer, self.remat_policy, x, cos, sin, mask, kv_slot, index)
+            return call_layer(layer, self.remat_policy, sharding.constrain_batch(x), cos, sin, mask, kv_slot, index)
         kv = None if cache is None else (cache.k, cache.v)
         x, kv = body(x, self.layers, kv)
         return self.norm(x), (None if cache is None else KVCache(*kv))

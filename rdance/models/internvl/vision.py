@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rdance.models.layers import LayerNorm, Linear, RMSNorm
+from rdance import sharding
 from rdance.sharding import param
 
 from .config import VisionConfig
@@ -136,6 +137,6 @@ class VisionTower(nnx.Module):
 
         @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
         def body(x, layer):
-            return call_layer(layer, self.remat_policy, x)
+            return call_layer(layer, self.remat_policy, sharding.constrain_batch(x))
         x = body(x, self.layers)
         return x if self.final_norm is None else self.final_norm(x)

@@ -1,0 +1,81 @@
+"""The fine-tuning fit check: the ReFL step of a FLUX-shaped generator and an InternVL-shaped RM,
+built from architecture dicts alone (no folders, no weights) and compiled for a TPU slice.
+
+This file is also the tiny config the command line reads (``get_config``): FLUX.1-dev's and
+InternVL3's structure at toy sizes (guidance embeds, T5 and CLIP encoders, a 16-channel-style VAE
+with down/up blocks, pairwise RM), so the compile takes seconds, not minutes.
+"""
+import os
+import subprocess
+import sys
+
+import ml_collections
+
+from experiments import finetune_flux_dev
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+TINY_FLUX = dict(
+    transformer=dict(num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+                     in_channels=16, joint_attention_dim=32, pooled_projection_dim=16, guidance_embeds=True,
+                     axes_dims_rope=(4, 6, 6)),
+    vae=dict(block_out_channels=(8, 16), latent_channels=4, layers_per_block=1, norm_num_groups=4,
+             down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2),
+    scheduler=dict(shift=3.0, use_dynamic_shifting=True),
+    text_encoder=dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, max_position_embeddings=8),
+    text_encoder_2=dict(vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4),
+)
+TINY_RM = dict(
+    model_type="internvl", downsample_ratio=0.5, projector_hidden_act="gelu", tie_word_embeddings=True,
+    vision_feature_layer=-1, vision_feature_select_strategy="default",
+    vision_config=dict(model_type="internvl_vision", hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=64, image_size=[32, 32], patch_size=[8, 8], norm_type="layer_norm",
+                       use_qk_norm=False, use_mean_pooling=True, layer_scale_init_value=0.1),
+    text_config=dict(model_type="qwen2", vocab_size=1024, hidden_size=32, num_hidden_layers=1,
+                     num_attention_heads=2, num_key_value_heads=1, intermediate_size=64,
+                     max_position_embeddings=512, rope_theta=10000.0, rms_norm_eps=1e-6, hidden_act="silu",
+                     tie_word_embeddings=True))
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """experiments/finetune_flux_dev.py at toy sizes; 'no_architecture': without the generator's
+    architecture (and a generator.path that is no folder), the bad input the fit check explains."""
+    c = finetune_flux_dev.get_config("1b")
+    c.generator.update(dict(architecture=TINY_FLUX, height=32, width=32, max_sequence_length=8))
+    c.reward.architecture = dict(config=TINY_RM, reward_config=dict(max_prompt_tokens=120, max_tiles=1))
+    c.sampler.num_steps, c.refl.window = 4, 2
+    c.data.global_batch_size, c.monitor.window = 4, 4
+    c.anchor.weight = 0.0   # the anchor's VAE encode and flow-matching pass would double the compile
+    if arg == "no_architecture":
+        c.generator.architecture = {}
+    return c
+
+
+def fit_check(*flags):
+    return subprocess.run([sys.executable, "-m", "rdance.fit_check", "--entry=rdance.finetune", *flags],
+                          cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_finetune_fit_check_compiles_the_refl_step_for_a_tpu_slice():
+    result = fit_check(f"--config={__file__}", "--topology=v5e:2x2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    print(result.stdout)
+    rows = dict(map(str.strip, line.strip().split("  ", 1)) for line in result.stdout.splitlines() if line.strip())
+    assert rows["devices"] == "4" and rows["mesh"] == "{'data': 1, 'fsdp': 4, 'tensor': 1}"
+    assert rows["step"].startswith("refl, 4 prompts x 2 samples at 32x32")
+    parts = ("generator (trains)", "t5 (frozen)", "clip (frozen)", "vae (frozen)", "reward model (frozen)")
+    counts = [int(rows[p].replace(",", "")) for p in parts]
+    assert all(n > 0 for n in counts) and sum(counts) == int(rows["parameters"].replace(",", ""))
+    assert rows["HBM per device"] == "16.000 GiB"
+    peak, unit = rows["peak per device"].split()
+    assert float(peak) > 0 and unit in ("MiB", "GiB")
+    assert rows["fits"].startswith("yes")
+
+
+def test_finetune_fit_check_explains_a_missing_architecture():
+    result = fit_check(f"--config={__file__}:no_architecture", "--topology=v5e:2x2")
+    assert result.returncode != 0
+    assert "error: generator.path='/path/to/FLUX.1-dev' is not a folder and generator.architecture is empty" \
+        in result.stderr, result.stderr[-3000:]
