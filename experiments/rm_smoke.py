@@ -30,7 +30,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                   label_noise=0.1, seed=0, global_batch_size=32, skip_bad_records=False,
                   # Share of pairs that set a faithful render against a near miss; the rest
                   # rank two images drawn from {faithful, each kind of mistake}.
-                  clean_share=0.75)
+                  clean_share=0.75,
+                  # world_captions only: share of grounding questions among the captions.
+                  question_share=0.0)
     c.optim = dict(name="adamw", learning_rate=1e-3, schedule="cosine", warmup_steps=100,
                    b1=0.9, b2=0.98, weight_decay=0.01, grad_clip_norm=1.0)
     c.mesh = dict(shape=(1, -1, 1), rules=DEFAULT_RULES)

@@ -14,9 +14,12 @@ from experiments import rm_smoke
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = rm_smoke.get_config(arg)
     c.rm.paradigm = "caption"
-    c.rm.max_prompt_tokens = 32
+    c.rm.max_prompt_tokens = 56   # grounding questions; captions need 32
     c.rm.max_answer_tokens = 16
     c.data.train = "world_captions"
+    # Half captions, half 'Does the image show "PROMPT"?' with yes/no answers (near misses drawn
+    # for "no"), as a VLM's instruction data holds grounding questions beside its captions.
+    c.data.question_share = 0.5
     c.data.eval_sets = "captions=world_captions"
     c.data.train_pairs = 200000
     c.data.eval_pairs = 256

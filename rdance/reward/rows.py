@@ -6,7 +6,8 @@ pairwise    two rows per pair, one per order: (reference=A, candidate=B) answers
 pointwise   two rows per pair, winner then loser, each alone: "does it meet the criteria?".
 regressive  the pointwise rows without an answer; a scalar head scores them.
 caption     one row per single-image record, "Describe the image." answered by the record's
-            prompt: the VLM pretraining that a from-scratch smoke RM starts from.
+            prompt, or, for a record whose criteria is "question", 'Does the image show "PROMPT"?'
+            answered yes (label 1) or no: the VLM pretraining a from-scratch smoke RM starts from.
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from rdance.reward.model import tiles_per_image
 
 PARADIGMS = ("pairwise", "pointwise", "regressive", "caption")
 CAPTION_QUESTION = "Image: {image}\nDescribe the image."
+GROUNDING_QUESTION = 'Image: {image}\nDoes the image show "{prompt}"? Answer "yes" or "no".'
+
 ANSWER_FORMATS = (*T.FORMATS, "mixed")
 
 
@@ -79,8 +82,13 @@ class RowBuilder:
 
     def caption_rows(self, record: PreferenceRecord) -> dict[str, np.ndarray]:
         image = record.images[0]
-        question = CAPTION_QUESTION.format(image=self.template.image_marks([_frames(image)])[0])
-        encoded = self.template.encode(question, self._image_tokens(image), record.prompt)
+        mark = self.template.image_marks([_frames(image)])[0]
+        if record.criteria == "question":
+            question = GROUNDING_QUESTION.format(image=mark, prompt=record.prompt)
+            answer = "yes" if record.label == 1 else "no"
+        else:
+            question, answer = CAPTION_QUESTION.format(image=mark), record.prompt
+        encoded = self.template.encode(question, self._image_tokens(image), answer)
         rows = T.pack([encoded], self.spec.max_prompt_tokens, self.spec.max_answer_tokens,
                       self.template.tokenizer.pad_token_id, ())
         return {"input_ids": rows.input_ids, "attention_mask": rows.attention_mask,

@@ -16,7 +16,7 @@ from rdance.data.world.pairs import ALIGNMENT_CRITERIA, PreferencePairs
 from rdance.models.internvl import convert
 from rdance.models.internvl.api import abstract_model
 from rdance.models.internvl.config import InternVLConfig, load_config
-from rdance.reward import templates as T
+from rdance.reward import rows, templates as T
 
 HEAD_FILE = "reward_head.npz"
 RM_CONFIG_FILE = "reward_config.json"
@@ -27,6 +27,7 @@ def world_corpus() -> list[str]:
     texts = [T.pairwise_question("p", c, f, "i", "i") + T.pointwise_question("p", c, f, "i")
              for c in T.CRITERIA for f in T.FORMATS]
     texts += [T.answer(y, "r", f) for y in (True, False) for f in T.FORMATS]
+    texts += [rows.CAPTION_QUESTION.format(image="i"), rows.GROUNDING_QUESTION.format(image="i", prompt="p")]
     texts += [ALIGNMENT_CRITERIA, "image 1 image 2", " ".join(f"Frame{i}" for i in range(1, 65))]
     pairs = PreferencePairs(400, seed=12345, size=32)
     texts += [pairs[i].prompt + " " + pairs[i].rationale for i in range(len(pairs))]

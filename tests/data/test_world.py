@@ -101,6 +101,19 @@ def test_captions_describe_what_was_drawn():
     assert len({captions[i].prompt for i in range(30)}) > 20
 
 
+def test_grounding_questions_ask_about_a_prompt_drawn_or_missed():
+    from rdance.data.world.pairs import WorldCaptions
+    source = WorldCaptions(60, seed=2, question_share=1.0)
+    labels = []
+    for i in range(60):
+        record = source[i]
+        assert record.criteria == WorldCaptions.QUESTION and record.kind == "point"
+        score = judge(record.images[0], _scene_of_seed(record.prompt, i, 2)).score
+        assert (score == 1.0) == (record.label == 1), (i, record.prompt, score)
+        labels.append(record.label)
+    assert 15 < sum(labels) < 45
+
+
 def _scene_of_seed(prompt, index, seed):
     from rdance.data.world.prompts import sample_scene
     scene = sample_scene(np.random.default_rng([seed, index]))

@@ -80,3 +80,21 @@ def test_caption_rows_answer_with_the_prompt(template):
     assert rows["input_ids"].shape == (1, 56) and rows["images"].shape == (1, 32, 32, 3)
     answer = rows["targets"][0][rows["target_kind"][0] > 0]
     assert template.tokenizer.decode(answer[:-1]) == record.prompt.replace(" ", " ")
+
+
+def test_grounding_question_rows_answer_yes_for_what_was_drawn_and_no_for_a_near_miss(template):
+    from rdance.data.world.pairs import WorldCaptions
+    spec = RowSpec(paradigm="caption", image_size=32, tokens_per_tile=4, max_prompt_tokens=48,
+                   max_answer_tokens=16)
+    source = WorldCaptions(40, seed=0, question_share=0.5)
+    records = [source[i] for i in range(40)]
+    questions = [r for r in records if r.criteria == WorldCaptions.QUESTION]
+    assert 10 < len(questions) < 30 and {r.label for r in questions} == {0, 1}
+    for record in questions:
+        rows = RowBuilder(template, spec)(record)
+        text = template.tokenizer.decode(rows["input_ids"][0][rows["attention_mask"][0] > 0])
+        assert f'show " {record.prompt} "?' in text and "<unk>" not in text   # the word tokenizer spaces words
+        answer = rows["targets"][0][rows["target_kind"][0] > 0]
+        assert template.tokenizer.decode(answer[:1]) == ("yes" if record.label == 1 else "no")
+    with pytest.raises(ValueError, match="question_share"):
+        WorldCaptions(1, seed=0, question_share=1.5)

@@ -77,10 +77,19 @@ class PreferencePairs:
 class WorldCaptions:
     """Images with what they show: the pretraining set of the smoke VLM (a reward model starts
     from a VLM that can already see, as the paper's InternVL RMs do). Half the images are drawn
-    from a prompt, half from a near miss of it, and each is captioned by what was drawn."""
+    from a prompt, half from a near miss of it, and each is captioned by what was drawn.
 
-    def __init__(self, num_images: int, seed: int, size: int = 32, kinds=KINDS):
+    With ``question_share`` > 0 that share of the records are grounding questions instead, as a
+    VLM's instruction data has them: the prompt asked about (criteria ``QUESTION``) and an image
+    drawn from it (label 1, "yes") or from a near miss of it (label 0, "no")."""
+
+    QUESTION = "question"
+
+    def __init__(self, num_images: int, seed: int, size: int = 32, kinds=KINDS, question_share: float = 0.0):
+        if not 0.0 <= question_share <= 1.0:
+            raise ValueError(f"data.question_share={question_share} must lie in [0, 1]")
         self.num, self.seed, self.size, self.kinds = num_images, seed, size, kinds
+        self.question_share = question_share
 
     def __len__(self) -> int:
         return self.num
@@ -90,6 +99,11 @@ class WorldCaptions:
             raise IndexError(index)
         rng = np.random.default_rng([self.seed, int(index)])
         scene = sample_scene(rng, self.kinds)
+        if rng.random() < self.question_share:
+            faithful = rng.random() < 0.5
+            drawn = scene if faithful else mistaken_scene(scene, str(rng.choice(possible_mistakes(scene))), rng)
+            return PreferenceRecord(prompt=scene.prompt, images=(render(drawn, self.size, rng),),
+                                    label=int(faithful), criteria=self.QUESTION)
         if rng.random() < 0.5:
             scene = mistaken_scene(scene, str(rng.choice(possible_mistakes(scene))), rng)
         return PreferenceRecord(prompt=scene.prompt, images=(render(scene, self.size, rng),), label=1)
