@@ -22,10 +22,11 @@ InternVL3 RMs up to 14b split 2 ways; their 151,674-row vocabulary does not spli
 Will it fit? Compile the ReFL step for a TPU slice on a CPU, from shapes only (no checkpoints:
 ``generator.architecture`` and ``reward.architecture`` hold the config files of FLUX.1-dev and of
 the InternVL3 RM, used when the paths are not folders); see docs/finetune.md. With the 8b RM at
-1024x1024 the step needs 32 v5p chips, one prompt (two samples) per chip (84.1 GiB of 95):
+1024x1024 the step fits 16 v5p chips, one prompt (two samples) per chip and micro-batch (47.8
+GiB of 95; 97.6 GiB with generator.remat=dots_no_batch):
 
     python -m rdance.fit_check --entry=rdance.finetune --config=experiments/finetune_flux_dev.py:8b \
-        --topology=v5p:4x4x2 --config.optim.grad_accum_steps=1
+        --topology=v5p:2x2x4
 """
 import ml_collections
 
@@ -74,8 +75,10 @@ def get_config(arg: str | None = "8b") -> ml_collections.ConfigDict:
         raise ValueError(f"RM size {size!r}: use one of {sorted(ACCUMULATION)}")
     c = finetune_smoke.get_config()
     c.algo = "refl"
+    # remat=full: each FLUX block keeps only its input for the backward; saving its matmul
+    # outputs (dots_no_batch) costs ~20 GiB more per sample at 1024x1024 and no longer fits 16 chips.
     c.generator.update(dict(kind="flux", path="/path/to/FLUX.1-dev", height=1024, width=1024,
-                            guidance_scale=3.5, max_sequence_length=512, dtype="bfloat16", remat="dots_no_batch",
+                            guidance_scale=3.5, max_sequence_length=512, dtype="bfloat16", remat="full",
                             architecture=FLUX_DEV))
     c.reward.update(dict(path=f"/path/to/rm-{size}/export", dtype="bfloat16", remat_policy="nothing_saveable",
                          architecture=rm_architecture(size)))
