@@ -35,6 +35,13 @@ def world_corpus() -> list[str]:
     return texts
 
 
+def padded_vocab(words: int) -> int:
+    """Embedding rows for a tokenizer of ``words`` tokens: a multiple of 64, so the vocabulary
+    splits over any tensor-parallel size up to 64 however many words the world has (the rows
+    past the tokenizer are never fed and learn to lose every softmax)."""
+    return -(-words // 64) * 64
+
+
 def write_model_folder(model, image_size: int, folder: str) -> str:
     """config.json + tokenizer of an InternVL-shaped model: ``model.architecture`` (a real
     checkpoint's config.json fields, e.g. for a fit check) or the small sizes in ``model``."""
@@ -58,7 +65,7 @@ def write_model_folder(model, image_size: int, folder: str) -> str:
             "patch_size": [model.patch_size, model.patch_size], "norm_type": "layer_norm",
             "use_qk_norm": False, "use_mean_pooling": True, "layer_scale_init_value": 0.1},
         "text_config": {
-            "model_type": "qwen2", "vocab_size": len(tokenizer), "hidden_size": model.text_hidden,
+            "model_type": "qwen2", "vocab_size": padded_vocab(len(tokenizer)), "hidden_size": model.text_hidden,
             "num_hidden_layers": model.text_layers, "num_attention_heads": model.text_heads,
             "num_key_value_heads": model.text_kv_heads, "intermediate_size": 4 * model.text_hidden,
             "max_position_embeddings": 4096, "rope_theta": 10000.0, "rms_norm_eps": 1e-6,
