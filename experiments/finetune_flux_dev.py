@@ -86,7 +86,7 @@ def get_config(arg: str | None = "8b") -> ml_collections.ConfigDict:
     c.data.update(dict(prompt_file="/path/to/prompts.txt", eval_prompt_file="", eval_prompts=16,
                        samples_per_prompt=2, global_batch_size=32))
     c.bank.update(dict(num_samples=16, top_k=2, select="top", chunk=32))
-    c.refl.update(dict(window=7, scale=1.0, loss="linear", references="sample"))
+    c.refl.update(dict(window=7, scale=1.0, loss="linear", references="sample", shift=0))
     c.anchor.update(dict(weight=1.0, path="/path/to/captions.jsonl"))
     c.ema.update(dict(decay=0.999, warmup=True))
     c.optim.update(dict(learning_rate=1e-5, schedule="constant", warmup_steps=0, weight_decay=0.0,
