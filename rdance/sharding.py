@@ -169,6 +169,22 @@ def create_sharded(make_model: Callable[[], nnx.Module], mesh: Mesh, rules: Rule
     return nnx.merge(graphdef, init())
 
 
+def with_shardings(tree: Any, shardings: Any) -> Any:
+    """ShapeDtypeStructs of ``tree``'s arrays (or structs) placed by ``shardings``: what an
+    ahead-of-time compile or a checkpoint restore takes, with nothing allocated."""
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings)
+
+
+def shardings_of(tree: Any) -> Any:
+    """The sharding of every array (or sharded ShapeDtypeStruct) in ``tree``."""
+    return jax.tree.map(lambda x: x.sharding, tree)
+
+
+def spec_of(tree: Any) -> Any:
+    """Sharded ShapeDtypeStructs of the arrays in ``tree``, placed where they are."""
+    return with_shardings(tree, shardings_of(tree))
+
+
 def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
     """Leading dimension split over the data-parallel axes, the rest replicated."""
     return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))

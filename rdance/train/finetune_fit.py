@@ -58,14 +58,6 @@ class LoweredStep:
     batch: str                  # what one step processes, in words
 
 
-def _with_shardings(tree, shardings):
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings)
-
-
-def _shardings_of(tree):
-    return jax.tree.map(lambda x: x.sharding, tree)
-
-
 def _count(tree) -> int:
     return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
 
@@ -77,7 +69,9 @@ def _as_dict(value) -> dict:
 class FluxShapes(FluxGenerator):
     """A :class:`FluxGenerator` built from its config files alone, for compiling: the frozen text
     encoders and VAE are sharded ShapeDtypeStructs and prompts tokenize to zeros of the right
-    length. It computes what FluxGenerator computes, but holds no weights and runs nothing."""
+    length. It computes what FluxGenerator computes, but holds no weights and runs nothing; it is
+    only lowered, never trained (no ``initial_params``: the trainable shapes come from
+    ``make_model``)."""
 
     def __init__(self, files: dict, *, mesh, rules, height: int, width: int, guidance_scale: float,
                  max_sequence_length: int, dtype: str | None, remat: str, vae_remat: str = "full"):
@@ -101,9 +95,6 @@ class FluxShapes(FluxGenerator):
         self.image_shape = (height, width, 3)
         self.latent_shape = ((h // 2) * (w // 2), self.cfg.in_channels)
         self.img_ids = flow_match.image_ids(h, w)
-
-    def initial_params(self, mesh, rules):
-        raise NotImplementedError("FluxShapes holds shapes only; load a FluxGenerator to train")
 
     def tokenize(self, prompts) -> dict[str, np.ndarray]:
         n = len(prompts)
@@ -157,7 +148,10 @@ def reward_shapes(config, mesh, rules, workdir: str) -> RewardModel:
     if r.path and os.path.isdir(r.path):
         folder = r.path
         settings_file = os.path.join(folder, scratch.RM_CONFIG_FILE)
-        settings = json.load(open(settings_file)) if os.path.exists(settings_file) else {}
+        settings = {}
+        if os.path.exists(settings_file):
+            with open(settings_file) as f:
+                settings = json.load(f)
     elif r.get("architecture"):
         architecture = _as_dict(r.architecture)
         if "config" not in architecture:
@@ -174,7 +168,7 @@ def reward_shapes(config, mesh, rules, workdir: str) -> RewardModel:
                          f"{r.path or 'reward.architecture'} is regressive")
     vlm_config = load_config(folder)
     graphdef, abstract = abstract_model(vlm_config, jnp.dtype(r.dtype))
-    state = _with_shardings(abstract, sharding.state_shardings(abstract, mesh, rules))
+    state = sharding.with_shardings(abstract, sharding.state_shardings(abstract, mesh, rules))
     vlm = InternVL(graphdef, state, vlm_config, mesh, folder)
     return RewardModel(vlm, settings, remat_policy=checkpoint_policy(r.remat_policy or None))
 
@@ -209,13 +203,13 @@ def lower_step(config, devices) -> LoweredStep:
             trainable, params = base, {"generator (trains)": _count(base)}
         else:
             frozen["base"] = base
-            init_lora, shardings = ft.lora_layout(config, base, _shardings_of(base))
-            trainable = _with_shardings(jax.eval_shape(init_lora, base), shardings)
+            init_lora, shardings = ft.lora_layout(config, base, sharding.shardings_of(base))
+            trainable = sharding.with_shardings(jax.eval_shape(init_lora, base), shardings)
             params = {"generator (frozen base)": _count(base), "LoRA factors (train)": _count(trainable)}
         params.update({f"{name} (frozen)": _count(tree) for name, tree in gen.frozen.items()})
         params["reward model (frozen)"] = _count(rm.params)
         tx, schedule = make_optimizer(config.optim, config.train.steps)
-        _, _, state_spec = ft.state_layout(config, tx, trainable, _shardings_of(trainable), mesh)
+        _, _, state_spec = ft.state_layout(config, tx, trainable, sharding.shardings_of(trainable), mesh)
         batch = batch_shapes(config, gen, rm, paradigm, mesh)
         lowered = ft.lower_step(gen, graphdef, rm, settings, tx, schedule, mesh, state_spec, batch, frozen,
                                 rm.params)

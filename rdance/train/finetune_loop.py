@@ -172,14 +172,6 @@ def save_arrays_from_one_replica() -> None:
             jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
 
 
-def _shardings_of(tree):
-    return jax.tree.map(lambda x: x.sharding, tree)
-
-
-def _spec_of(tree):
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
-
-
 def reward_paradigm(rm: RewardModel) -> str:
     """How the step calls the RM: 'pairwise' (against references) or 'pointwise'."""
     return "pairwise" if rm.paradigm == "pairwise" else "pointwise"
@@ -190,8 +182,7 @@ def sharded_shapes(make_model, mesh, rules):
     of the module ``make_model()`` builds; shapes only, nothing is allocated."""
     graphdef, abstract = nnx.split(nnx.eval_shape(make_model), nnx.Param)
     shardings = nnx.to_pure_dict(sharding.state_shardings(abstract, mesh, rules))
-    return graphdef, jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                  nnx.to_pure_dict(abstract), shardings)
+    return graphdef, sharding.with_shardings(nnx.to_pure_dict(abstract), shardings)
 
 
 def lora_layout(config, base, base_shardings):
@@ -220,8 +211,7 @@ def state_layout(config, tx, trainable, trainable_shardings, mesh):
         transform_non_params=lambda _: replicated)
     state_shardings = FinetuneState(step=replicated, params=trainable_shardings, opt_state=opt_shardings,
                                     ema=trainable_shardings, rng=replicated, rewards=replicated)
-    state_spec = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                              abstract_state, state_shardings)
+    state_spec = sharding.with_shardings(abstract_state, state_shardings)
     return init_state, state_shardings, state_spec
 
 
@@ -231,10 +221,9 @@ def lower_step(gen, graphdef, rm: RewardModel, settings: StepSettings, tx, sched
     donated, metrics replicated), ready to compile ahead of time."""
     step_fn = make_step(gen, graphdef, rm.pairwise_fn if reward_paradigm(rm) == "pairwise" else rm.pointwise_fn,
                         settings, tx, schedule, mesh)
-    state_shardings = _shardings_of(state_spec)
-    jitted = jax.jit(step_fn, in_shardings=(state_shardings, _shardings_of(batch), _shardings_of(frozen),
-                                            _shardings_of(rm_params)),
-                     out_shardings=(state_shardings, NamedSharding(mesh, P())), donate_argnums=0)
+    in_shardings = sharding.shardings_of((state_spec, batch, frozen, rm_params))
+    jitted = jax.jit(step_fn, in_shardings=in_shardings, out_shardings=(in_shardings[0], NamedSharding(mesh, P())),
+                     donate_argnums=0)
     with sharding.activations_on(mesh):   # activations keep the batch split (FSDP)
         return jitted.lower(state_spec, batch, frozen, rm_params)
 
@@ -256,7 +245,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: str, devices=None) -> R
     paradigm = reward_paradigm(rm)
     settings = step_settings(config, paradigm)
     graphdef, base_spec = sharded_shapes(gen.make_model, mesh, rules)
-    base_shardings = _shardings_of(base_spec)
+    base_shardings = sharding.shardings_of(base_spec)
     base = gen.initial_params(mesh, rules)
     if base is None:
         raise ValueError(f"{config.generator.path} holds no trained generator to fine-tune")
@@ -314,7 +303,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: str, devices=None) -> R
     del trainable
 
     lowered = lower_step(gen, graphdef, rm, settings, tx, schedule, mesh, state_spec,
-                         batch_spec(next(iter(data)), mesh), _spec_of(frozen), _spec_of(rm.params))
+                         batch_spec(next(iter(data)), mesh), sharding.spec_of(frozen), sharding.spec_of(rm.params))
     compiled = lowered.compile(compiler_options=compiler_options(tc.compiler_options))
     log_memory(compiled, "finetune_step")
     memory = memory_per_device(compiled)

@@ -66,8 +66,7 @@ class StateFactory:
 
     def abstract_with_shardings(self) -> TrainState:
         """ShapeDtypeStructs carrying shardings: the restore target and the compile signature."""
-        return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                            self.abstract, self.shardings)
+        return sharding.with_shardings(self.abstract, self.shardings)
 
     def model(self, params) -> nnx.Module:
         return nnx.merge(self.graphdef, params)
