@@ -11,6 +11,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from rdance.models.flux import config as cfglib
@@ -119,6 +120,33 @@ class DownBlock(nnx.Module):
         return self.downsampler(x) if self.downsampler is not None else x
 
 
+# Which of a 3x3 kernel's taps (columns) land on each of the two low-resolution neighbours
+# (rows) that an output pixel of phase p (0: even, 1: odd) sees after nearest x2 upsampling.
+_PHASE_TAPS = np.array([[[1, 0, 0], [0, 1, 1]],    # even: neighbours i-1, i
+                        [[1, 1, 0], [0, 0, 1]]],   # odd:  neighbours i, i+1
+                       np.float32)
+
+
+def upsample_conv(conv: Conv2d, x: jax.Array) -> jax.Array:
+    """``conv`` (3x3, padding 1) applied to the nearest x2 upsampling of x [N, H, W, C].
+
+    Computed as four 2x2 convolutions on x itself, one per output phase, with the taps that
+    read the same source pixel summed: the same function with 4/9 of the multiply-adds and
+    without the 4x larger upsampled array (the decoder's three upsamplers are a quarter of
+    its FLOPs).
+    """
+    taps = jnp.asarray(_PHASE_TAPS, conv.kernel.dtype)
+    kernels = jnp.einsum("pak,qbl,klio->pqabio", taps, taps, conv.kernel[...])
+    dtype = conv.dtype or x.dtype
+    phases = [[jax.lax.conv_general_dilated(x.astype(dtype), kernels[p, q].astype(dtype), (1, 1),
+                                            ((1 - p, p), (1 - q, q)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+               for q in range(2)] for p in range(2)]
+    n, h, w, _ = x.shape
+    y = jnp.stack([jnp.stack(row, axis=3) for row in phases], axis=2)  # [N, H, 2, W, 2, C]
+    y = y.reshape(n, 2 * h, 2 * w, -1)
+    return y + conv.bias[...].astype(dtype) if conv.bias is not None else y
+
+
 class UpBlock(nnx.Module):
     def __init__(self, cfg, cin, cout, num, upsample, rngs):
         self.resnets = nnx.List([ResnetBlock(cfg, cin if j == 0 else cout, cout, rngs) for j in range(num)])
@@ -127,9 +155,7 @@ class UpBlock(nnx.Module):
     def __call__(self, x):
         for resnet in self.resnets:
             x = resnet(x)
-        if self.upsampler is not None:
-            x = self.upsampler(jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2))  # nearest, x2
-        return x
+        return upsample_conv(self.upsampler, x) if self.upsampler is not None else x
 
 
 def _run(block, x, remat: str):

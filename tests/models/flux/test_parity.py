@@ -93,3 +93,22 @@ def test_prompt_encoding_matches_pipeline(flux_pipe, rd_pipe, prompt):
         ours, ours_pooled = rd_pipe.text.encode([prompt], max_sequence_length=8)
     assert max_diff(ours, embeds) < ATOL
     assert max_diff(ours_pooled, pooled) < ATOL
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 4), (1, 4, 4, 3)])
+def test_upsample_conv_equals_upsample_then_conv(shape, rng):
+    """The decoder's phase-split upsampler is the nearest x2 upsampling + 3x3 conv it replaces,
+    in value and in gradient (ReFL backpropagates through it), on non-square inputs too."""
+    from flax import nnx
+
+    from rdance.models.flux.vae import upsample_conv
+    from rdance.models.layers import Conv2d
+    conv = Conv2d(shape[-1], 6, 3, padding=1, rngs=nnx.Rngs(0))
+    conv.bias[...] = rng.standard_normal(6).astype(np.float32)
+    x = rng.standard_normal(shape).astype(np.float32)
+    naive = lambda x: conv(jax.numpy.repeat(jax.numpy.repeat(x, 2, axis=1), 2, axis=2))  # noqa: E731
+    with jax.default_matmul_precision("highest"):
+        np.testing.assert_allclose(upsample_conv(conv, x), naive(x), atol=1e-5)
+        weights = rng.standard_normal((shape[0], 2 * shape[1], 2 * shape[2], 6)).astype(np.float32)
+        grads = [jax.grad(lambda x: (f(x) * weights).sum())(x) for f in (lambda x: upsample_conv(conv, x), naive)]
+    np.testing.assert_allclose(grads[0], grads[1], atol=1e-4)
