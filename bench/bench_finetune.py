@@ -72,7 +72,7 @@ def main(argv):
     from rdance.diffusion.sampler import euler_step, sample
     from rdance.diffusion.world_generator import WorldGenerator
     from rdance.reward.api import RewardModel
-    from rdance.train.finetune_loop import step_settings
+    from rdance.train.finetune_loop import anchor_source, step_settings
     from rdance.train.finetune_step import FinetuneState, make_step
     from rdance.train.optim import make_optimizer
 
@@ -116,6 +116,10 @@ def main(argv):
                           ema=jax.tree.map(jnp.copy, params), rng=jax.random.key_data(jax.random.key(0)),
                           rewards=jnp.zeros((config.monitor.window, n), jnp.float32))
     batch = {"prompt": np.arange(b, dtype=np.int32), "gen": tokens, "rm": rm_tokens, "refs": refs}
+    anchor = anchor_source(config, gen, b)  # the pretraining anchor's caption-image pairs, as the loop makes them
+    if anchor is not None:
+        captions, anchor_images = zip(*(anchor[i] for i in range(b)))
+        batch.update(anchor_image=np.stack(anchor_images), anchor_gen=gen.tokenize(list(captions)))
     step = jax.jit(make_step(gen, graphdef, rm.pairwise_fn, s, tx, schedule, mesh), donate_argnums=0)
 
     def one_forward(params):
@@ -147,7 +151,8 @@ def main(argv):
 
     total = rows[-1][1]
     print(f"\nReFL step, smoke config on CPU ({jax.device_count()} device(s), {os.cpu_count()} cores): "
-          f"{b} prompts x {g} samples, {s.num_steps} sampler steps, k = {k}; median of {FLAGS.reps}")
+          f"{b} prompts x {g} samples, {s.num_steps} sampler steps, k = {k}, "
+          f"anchor weight {config.anchor.weight}; median of {FLAGS.reps}")
     print(f"| {'part':<36} | seconds | share of step | GFLOP  | GFLOP/s |")
     print(f"|{'-' * 38}|---------|---------------|--------|---------|")
     for name, seconds, flops in rows:

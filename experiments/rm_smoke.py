@@ -33,9 +33,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                   clean_share=0.75,
                   # world_captions only: share of grounding questions among the captions.
                   question_share=0.0)
-    c.optim = dict(name="adamw", learning_rate=1e-3, schedule="cosine", warmup_steps=100,
+    c.optim = dict(name="adamw", learning_rate=1e-3, schedule="cosine", warmup_steps=50,
                    b1=0.9, b2=0.98, weight_decay=0.01, grad_clip_norm=1.0)
     c.mesh = dict(shape=(1, -1, 1), rules=DEFAULT_RULES)
-    c.train = dict(steps=1500, log_every=50, eval_every=250, checkpoint_every=250,
+    c.train = dict(steps=750, log_every=50, eval_every=125, checkpoint_every=125,
                    keep_checkpoints=2, async_checkpoints=True)
     return c

@@ -25,6 +25,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.eval_pairs = 256
     c.data.global_batch_size = 64
     c.optim.learning_rate = 2e-3
-    c.train.steps = 600
-    c.train.eval_every = 100
+    c.train.steps = 1500
+    c.train.eval_every = 250
+    c.train.checkpoint_every = 500
     return c
