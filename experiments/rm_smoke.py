@@ -1,7 +1,15 @@
 """Smoke reward model: a small InternVL-shaped RM trained from scratch on the synthetic world
 (judge-labelled pairs with 10% label noise), evaluated on clean held-out pairs.
 
-    python -m rdance.train_reward --config=experiments/rm_smoke.py --workdir=/tmp/rm_smoke
+    python -m rdance.train_reward --config=experiments/rm_smoke.py --workdir=/tmp/rm_smoke \
+        --config.rm.pretrained=/tmp/vlm_smoke/export     # experiments/vlm_smoke.py's export
+
+From that VLM (1500 steps, caption token accuracy 0.90) the 750 steps took 12:17 on 2 cores and
+reached held-out in-domain accuracy 0.727 / 0.764 / 0.766 / 0.824 / 0.820 / 0.834 at steps
+125..750 (0.823 on 2048 pairs). Faithful-vs-one-mistake pairs by mistake: colour 1.00, missing
+object 1.00, count 0.84, shape 0.54, relation 0.51: the RM is blind to shapes and left/right.
+Without ``rm.pretrained`` the model starts from scratch and must learn to see from preference
+labels alone (the sizes below).
 
 Variants: ``--config.rm.paradigm=regressive`` (the baseline), ``pointwise``;
 ``--config.rm.answer_format=decision_first`` (CoT rationales, weight rm.rationale_weight).

@@ -3,6 +3,9 @@ like the paper's InternVL RMs, from a model that can already see.
 
     python -m rdance.train_reward --config=experiments/vlm_smoke.py --workdir=/tmp/vlm_smoke
 
+1500 steps take ~15 min on 2 cores; held-out caption token accuracy 0.73 / 0.77 / 0.83 / 0.85 /
+0.90 / 0.90 at steps 250..1500 (the RM from the 600-step VLM reached 0.764, from this one 0.834).
+
 Then: ``python -m rdance.train_reward --config=experiments/rm_smoke.py --workdir=/tmp/rm_smoke
 --config.rm.pretrained=/tmp/vlm_smoke/export``.
 """
