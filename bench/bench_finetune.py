@@ -72,6 +72,7 @@ def main(argv):
     from rdance.diffusion.sampler import euler_step, sample
     from rdance.diffusion.world_generator import WorldGenerator
     from rdance.reward.api import RewardModel
+    from rdance.train.finetune_data import FinetuneExamples
     from rdance.train.finetune_loop import anchor_source, step_settings
     from rdance.train.finetune_step import FinetuneState, make_step
     from rdance.train.optim import make_optimizer
@@ -115,11 +116,9 @@ def main(argv):
     state = FinetuneState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                           ema=jax.tree.map(jnp.copy, params), rng=jax.random.key_data(jax.random.key(0)),
                           rewards=jnp.zeros((config.monitor.window, n), jnp.float32))
-    batch = {"prompt": np.arange(b, dtype=np.int32), "gen": tokens, "rm": rm_tokens, "refs": refs}
-    anchor = anchor_source(config, gen, b)  # the pretraining anchor's caption-image pairs, as the loop makes them
-    if anchor is not None:
-        captions, anchor_images = zip(*(anchor[i] for i in range(b)))
-        batch.update(anchor_image=np.stack(anchor_images), anchor_gen=gen.tokenize(list(captions)))
+    # The batch the loop's data source makes (anchor pairs included), so the bench follows the step.
+    examples = FinetuneExamples(b, tokens, rm_tokens, refs, anchor_source(config, gen, b), gen.tokenize)
+    batch = jax.tree.map(lambda *rows: np.stack(rows), *(examples[i] for i in range(b)))
     step = jax.jit(make_step(gen, graphdef, rm.pairwise_fn, s, tx, schedule, mesh), donate_argnums=0)
 
     def one_forward(params):

@@ -105,10 +105,13 @@ class Conv2d(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        return self.apply_kernel(x, self.kernel[...], self.padding)
+
+    def apply_kernel(self, x: jax.Array, kernel: jax.Array, padding) -> jax.Array:
+        """This layer's convolution (stride, dtype, bias) with a kernel derived from its own."""
         dtype = self.dtype or x.dtype
-        y = jax.lax.conv_general_dilated(
-            x.astype(dtype), self.kernel[...].astype(dtype), (self.stride, self.stride), self.padding,
-            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        y = jax.lax.conv_general_dilated(x.astype(dtype), kernel.astype(dtype), (self.stride, self.stride),
+                                         padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
         if self.bias is not None:
             y = y + self.bias[...].astype(dtype)
         return y

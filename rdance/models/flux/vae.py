@@ -137,14 +137,11 @@ def upsample_conv(conv: Conv2d, x: jax.Array) -> jax.Array:
     """
     taps = jnp.asarray(_PHASE_TAPS, conv.kernel.dtype)
     kernels = jnp.einsum("pak,qbl,klio->pqabio", taps, taps, conv.kernel[...])
-    dtype = conv.dtype or x.dtype
-    phases = [[jax.lax.conv_general_dilated(x.astype(dtype), kernels[p, q].astype(dtype), (1, 1),
-                                            ((1 - p, p), (1 - q, q)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
-               for q in range(2)] for p in range(2)]
+    # Even phases read neighbours (i-1, i): pad before; odd phases (i, i+1): pad after.
+    phases = [[conv.apply_kernel(x, kernels[p, q], ((1 - p, p), (1 - q, q))) for q in range(2)] for p in range(2)]
     n, h, w, _ = x.shape
     y = jnp.stack([jnp.stack(row, axis=3) for row in phases], axis=2)  # [N, H, 2, W, 2, C]
-    y = y.reshape(n, 2 * h, 2 * w, -1)
-    return y + conv.bias[...].astype(dtype) if conv.bias is not None else y
+    return y.reshape(n, 2 * h, 2 * w, -1)
 
 
 class UpBlock(nnx.Module):
