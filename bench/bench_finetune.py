@@ -73,8 +73,9 @@ def main(argv):
     from rdance.diffusion.world_generator import WorldGenerator
     from rdance.reward.api import RewardModel
     from rdance.train.finetune_data import FinetuneExamples
-    from rdance.train.finetune_loop import anchor_source, step_settings
-    from rdance.train.finetune_step import FinetuneState, make_step
+    from rdance.train.finetune_loop import (anchor_source, lower_step, sharded_shapes, state_layout,
+                                            step_settings)
+    from rdance.train.loop import batch_spec
     from rdance.train.optim import make_optimizer
 
     tmp = tempfile.mkdtemp()
@@ -82,9 +83,10 @@ def main(argv):
     config = finetune_smoke.get_config()
     mesh = sh.make_mesh((1, -1, 1))
     gen = WorldGenerator.from_pretrained(gen_path)
-    rm = RewardModel.from_pretrained(rm_path, mesh=mesh)
-    graphdef = nnx.split(nnx.eval_shape(gen.make_model), nnx.Param)[0]
-    params = gen.initial_params(mesh, sh.DEFAULT_RULES)
+    rm = RewardModel.from_pretrained(rm_path, mesh=mesh, rules=config.mesh.rules)
+    # Placed as the loop places them, so the compiled step's input shardings are the loop's.
+    graphdef, base_spec = sharded_shapes(gen.make_model, mesh, config.mesh.rules)
+    params = jax.device_put(gen.initial_params(mesh, config.mesh.rules), sh.shardings_of(base_spec))
     s = step_settings(config, "pairwise")
     b, g = config.data.global_batch_size, s.samples_per_prompt
     n = b * g
@@ -113,13 +115,12 @@ def main(argv):
         return rm.pairwise_fn(rm.params, per_sample(rm_tokens), jnp.repeat(refs[:, 0], g, 0), images).sum()
 
     tx, schedule = make_optimizer(config.optim, config.train.steps)
-    state = FinetuneState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                          ema=jax.tree.map(jnp.copy, params), rng=jax.random.key_data(jax.random.key(0)),
-                          rewards=jnp.zeros((config.monitor.window, n), jnp.float32))
+    init_state, state_shardings, state_spec = state_layout(config, tx, params, sh.shardings_of(base_spec), mesh)
+    state = jax.jit(init_state, out_shardings=state_shardings)(params)
     # The batch the loop's data source makes (anchor pairs included), so the bench follows the step.
     examples = FinetuneExamples(b, tokens, rm_tokens, refs, anchor_source(config, gen, b), gen.tokenize)
-    batch = jax.tree.map(lambda *rows: np.stack(rows), *(examples[i] for i in range(b)))
-    step = jax.jit(make_step(gen, graphdef, rm.pairwise_fn, s, tx, schedule, mesh), donate_argnums=0)
+    host_batch = jax.tree.map(lambda *rows: np.stack(rows), *(examples[i] for i in range(b)))
+    batch = sh.global_batch(host_batch, mesh)
 
     def one_forward(params):
         model = nnx.merge(graphdef, params)
@@ -139,7 +140,8 @@ def main(argv):
         flops = k * forward_flops if i == 0 else fn.lower(*args).compile().cost_analysis().get("flops", float("nan"))
         seconds = median_time(lambda: jax.block_until_ready(fn(*args)), FLAGS.reps)
         rows.append((name, seconds, flops))
-    compiled = step.lower(state, batch, {}, rm.params).compile()
+    compiled = lower_step(gen, graphdef, rm, s, tx, schedule, mesh, state_spec, batch_spec(host_batch, mesh),
+                          {}, sh.spec_of(rm.params)).compile()
     flops = compiled.cost_analysis().get("flops", float("nan")) + (k - 1) * forward_flops
     holder = [state]
 

@@ -25,7 +25,10 @@ class Linear(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         dtype = self.dtype or x.dtype
-        y = jnp.dot(x.astype(dtype), self.kernel[...].astype(dtype))
+        # A 2D matmul: XLA:CPU runs a dot over [batch, length, in] 2-3x slower than the same
+        # dot on the flattened rows (forward and backward); on TPU/GPU the two compile alike.
+        rows = x.reshape(-1, x.shape[-1]).astype(dtype)
+        y = jnp.dot(rows, self.kernel[...].astype(dtype)).reshape(*x.shape[:-1], -1)
         if self.bias is not None:
             y = y + self.bias[...].astype(dtype)
         return y
