@@ -5,13 +5,11 @@ the reward templates fill them with "image 1" / "image 2" for the order they pre
 """
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
 from rdance.data.records import PreferenceRecord
 from rdance.data.world.judge import judge
-from rdance.data.world.prompts import KINDS, RELATIONS, Scene, sample_scene
+from rdance.data.world.prompts import KINDS, sample_scene
 from rdance.data.world.render import mistaken_scene, possible_mistakes, render, render_variant
 
 ALIGNMENT_CRITERIA = ("Image-text alignment: every object in the prompt is present with the right "
@@ -76,20 +74,10 @@ class PreferencePairs:
         return make_pair(int(index), self.seed, self.size, self.noise, self.kinds, self.clean_share)
 
 
-def stated_positions(scene: Scene, rng: np.random.Generator) -> Scene:
-    """Two single objects drawn in a stated relation: a caption that says where things sit
-    teaches position, where "a red circle and a blue square" leaves it unsaid (a VLM trained on
-    those captions alone answered relation questions at chance)."""
-    if scene.relation or len(scene.objects) != 2 or any(o.count != 1 for o in scene.objects):
-        return scene
-    return dataclasses.replace(scene, relation=RELATIONS[rng.integers(len(RELATIONS))])
-
-
 class WorldCaptions:
     """Images with what they show: the pretraining set of the smoke VLM (a reward model starts
     from a VLM that can already see, as the paper's InternVL RMs do). Half the images are drawn
-    from a prompt, half from a near miss of it, and each is captioned by what was drawn; two
-    single objects are always drawn and described in a relation (``stated_positions``).
+    from a prompt, half from a near miss of it, and each is captioned by what was drawn.
 
     With ``question_share`` > 0 that share of the records are grounding questions instead, as a
     VLM's instruction data has them: the prompt asked about (criteria ``QUESTION``) and an image
@@ -110,7 +98,7 @@ class WorldCaptions:
         if not 0 <= index < self.num:
             raise IndexError(index)
         rng = np.random.default_rng([self.seed, int(index)])
-        scene = stated_positions(sample_scene(rng, self.kinds), rng)
+        scene = sample_scene(rng, self.kinds)
         if rng.random() < self.question_share:
             faithful = rng.random() < 0.5
             drawn = scene if faithful else mistaken_scene(scene, str(rng.choice(possible_mistakes(scene))), rng)
