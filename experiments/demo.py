@@ -43,19 +43,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         raise ValueError(f"experiments/demo.py:{variant}: variants are full (the default) and ci")
     c = ml_collections.ConfigDict()
     c.variant = variant
-    c.generator = stage("experiments/gen_smoke.py", 420,
+    c.generator = stage("experiments/gen_smoke.py", 270,
                         train=dict(steps=600, eval_every=150, checkpoint_every=150, log_every=25))
     # Judge-labelled pairs over the generator's samples: the RM's held-out test on the images RL
     # will show it ("samples" eval set) and, with rm.train_data=pairs, its training set.
-    c.pairs = stage("experiments/gen_smoke.py", 45, pairs=dict(num_prompts=0, eval_prompts=160))
-    c.vlm = stage("experiments/vlm_smoke.py", 240, train=dict(steps=400, eval_every=100, checkpoint_every=100))
-    c.rm = stage("experiments/rm_smoke.py", 540, train=dict(steps=360, eval_every=120, checkpoint_every=60))
+    c.pairs = stage("experiments/gen_smoke.py", 30, pairs=dict(num_prompts=0, eval_prompts=160))
+    c.vlm = stage("experiments/vlm_smoke.py", 180, train=dict(steps=400, eval_every=100, checkpoint_every=100))
+    c.rm = stage("experiments/rm_smoke.py", 320, train=dict(steps=360, eval_every=120, checkpoint_every=60))
     c.rm.train_data = "recipe"          # recipe: rm_smoke's data.train | pairs: the pairs stage's train.jsonl
     # Fine-tuning; the bank stage runs the same config with train.steps=0 (it only builds the bank).
-    c.finetune = stage("experiments/finetune_smoke.py", 300,
+    c.finetune = stage("experiments/finetune_smoke.py", 190,
                        train=dict(steps=120, checkpoint_every=30), monitor=dict(eval_every=20, grid_every=40))
-    c.bank = dict(estimate_s=75)
-    c.evaluate = dict(estimate_s=45, samples_per_prompt=4, grid_prompts=16, grid_samples=4, scale=3)
+    c.bank = dict(estimate_s=90)
+    c.evaluate = dict(estimate_s=30, samples_per_prompt=4, grid_prompts=16, grid_samples=4, scale=3)
     c.report = dict(html=True)
     if variant == "ci":
         c.generator.set = dict(model=TINY_GENERATOR, data=dict(global_batch_size=16), optim=dict(warmup_steps=2),
