@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 flags.DEFINE_string("generator", "", "A world generator folder (default: random, gen_smoke sizes).")
 flags.DEFINE_string("rm", "", "A reward model folder (default: random, rm_smoke sizes).")
 flags.DEFINE_integer("reps", 5, "Timed repetitions after one warm-up; the median is reported.")
+flags.DEFINE_bool("tiny", False, "Random models of the demo's tiny CI sizes (a quick check that the bench runs).")
 FLAGS = flags.FLAGS
 
 
@@ -36,21 +37,25 @@ def median_time(fn, reps):
     return sorted(times)[len(times) // 2]
 
 
-def random_folders(tmp):
-    """Random generator and reward model with the smoke configs' sizes, written as folders."""
+def random_folders(tmp, tiny: bool = False):
+    """Random generator and reward model with the smoke configs' sizes (or the demo's tiny CI
+    sizes), written as folders."""
     from flax import nnx
 
     from experiments import gen_smoke, rm_smoke
+    from experiments.demo import TINY_GENERATOR, TINY_VLM
     from rdance.diffusion.world_generator import WorldGenerator
     from rdance.models.internvl.config import load_config
     from rdance.reward import scratch
     from rdance.reward.model import RewardNet
-    sizes = dict(gen_smoke.get_config().model)
+    sizes = dict(gen_smoke.get_config().model, **(TINY_GENERATOR if tiny else {}))
     sizes["dtype"] = sizes["dtype"] or None
     WorldGenerator.write_tokenizer(f"{tmp}/tokenizer")
     gen = WorldGenerator.create(sizes, f"{tmp}/tokenizer")
     gen.export(nnx.to_pure_dict(nnx.state(gen.make_model(), nnx.Param)), f"{tmp}/generator")
     config = rm_smoke.get_config()
+    if tiny:
+        config.model.update(TINY_VLM)
     base = scratch.write_model_folder(config.model, config.data.image_size, f"{tmp}/rm_base")
     net = RewardNet(load_config(base), regression_head=False, rngs=nnx.Rngs(0))
     scratch.export(nnx.to_pure_dict(nnx.state(net, nnx.Param)), base, f"{tmp}/rm", config)
@@ -79,7 +84,7 @@ def main(argv):
     from rdance.train.optim import make_optimizer
 
     tmp = tempfile.mkdtemp()
-    gen_path, rm_path = (FLAGS.generator, FLAGS.rm) if FLAGS.generator and FLAGS.rm else random_folders(tmp)
+    gen_path, rm_path = (FLAGS.generator, FLAGS.rm) if FLAGS.generator and FLAGS.rm else random_folders(tmp, FLAGS.tiny)
     config = finetune_smoke.get_config()
     mesh = sh.make_mesh((1, -1, 1))
     gen = WorldGenerator.from_pretrained(gen_path)

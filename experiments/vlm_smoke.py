@@ -3,8 +3,11 @@ like the paper's InternVL RMs, from a model that can already see.
 
     python -m rdance.train_reward --config=experiments/vlm_smoke.py --workdir=/tmp/vlm_smoke
 
-1500 steps take ~15 min on 2 cores; held-out caption token accuracy 0.73 / 0.77 / 0.83 / 0.85 /
-0.90 / 0.90 at steps 250..1500 (the RM from the 600-step VLM reached 0.764, from this one 0.834).
+1500 steps take ~10.5 min on 2 idle cores; held-out caption token accuracy 0.80 / 0.88 / 0.90 /
+0.91 / 0.91 at steps 500..1500. Per word: shapes 0.86-0.97, colours 0.82-0.90 (which object a
+caption names first is a coin toss), relation words 0.00 (a two-object caption continues with
+"and" as often as with a relation). Grounding questions on held-out near misses, share rejected:
+colour 0.90, count 0.98, missing object 1.00, shape 0.35, relation 0.02.
 
 Then: ``python -m rdance.train_reward --config=experiments/rm_smoke.py --workdir=/tmp/rm_smoke
 --config.rm.pretrained=/tmp/vlm_smoke/export``.

@@ -1,0 +1,26 @@
+"""The benchmarks run: each is a script no other test imports, so an API change could break one
+unseen (bench_finetune did, twice). Tiny models, one repetition, the suite's 8 fake devices."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_bench(*args: str) -> str:
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+    done = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.mark.parametrize("script,args,row", [
+    ("bench/bench_finetune.py", ["--tiny", "--reps=1"], "| whole ReFL step (compiled)"),
+    ("bench/bench_reward.py", ["--configs=smoke", "--steps=1"], "| smoke |"),
+])
+def test_bench_prints_its_table(script, args, row):
+    out = run_bench(script, *args)
+    line = next(line for line in out.splitlines() if line.startswith(row))
+    assert "nan" not in line, line
