@@ -86,6 +86,13 @@ def test_kill_9_then_resume_gives_the_uninterrupted_losses(tmp_path, uninterrupt
     workdir = str(tmp_path)
     kill_at = random.randint(15, 120)
     proc = start_and_wait_for_step(command(workdir, f"--config.train.steps={STEPS}"), workdir, kill_at)
+    # Checkpoints are written asynchronously: a fast run can pass step 15 before the step-10 one
+    # is committed, and a kill then leaves nothing to resume from.
+    checkpoints = os.path.join(workdir, "checkpoints")
+    deadline = time.time() + 60
+    while not (os.path.isdir(checkpoints) and any(p.isdigit() for p in os.listdir(checkpoints))):
+        assert proc.poll() is None and time.time() < deadline, "no checkpoint was committed"
+        time.sleep(0.002)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = last_logged_step(workdir)
