@@ -80,6 +80,7 @@ def main(argv):
     from rdance.train.finetune_data import FinetuneExamples
     from rdance.train.finetune_loop import (anchor_source, lower_step, sharded_shapes, state_layout,
                                             step_settings)
+    from rdance.data.pipeline import host_batches
     from rdance.train.loop import batch_spec
     from rdance.train.optim import make_optimizer
 
@@ -91,7 +92,8 @@ def main(argv):
     rm = RewardModel.from_pretrained(rm_path, mesh=mesh, rules=config.mesh.rules)
     # Placed as the loop places them, so the compiled step's input shardings are the loop's.
     graphdef, base_spec = sharded_shapes(gen.make_model, mesh, config.mesh.rules)
-    params = jax.device_put(gen.initial_params(mesh, config.mesh.rules), sh.shardings_of(base_spec))
+    base_shardings = sh.shardings_of(base_spec)
+    params = jax.device_put(gen.initial_params(mesh, config.mesh.rules), base_shardings)
     s = step_settings(config, "pairwise")
     b, g = config.data.global_batch_size, s.samples_per_prompt
     n = b * g
@@ -120,11 +122,11 @@ def main(argv):
         return rm.pairwise_fn(rm.params, per_sample(rm_tokens), jnp.repeat(refs[:, 0], g, 0), images).sum()
 
     tx, schedule = make_optimizer(config.optim, config.train.steps)
-    init_state, state_shardings, state_spec = state_layout(config, tx, params, sh.shardings_of(base_spec), mesh)
+    init_state, state_shardings, state_spec = state_layout(config, tx, params, base_shardings, mesh)
     state = jax.jit(init_state, out_shardings=state_shardings)(params)
     # The batch the loop's data source makes (anchor pairs included), so the bench follows the step.
     examples = FinetuneExamples(b, tokens, rm_tokens, refs, anchor_source(config, gen, b), gen.tokenize)
-    host_batch = jax.tree.map(lambda *rows: np.stack(rows), *(examples[i] for i in range(b)))
+    host_batch = next(iter(host_batches(examples, global_batch_size=b, num_steps=1, seed=0)))
     batch = sh.global_batch(host_batch, mesh)
 
     def one_forward(params):

@@ -53,12 +53,16 @@ def last_logged_step(workdir):
 def start_and_wait_for_step(cmd, workdir, step):
     proc = subprocess.Popen(cmd, cwd=REPO, env=environment(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 240
-    while last_logged_step(workdir) < step:
-        assert proc.poll() is None, f"run ended before step {step}:\n{proc.stdout.read()[-3000:]}"
-        assert time.time() < deadline, "run made no progress"
-        time.sleep(0.002)
+    wait_until(lambda: last_logged_step(workdir) >= step, proc, f"step {step}", 240)
     return proc
+
+
+def wait_until(condition, proc, what, seconds):
+    deadline = time.time() + seconds
+    while not condition():
+        assert proc.poll() is None, f"run ended before {what}:\n{proc.stdout.read()[-3000:]}"
+        assert time.time() < deadline, f"no {what} within {seconds} s"
+        time.sleep(0.002)
 
 
 @pytest.fixture(scope="module")
@@ -89,10 +93,8 @@ def test_kill_9_then_resume_gives_the_uninterrupted_losses(tmp_path, uninterrupt
     # Checkpoints are written asynchronously: a fast run can pass step 15 before the step-10 one
     # is committed, and a kill then leaves nothing to resume from.
     checkpoints = os.path.join(workdir, "checkpoints")
-    deadline = time.time() + 60
-    while not (os.path.isdir(checkpoints) and any(p.isdigit() for p in os.listdir(checkpoints))):
-        assert proc.poll() is None and time.time() < deadline, "no checkpoint was committed"
-        time.sleep(0.002)
+    wait_until(lambda: os.path.isdir(checkpoints) and any(p.isdigit() for p in os.listdir(checkpoints)),
+               proc, "a committed checkpoint", 60)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = last_logged_step(workdir)
