@@ -6,9 +6,13 @@ adds its arms: per-stage overrides on top of these. Stages identical across arms
 (the generator, the VLM of one size, the pairwise RM of one seed, ...) have the same settings
 hash, so ``rdance.ablate`` runs each once and reuses it.
 
-As in experiments/demo.py every recipe number comes from the smoke configs; ``set`` sections
-override steps, cadence and sizes only. The RM here is the ladder's middle size: the smoke RM's
-widths halved (see ``rm_size``), so that 3 seeds of every arm fit the suite's 90 minutes.
+As in experiments/demo.py the recipes come from the smoke configs; ``set`` sections override
+steps, cadence, sizes and the RM's learning rate. The RM here is the ladder's middle size: the
+smoke RM's widths halved (see ``rm_size``), so that 3 seeds of every arm fit the suite's 90
+minutes. Its learning rate follows the width (``rm_learning_rate``). Calibration (2 idle cores):
+with 300 VLM steps (caption token accuracy 0.63) the middle RM stayed at chance (0.47-0.52 after
+240 steps, every paradigm), so the VLM gets 1200 steps (token accuracy 0.80); from it the middle
+RM reaches 0.64 in 240 steps at lr 1e-3 (0.68 in 480 steps at 3e-4, too slow for 18 RMs).
 Variant ``ci``: tiny models and a few steps (plumbing only).
 """
 import ml_collections
@@ -36,6 +40,13 @@ def rm_size(width: float, depth: float) -> dict:
                 vision_layers=max(1, round(m.vision_layers * depth)), text_layers=max(1, round(m.text_layers * depth)))
 
 
+def rm_learning_rate(width: float) -> float:
+    """The RM's learning rate at ``width`` times the smoke RM's widths: the smoke recipe's 3e-4
+    (best at full width, experiments/rm_smoke.py) scaled by 1/width, as narrower models take
+    larger steps."""
+    return rm_smoke.get_config().optim.learning_rate / width
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     variant = arg or "full"
     if variant not in ("full", "ci"):
@@ -48,14 +59,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.seed_keys = dict(rm="seed,data.seed", finetune="seed,data.seed")
     c.columns = "judge"
     c.metrics = METRICS
-    c.generator = stage("experiments/gen_smoke.py", 240,
+    c.generator = stage("experiments/gen_smoke.py", 180,
                         train=dict(steps=400, eval_every=100, checkpoint_every=100, log_every=25))
-    c.vlm = stage("experiments/vlm_smoke.py", 70, model=rm_size(0.5, 0.67),
-                  train=dict(steps=300, eval_every=100, checkpoint_every=100))
-    c.rm = stage("experiments/rm_smoke.py", 110, train=dict(steps=240, eval_every=80, checkpoint_every=80),
-                 data=dict(eval_sets="in_domain=world"))
+    c.vlm = stage("experiments/vlm_smoke.py", 200, model=rm_size(0.5, 0.67),
+                  train=dict(steps=1200, eval_every=300, checkpoint_every=600))
+    c.rm = stage("experiments/rm_smoke.py", 90, train=dict(steps=240, eval_every=80, checkpoint_every=80),
+                 optim=dict(learning_rate=rm_learning_rate(0.5)), data=dict(eval_sets="in_domain=world"))
     # Bank: Best-of-16, top-2 (the paper's best setting, Table 8), for every pairwise arm.
-    c.finetune = stage("experiments/finetune_smoke.py", 110,
+    c.finetune = stage("experiments/finetune_smoke.py", 75,
                        data=dict(train_prompts=48, eval_prompts=64), bank=dict(num_samples=16, top_k=2),
                        monitor=dict(window=16, eval_every=24, grid_every=0),
                        train=dict(steps=48, checkpoint_every=24))
@@ -72,7 +83,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                                                 checkpoint_every=10))
         c.vlm.estimate_s = 25
         c.rm.set = dict(data=dict(global_batch_size=8, eval_pairs=16, eval_batch_size=16, eval_sets="in_domain=world"),
-                        optim=dict(warmup_steps=2), train=dict(steps=10, log_every=5, eval_every=10,
+                        optim=dict(warmup_steps=2, learning_rate=rm_learning_rate(0.5)), train=dict(steps=10, log_every=5, eval_every=10,
                                                                checkpoint_every=10))
         c.rm.estimate_s = 30
         c.finetune.set = dict(

@@ -25,7 +25,8 @@ def get_config(arg: str | None = None):
         sizes = base.rm_size(width, depth)
         if c.variant == "ci":   # tiny VLMs: text width 16, 32, 48 over one layer
             sizes = dict(base.TINY_VLM, text_hidden=16 * (1 + list(SIZES).index(name)))
-        arms[name] = dict(label=f"{name} ({describe(sizes)})", vlm=dict(model=sizes))
+        arms[name] = dict(label=f"{name} ({describe(sizes)})", vlm=dict(model=sizes),
+                          rm=dict(optim=dict(learning_rate=base.rm_learning_rate(width))))
     c.arms = arms
     c.order = "small,medium,large"
     return c
