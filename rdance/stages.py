@@ -351,7 +351,8 @@ class Runner:
     def run(self) -> list[StageRun]:
         self.check_done_markers()
         os.makedirs(self.log_dir, exist_ok=True)
-        clock = Clock([s.estimate_s for s in self.stages])
+        # Stages that will be skipped or reused take no time: leave them out of the ETA from the start.
+        clock = Clock([0.0 if self._will_skip(s) else s.estimate_s for s in self.stages])
         results = []
         previous = signal.getsignal(signal.SIGTERM)
         signal.signal(signal.SIGTERM, self._forward_sigterm)
@@ -366,6 +367,10 @@ class Runner:
         self._terminated = True
         if self._child is not None and self._child.poll() is None:
             self._child.send_signal(signal.SIGTERM)   # it checkpoints at its next step and exits
+
+    def _will_skip(self, stage: Stage) -> bool:
+        return read_done(stage.workdir) is not None or (
+            stage.hash in self.reusable and not os.path.lexists(stage.workdir))
 
     def _head(self, index: int) -> str:
         return f"{self.label} {index + 1}/{len(self.stages) + self.extra} {self.stages[index].name}"

@@ -3,6 +3,10 @@ a pointwise generative RM (P("yes") of one image, no reference) and a pairwise g
 (P("yes": image 2 beats the Best-of-N reference)), each used for ReFL on the same generator;
 the judge scores the fine-tuned generators. The pointwise arms fine-tune without a bank.
 
+A control arm, ``no_rl``, runs the same fine-tuning with the reward's weight at 0: what is left is
+the pretraining anchor (flow matching on renders), which keeps training the starting generator.
+The other arms' judge gains count only above this one's.
+
     python -m rdance.ablate --workdir=/tmp/ablate --only=paradigm
 """
 from experiments.ablations import base
@@ -17,6 +21,7 @@ def get_config(arg: str | None = None):
         regressive=dict(label="pointwise regressive (no reference)", rm=dict(rm=dict(paradigm="regressive"))),
         pointwise=dict(label="pointwise generative (no reference)", rm=dict(rm=dict(paradigm="pointwise"))),
         pairwise=dict(label="pairwise generative (with reference)"),
+        no_rl=dict(label="control: anchor loss only (reward weight 0)", finetune=dict(refl=dict(scale=0.0))),
     )
-    c.order = "regressive,pointwise,pairwise"
+    c.order = "no_rl,regressive,pointwise,pairwise"
     return c

@@ -52,6 +52,14 @@ def test_runs_in_order_then_skips_on_rerun(tmp_path):
     assert launches(tmp_path / "a") == launches(tmp_path / "b") == 1
 
 
+def test_the_eta_leaves_out_stages_finished_earlier(tmp_path):
+    slow = st.Stage("a", "first", FAKE, CONFIG, {"value": 2.0}, estimate_s=1000)
+    run(tmp_path, [slow])
+    new = st.Stage("c", "third", FAKE, CONFIG, {"value": 3.0}, estimate_s=3)
+    _, out, _ = run(tmp_path, [new, slow])
+    assert "stage 1/2 c: third (about 0:00:03); elapsed 0:00:00, ETA 0:00:03" in out, out
+
+
 def test_a_failed_stage_resumes_where_it_stopped(tmp_path):
     with pytest.raises(st.StageError, match=r"stage b failed \(exit status 3\).*b.log.*resumes"):
         run(tmp_path, two_stages(fail_at=3))
