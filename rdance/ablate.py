@@ -1,12 +1,13 @@
 """The paper's ablations at small scale on the synthetic world, 3 seeds each, as tables of mean ± std.
 
-    python -m rdance.ablate --workdir=/tmp/ablate                         # all four, ~90 min on 2 cores
+    python -m rdance.ablate --workdir=/tmp/ablate                         # all four, 76 min on 2 cores
     python -m rdance.ablate --workdir=/tmp/ablate --only=paradigm,cot --seeds=1
     python -m rdance.ablate --workdir=/tmp/ablate --plan                  # what would run, and how long
 
 Ablations (one config each in experiments/ablations/, on the shared scale of base.py):
 
-- ``paradigm``   Table 7: regressive vs pointwise generative vs pairwise generative (with reference) RM
+- ``paradigm``   Table 7: regressive vs pointwise generative vs pairwise generative (with reference) RM,
+                 beside a control with the reward's weight at 0
 - ``rm_size``    Table 2, Figs. 5-6: an RM size ladder -> RM accuracy, late-stage reward std, judge
 - ``references`` Table 8: Best-of-16 top-2 vs Best-of-2 top-2 vs Best-of-16 bottom-2 references
 - ``cot``        Table 9: RM trained without vs with chain-of-thought rationales
