@@ -43,10 +43,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                   # rank two images drawn from {faithful, each kind of mistake}.
                   clean_share=0.75,
                   # world_captions only: share of grounding questions among the captions.
-                  question_share=0.0,
-                  # world_captions only: weights of the near misses the "no" questions draw,
-                  # e.g. "shape=3,relation=3" ("" = all kinds alike).
-                  question_mistakes="")
+                  question_share=0.0)
     c.optim = dict(name="adamw", learning_rate=3e-4, schedule="cosine", warmup_steps=50,
                    b1=0.9, b2=0.98, weight_decay=0.01, grad_clip_norm=1.0)
     c.mesh = dict(shape=(1, -1, 1), rules=DEFAULT_RULES)

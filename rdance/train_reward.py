@@ -44,8 +44,7 @@ def open_source(spec: str, data, *, seed: int, size: int, noise: float):
             raise ValueError(f"data source {spec!r}: use tfds:DATA_DIR:FORMAT[:SPLIT]")
         return PreferenceSource(parts[1], parts[2], parts[3] if len(parts) == 4 else "train")
     if spec == "world_captions":
-        return WorldCaptions(size, seed=seed, size=data.image_size, question_share=data.question_share,
-                             question_mistakes=data.question_mistakes)
+        return WorldCaptions(size, seed=seed, size=data.image_size, question_share=data.question_share)
     if spec == "world" or spec.startswith("world:"):
         kinds = tuple(spec.split(":", 1)[1].split("+")) if ":" in spec else KINDS
         unknown = set(kinds) - set(KINDS)

@@ -10,7 +10,7 @@ import numpy as np
 from rdance.data.records import PreferenceRecord
 from rdance.data.world.judge import judge
 from rdance.data.world.prompts import KINDS, sample_scene
-from rdance.data.world.render import MISTAKES, mistaken_scene, possible_mistakes, render, render_variant
+from rdance.data.world.render import mistaken_scene, possible_mistakes, render, render_variant
 
 ALIGNMENT_CRITERIA = ("Image-text alignment: every object in the prompt is present with the right "
                       "colour, shape and count, and stated positions are respected.")
@@ -74,24 +74,6 @@ class PreferencePairs:
         return make_pair(int(index), self.seed, self.size, self.noise, self.kinds, self.clean_share)
 
 
-def mistake_weights(spec: str) -> dict[str, float]:
-    """'shape=3,relation=3' -> a weight per kind of mistake (unlisted kinds weigh 1)."""
-    weights = dict.fromkeys(MISTAKES, 1.0)
-    for item in filter(None, (part.strip() for part in spec.split(","))):
-        name, _, value = item.partition("=")
-        if name not in weights or not value:
-            raise ValueError(f"mistake weights {spec!r}: use NAME=WEIGHT,... with NAME in {', '.join(MISTAKES)}")
-        try:
-            weights[name] = float(value)
-        except ValueError:
-            raise ValueError(f"mistake weights {spec!r}: {value!r} is not a number") from None
-        if weights[name] < 0:
-            raise ValueError(f"mistake weights {spec!r}: weight of {name} is negative")
-    if sum(weights.values()) <= 0:
-        raise ValueError(f"mistake weights {spec!r}: at least one weight must be positive")
-    return weights
-
-
 class WorldCaptions:
     """Images with what they show: the pretraining set of the smoke VLM (a reward model starts
     from a VLM that can already see, as the paper's InternVL RMs do). Half the images are drawn
@@ -99,26 +81,15 @@ class WorldCaptions:
 
     With ``question_share`` > 0 that share of the records are grounding questions instead, as a
     VLM's instruction data has them: the prompt asked about (criteria ``QUESTION``) and an image
-    drawn from it (label 1, "yes") or from a near miss of it (label 0, "no"). ``question_mistakes``
-    weighs the kinds of near miss the "no" questions draw (default: all alike; a scene whose
-    possible mistakes all weigh 0 draws them alike too)."""
+    drawn from it (label 1, "yes") or from a near miss of it (label 0, "no")."""
 
     QUESTION = "question"
 
-    def __init__(self, num_images: int, seed: int, size: int = 32, kinds=KINDS, question_share: float = 0.0,
-                 question_mistakes: str = ""):
+    def __init__(self, num_images: int, seed: int, size: int = 32, kinds=KINDS, question_share: float = 0.0):
         if not 0.0 <= question_share <= 1.0:
             raise ValueError(f"data.question_share={question_share} must lie in [0, 1]")
         self.num, self.seed, self.size, self.kinds = num_images, seed, size, kinds
         self.question_share = question_share
-        self.weights = mistake_weights(question_mistakes) if question_mistakes else None
-
-    def _near_miss(self, scene, rng: np.random.Generator) -> str:
-        options = possible_mistakes(scene)
-        if self.weights is None or not sum(self.weights[m] for m in options):
-            return str(rng.choice(options))
-        p = np.array([self.weights[m] for m in options])
-        return str(options[rng.choice(len(options), p=p / p.sum())])
 
     def __len__(self) -> int:
         return self.num
@@ -130,7 +101,7 @@ class WorldCaptions:
         scene = sample_scene(rng, self.kinds)
         if rng.random() < self.question_share:
             faithful = rng.random() < 0.5
-            drawn = scene if faithful else mistaken_scene(scene, self._near_miss(scene, rng), rng)
+            drawn = scene if faithful else mistaken_scene(scene, str(rng.choice(possible_mistakes(scene))), rng)
             return PreferenceRecord(prompt=scene.prompt, images=(render(drawn, self.size, rng),),
                                     label=int(faithful), criteria=self.QUESTION)
         if rng.random() < 0.5:
