@@ -4,12 +4,13 @@
     python -m rdance.train_reward --config=experiments/rm_smoke.py --workdir=/tmp/rm_smoke \
         --config.rm.pretrained=/tmp/vlm_smoke/export     # experiments/vlm_smoke.py's export
 
-From that VLM the 900 steps (lr 3e-4) took 10:32 on 2 idle cores and reached held-out in-domain
-accuracy 0.676 / 0.779 / 0.775 / 0.793 / 0.822 / 0.826 at steps 150..900. The same VLM at lr 1e-3
-(the earlier recipe) learned slowly: 0.566 / 0.629 / 0.639 / 0.652 / 0.701 / 0.715; an earlier VLM
+From that VLM the 1250 steps (lr 3e-4, cosine) took 14:20 on 2 idle cores and reached held-out
+in-domain accuracy 0.705 / 0.795 / 0.830 / 0.840 / 0.848 at steps 250..1250 (relations 0.770).
+A 900-step schedule on the same VLM: 0.676 / 0.779 / 0.775 / 0.793 / 0.822 / 0.826 at 150..900
+(10:32). At lr 1e-3 (the earlier recipe) the same VLM learned slowly: 0.715 at 900; an earlier VLM
 of the same recipe had reached 0.834 in 750 steps at lr 1e-3, so the outcome varies from run to
-run by several points. Faithful-vs-one-mistake pairs by mistake (the lr 3e-4 RM): colour 0.96,
-missing object 1.00, count 0.87, shape 0.51, relation 0.50: the RM is blind to shapes and
+run by several points. Faithful-vs-one-mistake pairs by mistake (the 1250-step RM): colour 0.97,
+missing object 1.00, count 0.91, shape 0.52, relation 0.52: the RM is blind to shapes and
 left/right, although the VLM names shapes in its captions (token accuracy 0.86-0.97).
 Without ``rm.pretrained`` the model starts from scratch and must learn to see from preference
 labels alone (the sizes below).
@@ -47,6 +48,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim = dict(name="adamw", learning_rate=3e-4, schedule="cosine", warmup_steps=50,
                    b1=0.9, b2=0.98, weight_decay=0.01, grad_clip_norm=1.0)
     c.mesh = dict(shape=(1, -1, 1), rules=DEFAULT_RULES)
-    c.train = dict(steps=900, log_every=50, eval_every=150, checkpoint_every=150,
+    c.train = dict(steps=1250, log_every=50, eval_every=250, checkpoint_every=250,
                    keep_checkpoints=2, async_checkpoints=True)
     return c

@@ -378,14 +378,12 @@ class Runner:
     def _run_one(self, index: int, stage: Stage, clock: Clock) -> StageRun:
         done = read_done(stage.workdir)
         if done is not None:
-            clock.estimates[index] = 0.0
             self.say(f"{self._head(index)}: finished earlier in {format_seconds(done['wall_s'])}, skipped")
             return StageRun(stage.name, True, float(done["wall_s"]), stage.workdir)
         if stage.hash in self.reusable and not os.path.lexists(stage.workdir):
             source = self.reusable[stage.hash]
             os.makedirs(os.path.dirname(stage.workdir), exist_ok=True)
             os.symlink(source, stage.workdir)
-            clock.estimates[index] = 0.0
             self.say(f"{self._head(index)}: reused {source} (same settings)")
             return StageRun(stage.name, True, float(read_done(source)["wall_s"]), stage.workdir)
         if self._terminated:

@@ -83,8 +83,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                                                 checkpoint_every=10))
         c.vlm.estimate_s = 25
         c.rm.set = dict(data=dict(global_batch_size=8, eval_pairs=16, eval_batch_size=16, eval_sets="in_domain=world"),
-                        optim=dict(warmup_steps=2, learning_rate=rm_learning_rate(0.5)), train=dict(steps=10, log_every=5, eval_every=10,
-                                                               checkpoint_every=10))
+                        optim=dict(warmup_steps=2, learning_rate=rm_learning_rate(0.5)),
+                        train=dict(steps=10, log_every=5, eval_every=10, checkpoint_every=10))
         c.rm.estimate_s = 30
         c.finetune.set = dict(
             sampler=dict(num_steps=4), refl=dict(window=2),
