@@ -95,9 +95,10 @@ def test_ablation_plan_shares_stages_across_arms_and_ablations():
     configs, cells, stages = ablate.plan(list(ablate.ABLATIONS), "", 0)
     distinct, _ = ablate.resolve(stages, lambda s: s.name)
     kinds = [s.name.split(".")[0] for s in distinct]
-    assert len(cells) == 3 * (3 + 3 + 3 + 2)
-    assert {k: kinds.count(k) for k in set(kinds)} == {"generator": 1, "vlm": 3, "rm": 18, "finetune": 24}
-    assert ablate.arm_order(configs["paradigm"]) == ["regressive", "pointwise", "pairwise"]
+    assert len(cells) == 3 * (4 + 3 + 3 + 2)
+    # The paradigm control (reward weight 0) fine-tunes on its own but shares the pairwise RM.
+    assert {k: kinds.count(k) for k in set(kinds)} == {"generator": 1, "vlm": 3, "rm": 18, "finetune": 27}
+    assert ablate.arm_order(configs["paradigm"]) == ["no_rl", "regressive", "pointwise", "pairwise"]
     with pytest.raises(ablate.StageError, match="no ablation 'nope'"):
         ablate.load_ablation("nope")
     with pytest.raises(ablate.StageError, match="has no arm"):
