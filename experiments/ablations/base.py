@@ -29,6 +29,10 @@ METRICS = {
 }
 
 
+# The shared RM: the smoke RM's widths x 0.5 and depths x 0.67 (rm_size's "medium").
+MIDDLE_WIDTH, MIDDLE_DEPTH = 0.5, 0.67
+
+
 def rm_size(width: float, depth: float) -> dict:
     """RM (VLM) sizes: the smoke RM's widths times ``width`` and its depths times ``depth``
     (rounded, at least one layer; widths stay multiples of the heads)."""
@@ -61,10 +65,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.metrics = METRICS
     c.generator = stage("experiments/gen_smoke.py", 180,
                         train=dict(steps=400, eval_every=100, checkpoint_every=100, log_every=25))
-    c.vlm = stage("experiments/vlm_smoke.py", 200, model=rm_size(0.5, 0.67),
+    c.vlm = stage("experiments/vlm_smoke.py", 200, model=rm_size(MIDDLE_WIDTH, MIDDLE_DEPTH),
                   train=dict(steps=1200, eval_every=300, checkpoint_every=600))
     c.rm = stage("experiments/rm_smoke.py", 90, train=dict(steps=240, eval_every=80, checkpoint_every=80),
-                 optim=dict(learning_rate=rm_learning_rate(0.5)), data=dict(eval_sets="in_domain=world"))
+                 optim=dict(learning_rate=rm_learning_rate(MIDDLE_WIDTH)), data=dict(eval_sets="in_domain=world"))
     # Bank: Best-of-16, top-2 (the paper's best setting, Table 8), for every pairwise arm.
     c.finetune = stage("experiments/finetune_smoke.py", 75,
                        data=dict(train_prompts=48, eval_prompts=64), bank=dict(num_samples=16, top_k=2),
@@ -83,7 +87,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                                                 checkpoint_every=10))
         c.vlm.estimate_s = 25
         c.rm.set = dict(data=dict(global_batch_size=8, eval_pairs=16, eval_batch_size=16, eval_sets="in_domain=world"),
-                        optim=dict(warmup_steps=2, learning_rate=rm_learning_rate(0.5)),
+                        optim=dict(warmup_steps=2, learning_rate=rm_learning_rate(MIDDLE_WIDTH)),
                         train=dict(steps=10, log_every=5, eval_every=10, checkpoint_every=10))
         c.rm.estimate_s = 30
         c.finetune.set = dict(

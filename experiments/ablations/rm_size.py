@@ -7,7 +7,7 @@ sliding window's std at the end, the paper's reward-variance signal) and the jud
 """
 from experiments.ablations import base
 
-SIZES = {"small": (0.25, 0.34), "medium": (0.5, 0.67), "large": (1.0, 1.0)}
+SIZES = {"small": (0.25, 0.34), "medium": (base.MIDDLE_WIDTH, base.MIDDLE_DEPTH), "large": (1.0, 1.0)}
 
 
 def describe(sizes: dict) -> str:
