@@ -43,6 +43,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                   # Share of pairs that set a faithful render against a near miss; the rest
                   # rank two images drawn from {faithful, each kind of mistake}.
                   clean_share=0.75,
+                  # How often each kind of near miss is drawn for training pairs (eval pairs
+                  # draw uniformly). Hard negatives: see the module docstring.
+                  mistake_weights=dict(colour=1.0, shape=1.0, count=1.0, missing=1.0, relation=1.0),
                   # world_captions only: share of grounding questions among the captions.
                   question_share=0.0)
     c.optim = dict(name="adamw", learning_rate=3e-4, schedule="cosine", warmup_steps=50,

@@ -31,7 +31,7 @@ from rdance.reward.model import RewardNet
 from rdance.train.loop import Task, train
 
 
-def open_source(spec: str, data, *, seed: int, size: int, noise: float):
+def open_source(spec: str, data, *, seed: int, size: int, noise: float, train: bool = False):
     """Where pairs come from:
     'world' or 'world:relation+count' (synthetic pairs, by prompt kinds); 'world_captions'
     (images and what they show, to pretrain a from-scratch VLM); a .jsonl file (see
@@ -51,11 +51,18 @@ def open_source(spec: str, data, *, seed: int, size: int, noise: float):
         if unknown:
             raise ValueError(f"data source {spec!r}: unknown prompt kinds {sorted(unknown)}; known {KINDS}")
         return PreferencePairs(size, seed=seed, size=data.image_size, label_noise=noise, kinds=kinds,
-                               clean_share=data.clean_share)
+                               clean_share=data.clean_share,
+                               mistake_weights=_mistake_weights(data) if train else None)
     if spec.endswith(".jsonl"):
         return JsonlRecords(spec, skip_bad_records=data.skip_bad_records)
     raise ValueError(f"data source {spec!r}: use 'world', 'world:KIND+KIND', a .jsonl file or "
                      "tfds:DATA_DIR:FORMAT[:SPLIT]")
+
+
+def _mistake_weights(data) -> dict[str, float] | None:
+    """``data.mistake_weights`` as the pairs want it: None (a uniform draw) when all weigh alike."""
+    weights = dict(data.get("mistake_weights") or {})
+    return weights if len(set(weights.values())) > 1 else None
 
 
 def model_folder(config, workdir: str | None) -> str:
@@ -78,7 +85,7 @@ def make_task(config, workdir: str | None = None) -> Task:
     spec = row_spec_from_config(config.rm, vlm_config.vision.image_size, vlm_config.tokens_per_tile)
     builder = RowBuilder(template, spec)
     d = config.data
-    train_source = open_source(d.train, d, seed=d.seed, size=d.train_pairs, noise=d.label_noise)
+    train_source = open_source(d.train, d, seed=d.seed, size=d.train_pairs, noise=d.label_noise, train=True)
     loss_spec = LossSpec(paradigm=spec.paradigm, rationale_weight=config.rm.rationale_weight,
                          pointwise_ce_weight=config.rm.pointwise_ce_weight, yes_id=template.yes_id,
                          no_id=template.no_id, answer_col=spec.max_prompt_tokens - 1,

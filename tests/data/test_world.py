@@ -91,6 +91,26 @@ def test_clean_share_sets_faithful_renders_against_near_misses():
         PreferencePairs(1, seed=0, clean_share=1.5)
 
 
+def test_mistake_weights_draw_the_near_misses_asked_for():
+    weights = dict(colour=0.0, count=0.0, missing=0.0, relation=0.0, shape=1.0)
+    pairs = PreferencePairs(200, seed=8, clean_share=1.0, mistake_weights=weights)
+    for i in range(30):
+        record = pairs[i]
+        scene = _scene_of_seed(record.prompt, i, 8)
+        worse = min(record.images, key=lambda im: judge(im, scene).score)
+        found = judge(worse, scene).detections
+        # A shape mistake keeps every colour and count, and shows a shape the prompt does not ask for.
+        assert sorted(d.colour for d in found) == sorted(o.colour for o in scene.objects for _ in range(o.count))
+        asked = {(o.colour, o.shape) for o in scene.objects}
+        assert any((d.colour, d.shape) not in asked for d in found)
+    uniform = PreferencePairs(200, seed=8, clean_share=1.0)
+    assert [uniform[i].prompt for i in range(10)] == [pairs[i].prompt for i in range(10)]
+    for bad, match in ((dict(blur=1.0), "unknown mistakes"), (dict(shape=-1.0), ">= 0"),
+                       (dict(shape=0.0), "at least one")):
+        with pytest.raises(ValueError, match=match):
+            PreferencePairs(1, seed=0, mistake_weights=bad)
+
+
 def test_captions_describe_what_was_drawn():
     from rdance.data.world.pairs import WorldCaptions
     captions = WorldCaptions(30, seed=1)

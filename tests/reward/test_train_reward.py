@@ -70,3 +70,14 @@ def test_kill_9_and_resume_matches(tmp_path, uninterrupted):
     np.testing.assert_allclose([got[s]["loss"] for s in sorted(got)], [want[s]["loss"] for s in sorted(want)], rtol=1e-5)
     assert got[12]["eval/in_domain/accuracy"] == want[12]["eval/in_domain/accuracy"]
     np.testing.assert_allclose(got[12]["eval/in_domain/brier"], want[12]["eval/in_domain/brier"], rtol=1e-5)
+
+
+def test_mistake_weights_shape_the_training_pairs_only():
+    from experiments import rm_smoke
+    from rdance.train_reward import open_source
+    data = rm_smoke.get_config().data
+    source = lambda train: open_source("world", data, seed=0, size=4, noise=0.0, train=train)
+    assert source(True).mistake_weights is None   # all alike: the uniform draw, as before the knob
+    data.mistake_weights.shape = 4.0
+    assert source(True).mistake_weights == dict(colour=1.0, shape=4.0, count=1.0, missing=1.0, relation=1.0)
+    assert source(False).mistake_weights is None  # held-out pairs keep the world's own mix

@@ -10,7 +10,7 @@ import numpy as np
 from rdance.data.records import PreferenceRecord
 from rdance.data.world.judge import judge
 from rdance.data.world.prompts import KINDS, sample_scene
-from rdance.data.world.render import mistaken_scene, possible_mistakes, render, render_variant
+from rdance.data.world.render import MISTAKES, mistaken_scene, possible_mistakes, render, render_variant
 
 ALIGNMENT_CRITERIA = ("Image-text alignment: every object in the prompt is present with the right "
                       "colour, shape and count, and stated positions are respected.")
@@ -26,21 +26,43 @@ def _rationale(better, worse) -> str:
     return words
 
 
+def check_mistake_weights(weights: dict[str, float] | None) -> None:
+    if weights is None:
+        return
+    unknown = set(weights) - set(MISTAKES)
+    if unknown:
+        raise ValueError(f"mistake weights name unknown mistakes {sorted(unknown)}; known: {MISTAKES}")
+    if any(w < 0 for w in weights.values()) or not any(w > 0 for w in weights.values()):
+        raise ValueError(f"mistake weights {weights}: use weights >= 0, at least one > 0")
+
+
+def _draw(rng: np.random.Generator, options: list, weights: dict[str, float] | None):
+    """One of ``options`` (mistake names, None = faithful): uniform, or by ``weights``
+    (a missing name, and the faithful render, weigh 1). Falls back to uniform when every
+    option weighs 0, e.g. a scene whose only weighted mistake is impossible for it."""
+    if weights is not None:
+        p = np.array([1.0 if m is None else float(weights.get(m, 1.0)) for m in options])
+        if p.sum() > 0:
+            return options[rng.choice(len(options), p=p / p.sum())]
+    return options[rng.integers(len(options))]
+
+
 def make_pair(index: int, seed: int, size: int, label_noise: float, kinds=KINDS,
-              clean_share: float = 0.0) -> PreferenceRecord:
+              clean_share: float = 0.0, mistake_weights: dict[str, float] | None = None) -> PreferenceRecord:
     """One pair for ``index``: deterministic from (seed, index), judged, maybe mislabelled.
 
     With probability ``clean_share`` one image is a faithful render and the other a near miss;
     otherwise both are drawn from {faithful, each kind of mistake}, so the pair may rank two
-    imperfect images by how many checks they pass.
+    imperfect images by how many checks they pass. ``mistake_weights`` draws the kinds of
+    mistake by weight instead of uniformly (hard negatives for training; eval sets stay uniform).
     """
     rng = np.random.default_rng([seed, index])
     scene = sample_scene(rng, kinds)
     mistakes = [None, *possible_mistakes(scene)]
     while True:
-        choice = [mistakes[rng.integers(len(mistakes))] for _ in range(2)]
+        choice = [_draw(rng, mistakes, mistake_weights) for _ in range(2)]
         if rng.random() < clean_share:
-            choice = [None, mistakes[1 + rng.integers(len(mistakes) - 1)]][::rng.choice([-1, 1])]
+            choice = [None, _draw(rng, mistakes[1:], mistake_weights)][::rng.choice([-1, 1])]
         images = [render_variant(scene, m, size, rng) for m in choice]
         verdicts = [judge(im, scene) for im in images]
         if verdicts[0].score != verdicts[1].score:  # ties carry no preference
@@ -57,13 +79,14 @@ class PreferencePairs:
     """A random-access source of judged pairs (for grain); ``split`` seeds keep sets disjoint."""
 
     def __init__(self, num_pairs: int, seed: int, size: int = 32, label_noise: float = 0.0,
-                 kinds=KINDS, clean_share: float = 0.0):
+                 kinds=KINDS, clean_share: float = 0.0, mistake_weights: dict[str, float] | None = None):
+        check_mistake_weights(mistake_weights)
         if not 0.0 <= label_noise < 0.5:
             raise ValueError(f"label_noise={label_noise}: use a value in [0, 0.5)")
         if not 0.0 <= clean_share <= 1.0:
             raise ValueError(f"clean_share={clean_share}: use a value in [0, 1]")
         self.num_pairs, self.seed, self.size, self.noise, self.kinds = num_pairs, seed, size, label_noise, kinds
-        self.clean_share = clean_share
+        self.clean_share, self.mistake_weights = clean_share, mistake_weights
 
     def __len__(self) -> int:
         return self.num_pairs
@@ -71,7 +94,8 @@ class PreferencePairs:
     def __getitem__(self, index: int) -> PreferenceRecord:
         if not 0 <= index < self.num_pairs:
             raise IndexError(index)
-        return make_pair(int(index), self.seed, self.size, self.noise, self.kinds, self.clean_share)
+        return make_pair(int(index), self.seed, self.size, self.noise, self.kinds, self.clean_share,
+                         self.mistake_weights)
 
 
 class WorldCaptions:
