@@ -20,9 +20,10 @@ class RewardNet(nnx.Module):
         self.head = (Linear(config.text.hidden_size, 1, axes=("embed", None), rngs=rngs,
                             kernel_init=nnx.initializers.zeros) if regression_head else None)
 
-    def hidden(self, input_ids, pixel_values, attention_mask) -> jax.Array:
-        """Final-normed hidden states [batch, length, embed] of a left-padded batch."""
-        x = self.vlm.embed(input_ids, pixel_values)
+    def hidden(self, input_ids, pixel_values, attention_mask, features=None) -> jax.Array:
+        """Final-normed hidden states [batch, length, embed] of a left-padded batch (image
+        ``features`` in place of ``pixel_values``: see InternVLModel.embed)."""
+        x = self.vlm.embed(input_ids, pixel_values, features)
         length = input_ids.shape[1]
         causal = jnp.tril(jnp.ones((length, length), bool))
         mask = causal[None] & attention_mask[:, None, :].astype(bool)

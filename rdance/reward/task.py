@@ -31,9 +31,26 @@ def forward_rows(net: RewardNet, batch: dict, spec: LossSpec):
     """Flatten [records, rows, ...] to rows and run the network; hidden states of every row."""
     ids = batch["input_ids"].reshape(-1, batch["input_ids"].shape[-1])
     mask = batch["attention_mask"].reshape(ids.shape)
+    if spec.paradigm == "pairwise":
+        return net.hidden(ids, None, mask, features=pair_features(net, batch["images"], spec))
     images = batch["images"].reshape(-1, *batch["images"].shape[-3:])
     pixels = to_pixels(images, spec.image_size, spec.max_tiles)
     return net.hidden(ids, pixels, mask)
+
+
+def pair_features(net: RewardNet, frames: jax.Array, spec: LossSpec) -> jax.Array:
+    """Image features for pairwise rows, each image encoded once.
+
+    A record's frames are [A, B, B, A] (RowBuilder: the pair in both orders, A and B of equal
+    frame counts): the vision tower sees [A, B] and the second order's features are the first
+    order's with the two halves swapped. The same numbers as encoding all four, for half the
+    vision compute (the tower was ~a quarter of the smoke RM's step)."""
+    records, count = frames.shape[:2]
+    first_order = frames[:, :count // 2].reshape(-1, *frames.shape[-3:])
+    feats = net.vlm.image_features(to_pixels(first_order, spec.image_size, spec.max_tiles))
+    feats = feats.reshape(records, 2, -1, *feats.shape[-2:])       # [records, (A, B), tiles, tokens, hidden]
+    both_orders = jnp.concatenate([feats, feats[:, ::-1]], axis=1)  # A, B, B, A
+    return both_orders.reshape(-1, *feats.shape[-2:])
 
 
 def row_scores(net: RewardNet, hidden, spec: LossSpec) -> jax.Array:

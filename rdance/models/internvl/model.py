@@ -52,15 +52,17 @@ class InternVLModel(nnx.Module):
         x = pixel_shuffle(x.reshape(n, side, side, d), self.cfg.downsample_ratio)
         return self.projector(x.reshape(n, -1, x.shape[-1]))
 
-    def embed(self, input_ids, pixel_values=None):
+    def embed(self, input_ids, pixel_values=None, features=None):
         """Token embeddings with image features written, in order, at the image-token positions.
 
+        ``features`` ([tiles, tokens_per_tile, hidden], from ``image_features``) replaces
+        ``pixel_values`` when the caller has them already, e.g. one image shown in several rows.
         The caller checks that the counts match (see api.check_inputs): inside jit they cannot be.
         """
         x = self.language.embed(input_ids)
-        if pixel_values is None:
+        if pixel_values is None and features is None:
             return x
-        feats = self.image_features(pixel_values).astype(x.dtype)
+        feats = (self.image_features(pixel_values) if features is None else features).astype(x.dtype)
         feats = feats.reshape(-1, feats.shape[-1])
         is_image = input_ids == self.cfg.image_token_id
         # The k-th image token (row-major over batch, length) takes the k-th feature row.
