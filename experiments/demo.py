@@ -49,7 +49,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # will show it ("samples" eval set) and, with rm.train_data=pairs, its training set.
     c.pairs = stage("experiments/gen_smoke.py", 30, pairs=dict(num_prompts=0, eval_prompts=160))
     c.vlm = stage("experiments/vlm_smoke.py", 180, train=dict(steps=400, eval_every=100, checkpoint_every=100))
-    c.rm = stage("experiments/rm_smoke.py", 320, train=dict(steps=360, eval_every=120, checkpoint_every=60))
+    # Near misses drawn uniformly: in 360 steps the smoke recipe's shape-heavy mix would not yet
+    # see shapes and would learn the rest slower (this demo's figures were measured uniform).
+    c.rm = stage("experiments/rm_smoke.py", 320, train=dict(steps=360, eval_every=120, checkpoint_every=60),
+                 data=dict(mistake_weights=dict(shape=1.0)))
     c.rm.train_data = "recipe"          # recipe: rm_smoke's data.train | pairs: the pairs stage's train.jsonl
     # Fine-tuning; the bank stage runs the same config with train.steps=0 (it only builds the bank).
     c.finetune = stage("experiments/finetune_smoke.py", 190,

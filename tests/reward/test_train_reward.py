@@ -77,6 +77,7 @@ def test_mistake_weights_shape_the_training_pairs_only():
     from rdance.train_reward import open_source
     data = rm_smoke.get_config().data
     source = lambda train: open_source("world", data, seed=0, size=4, noise=0.0, train=train)
+    data.mistake_weights.shape = 1.0
     assert source(True).mistake_weights is None   # all alike: the uniform draw, as before the knob
     data.mistake_weights.shape = 4.0
     assert source(True).mistake_weights == dict(colour=1.0, shape=4.0, count=1.0, missing=1.0, relation=1.0)
