@@ -17,6 +17,12 @@ From that VLM, on 2 idle cores, held-out in-domain accuracy at steps 250..1250:
 | shape x4 (this recipe) | 1 | 0.688 / 0.756 / 0.775 / 0.855 / **0.863** | 0.879 | - |
 | uniform | 0 | 0.705 / 0.795 / 0.830 / 0.840 / 0.848 | 0.845 | 14:20 |
 | uniform | 1 | 0.676 / 0.764 / 0.787 / 0.805 / 0.801 | 0.845 | 13:05 |
+| regressive baseline, shape x4 | 0 | 0.848 / 0.930 / 0.922 / 0.938 / **0.934** | - | - |
+
+The regressive baseline (``rm.paradigm=regressive``: one image per row, a scalar head, Bradley-Terry)
+beats the pairwise generative RM at this scale, and sees left and right (relations set 0.914 vs
+0.797): unlike the paper's InternVL RMs, this VLM was never taught to judge, so the yes/no head
+brings no prior, and a row with one image is easier for a 3-layer LM than a row with two.
 
 The uniform runs' wall predates encoding each pair's images once (~11% of the step). Seed 1 =
 ``--config.seed=1 --config.data.seed=1`` (another pair stream and held-out set; its
