@@ -52,17 +52,11 @@ def open_source(spec: str, data, *, seed: int, size: int, noise: float, train: b
             raise ValueError(f"data source {spec!r}: unknown prompt kinds {sorted(unknown)}; known {KINDS}")
         return PreferencePairs(size, seed=seed, size=data.image_size, label_noise=noise, kinds=kinds,
                                clean_share=data.clean_share,
-                               mistake_weights=_mistake_weights(data) if train else None)
+                               mistake_weights=dict(data.mistake_weights) if train else None)
     if spec.endswith(".jsonl"):
         return JsonlRecords(spec, skip_bad_records=data.skip_bad_records)
     raise ValueError(f"data source {spec!r}: use 'world', 'world:KIND+KIND', a .jsonl file or "
                      "tfds:DATA_DIR:FORMAT[:SPLIT]")
-
-
-def _mistake_weights(data) -> dict[str, float] | None:
-    """``data.mistake_weights`` as the pairs want it: None (a uniform draw) when all weigh alike."""
-    weights = dict(data.get("mistake_weights") or {})
-    return weights if len(set(weights.values())) > 1 else None
 
 
 def model_folder(config, workdir: str | None) -> str:

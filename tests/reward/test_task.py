@@ -10,11 +10,10 @@ from rdance.reward.task import forward_rows
 from rdance.train_reward import make_task
 
 
-def tiny_task(tmp_path, paradigm="pairwise"):
+def tiny_task(tmp_path):
     config = rm_smoke.get_config()
     config.model.update(patch_size=8, vision_hidden=32, vision_layers=1, vision_heads=2, text_hidden=32,
                         text_layers=1, text_heads=2, text_kv_heads=1)
-    config.rm.paradigm = paradigm
     config.data.eval_sets = ""
     return make_task(config, str(tmp_path))
 

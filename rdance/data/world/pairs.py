@@ -26,22 +26,26 @@ def _rationale(better, worse) -> str:
     return words
 
 
-def check_mistake_weights(weights: dict[str, float] | None) -> None:
+def normalised_mistake_weights(weights: dict[str, float] | None) -> dict[str, float] | None:
+    """A weight for every kind of mistake (a name left out weighs 1), or None when all weigh
+    alike: then pairs are drawn uniformly, the same stream as without weights."""
     if weights is None:
-        return
+        return None
     unknown = set(weights) - set(MISTAKES)
     if unknown:
         raise ValueError(f"mistake weights name unknown mistakes {sorted(unknown)}; known: {MISTAKES}")
-    if any(w < 0 for w in weights.values()) or not any(w > 0 for w in weights.values()):
-        raise ValueError(f"mistake weights {weights}: use weights >= 0, at least one > 0")
+    full = {m: float(weights.get(m, 1.0)) for m in MISTAKES}
+    if any(w < 0 for w in full.values()) or not any(w > 0 for w in full.values()):
+        raise ValueError(f"mistake weights {full}: use weights >= 0, at least one > 0")
+    return full if len(set(full.values())) > 1 else None
 
 
 def _draw(rng: np.random.Generator, options: list, weights: dict[str, float] | None):
-    """One of ``options`` (mistake names, None = faithful): uniform, or by ``weights``
-    (a missing name, and the faithful render, weigh 1). Falls back to uniform when every
-    option weighs 0, e.g. a scene whose only weighted mistake is impossible for it."""
+    """One of ``options`` (mistake names, None = faithful, which weighs 1): uniform, or by
+    ``weights``. Uniform too when every option weighs 0, e.g. a scene whose only weighted
+    mistake is impossible for it."""
     if weights is not None:
-        p = np.array([1.0 if m is None else float(weights.get(m, 1.0)) for m in options])
+        p = np.array([1.0 if m is None else weights[m] for m in options])
         if p.sum() > 0:
             return options[rng.choice(len(options), p=p / p.sum())]
     return options[rng.integers(len(options))]
@@ -80,13 +84,12 @@ class PreferencePairs:
 
     def __init__(self, num_pairs: int, seed: int, size: int = 32, label_noise: float = 0.0,
                  kinds=KINDS, clean_share: float = 0.0, mistake_weights: dict[str, float] | None = None):
-        check_mistake_weights(mistake_weights)
         if not 0.0 <= label_noise < 0.5:
             raise ValueError(f"label_noise={label_noise}: use a value in [0, 0.5)")
         if not 0.0 <= clean_share <= 1.0:
             raise ValueError(f"clean_share={clean_share}: use a value in [0, 1]")
         self.num_pairs, self.seed, self.size, self.noise, self.kinds = num_pairs, seed, size, label_noise, kinds
-        self.clean_share, self.mistake_weights = clean_share, mistake_weights
+        self.clean_share, self.mistake_weights = clean_share, normalised_mistake_weights(mistake_weights)
 
     def __len__(self) -> int:
         return self.num_pairs
