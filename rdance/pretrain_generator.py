@@ -5,9 +5,10 @@
 The text encoder (a small T5 over the world's word tokenizer) and the pixel-space FLUX
 transformer train jointly on random world scenes (rdance.diffusion.world_generator). Every
 ``train.eval_every`` steps the programmatic judge scores one sample per held-out prompt
-(``eval/judge``). At the end the generator is exported to ``WORKDIR/export`` (generator.json,
-tokenizer/, text_encoder/ in transformers' T5 layout, transformer/ in diffusers' layout), the
-folder ``rdance.finetune`` starts from (``--config.generator.path=WORKDIR/export``).
+(``eval/judge``; ``eval/check/*``: which kinds of check pass, see docs/finetune.md). At the end
+the generator is exported to ``WORKDIR/export`` (generator.json, tokenizer/, text_encoder/ in
+transformers' T5 layout, transformer/ in diffusers' layout), the folder ``rdance.finetune``
+starts from (``--config.generator.path=WORKDIR/export``).
 
 With ``pairs.num_prompts > 0`` it also writes ``WORKDIR/pairs/{train,eval}.jsonl``: preference
 pairs over the trained generator's samples labelled by the judge (rdance.train.sample_pairs),

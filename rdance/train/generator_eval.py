@@ -4,7 +4,7 @@
 with each sample's noise keyed by (seed, sample id) so the same id always gives the same image
 from the same parameters. :class:`JudgeEval` samples held-out world prompts and reports the
 programmatic judge's mean alignment, overall and per prompt kind: the number that fine-tuning
-is meant to raise and that no model was trained on.
+is meant to raise and that no model was trained on, and which kinds of check it passes.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rdance import sharding
-from rdance.data.world.judge import judge
+from rdance.data.world.judge import check_rates, judge
 from rdance.data.world.prompts import Scene
 from rdance.diffusion import generator as genlib
 from rdance.train.host import to_host
@@ -84,10 +84,13 @@ class JudgeEval:
         self.tokens = gen.tokenize([s.prompt for s in self.scenes])
 
     def __call__(self, trainable, frozen) -> tuple[dict[str, float], np.ndarray]:
+        """({"judge": mean, "judge/KIND": mean per prompt kind, "check/NAME": check_rates}, images)."""
         images = self.sampler(trainable, frozen, self.tokens, np.arange(len(self.scenes)))
-        scores = judge_scores(images, self.scenes)
+        verdicts = [judge(image, scene) for image, scene in zip(images, self.scenes)]
+        scores = np.asarray([v.score for v in verdicts], np.float32)
         out = {"judge": float(scores.mean())}
         kinds = np.asarray([s.kind for s in self.scenes])
         for kind in sorted(set(kinds)):
             out[f"judge/{kind}"] = float(scores[kinds == kind].mean())
+        out.update({f"check/{name}": rate for name, rate in check_rates(verdicts).items()})
         return out, images

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from rdance.data.world import judge, render, render_variant
+from rdance.data.world.judge import check_rates
 from rdance.data.world.pairs import PreferencePairs
 from rdance.data.world.prompts import Scene, ObjectSpec, prompt_set
 from rdance.data.world.render import MISTAKES, possible_mistakes
@@ -35,6 +36,28 @@ def test_judge_catches_every_kind_of_mistake(scenes):
             assert verdict.score < 1.0, (scene.prompt, mistake, verdict.checks)
             seen.add(mistake)
     assert seen == set(MISTAKES)
+
+
+def test_check_rates_tell_a_wrong_shape_from_a_missing_object():
+    scene = Scene((ObjectSpec("red", "circle"), ObjectSpec("blue", "square")), "left of")
+    rng = np.random.default_rng(0)
+    faithful = judge(render(scene, 32, rng), scene)
+    wrong_shape = judge(render_variant(scene, "shape", 32, rng), scene)
+    missing = judge(render_variant(scene, "missing", 32, rng), scene)
+    assert faithful.kinds == ("present", "count", "present", "count", "relation")
+    assert check_rates([faithful]) == {"present": 1.0, "count": 1.0, "relation": 1.0, "colour_found": 1.0,
+                                       "shape_given_colour": 1.0}
+    # One group drawn in another shape: its colour is there, the judge does not see it.
+    rates = check_rates([wrong_shape])
+    assert rates["colour_found"] == 1.0 and rates["present"] == 0.5 and rates["shape_given_colour"] == 0.5
+    # One group left out: neither its colour nor the object is there.
+    rates = check_rates([missing])
+    assert rates["colour_found"] == 0.5 and rates["present"] == 0.5 and rates["shape_given_colour"] == 1.0
+    # Rates pool checks over images; a kind no prompt asks for is left out.
+    single = Scene((ObjectSpec("green", "triangle"),))
+    rates = check_rates([faithful, wrong_shape, judge(render(single, 32, rng), single)])
+    assert "relation" in rates and rates["present"] == pytest.approx(4 / 5)
+    assert "relation" not in check_rates([judge(render(single, 32, rng), single)])
 
 
 def test_judge_reads_blurred_noisy_images():

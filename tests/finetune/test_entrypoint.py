@@ -28,6 +28,8 @@ def test_reference_run_logs_the_monitors_and_exports(reference_run, gen_folder):
     assert 2 <= min(curve(reference_run, "refl_step")) and max(curve(reference_run, "refl_step")) <= 3
     assert [s for s in by_step if "eval/judge" in by_step[s]] == [0, 5, 10]
     assert "eval/judge_ema" in by_step[10] and "eval/judge/single" in by_step[10]
+    for check in ("present", "count", "colour_found", "shape_given_colour"):
+        assert 0.0 <= by_step[10][f"eval/check/{check}_ema"] <= 1.0, check
     assert os.listdir(os.path.join(reference_run, "tensorboard"))
     with np.load(os.path.join(reference_run, "bank", "bank.npz")) as bank:
         assert bank["images"].shape == (16, 1, 32, 32, 3) and bank["wins"].shape == (16, 4)

@@ -3,12 +3,15 @@
 It segments the image by palette colour, finds connected components, names each one's shape by
 the best-fitting template in its bounding box, then checks every object group is present with
 the right count, and that a requested relation holds between the two objects' centroids.
-The score is the fraction of checks passed, in [0, 1].
+The score is the fraction of checks passed, in [0, 1]. :func:`check_rates` says which kinds of
+check a set of images fails, and whether an object missed by the judge was there in the asked
+colour but another shape.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -18,6 +21,7 @@ from rdance.data.world.render import BACKGROUND, relation_holds, shape_mask
 
 _PALETTE = np.array([BACKGROUND] + list(COLOURS.values()), np.float32)
 _NAMES = ["background"] + list(COLOURS)
+CHECK_KINDS = ("present", "count", "relation")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +37,8 @@ class Judgement:
     score: float
     checks: tuple[tuple[str, bool], ...]   # (finding in words, passed)
     detections: tuple[Detection, ...]
+    kinds: tuple[str, ...]                 # per check: one of CHECK_KINDS
+    colour_found: tuple[bool, ...]         # per object group: something of its colour, any shape
 
     def findings(self) -> list[str]:
         return [text for text, _ in self.checks]
@@ -104,6 +110,7 @@ def _name_shape(mask: np.ndarray) -> str:
 def judge(image: np.ndarray, scene: Scene) -> Judgement:
     detections = detect(image)
     checks: list[tuple[str, bool]] = []
+    kinds: list[str] = []
     matches = []
     for spec in scene.objects:
         found = [d for d in detections if d.colour == spec.colour and d.shape == spec.shape]
@@ -112,11 +119,32 @@ def judge(image: np.ndarray, scene: Scene) -> Judgement:
         checks.append((f"{spec.colour} {spec.shape}: {'present' if found else 'missing'}", bool(found)))
         checks.append((f"{spec.colour} {plural}: found {len(found)}, asked for "
                        f"{NUMBER_WORDS[spec.count]}", len(found) == spec.count))
+        kinds += ["present", "count"]
     if scene.relation:
         a, b = scene.objects
         ok = (len(matches[0]) == 1 and len(matches[1]) == 1
               and relation_holds(scene.relation, matches[0][0].centre, matches[1][0].centre, image.shape[0]))
         checks.append((f"the {a.colour} {a.shape} is {'' if ok else 'not '}{scene.relation} "
                        f"the {b.colour} {b.shape}", ok))
+        kinds.append("relation")
     score = sum(passed for _, passed in checks) / len(checks)
-    return Judgement(score, tuple(checks), tuple(detections))
+    colour_found = tuple(any(d.colour == spec.colour for d in detections) for spec in scene.objects)
+    return Judgement(score, tuple(checks), tuple(detections), tuple(kinds), colour_found)
+
+
+def check_rates(judgements: Sequence[Judgement]) -> dict[str, float]:
+    """Pass rate of each kind of check over many judgements (kinds no prompt asked for are left
+    out), ``colour_found``: how often an asked object's colour is in the image in any shape, and
+    ``shape_given_colour`` = present / colour_found: how often, when the colour is there, the
+    judge also sees the asked shape (a generator that draws colours in the right places but no
+    particular shape scores well on colour_found and low here)."""
+    passed: dict[str, list[bool]] = {kind: [] for kind in CHECK_KINDS}
+    for j in judgements:
+        for kind, (_, ok) in zip(j.kinds, j.checks):
+            passed[kind].append(ok)
+    rates = {kind: float(np.mean(v)) for kind, v in passed.items() if v}
+    colour = [found for j in judgements for found in j.colour_found]
+    if colour:
+        rates["colour_found"] = float(np.mean(colour))
+        rates["shape_given_colour"] = rates["present"] / rates["colour_found"] if rates["colour_found"] else 0.0
+    return rates
