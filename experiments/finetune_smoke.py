@@ -8,6 +8,26 @@ and ``python -m rdance.train_reward --config=experiments/rm_smoke.py``. ``--conf
 reward-weighted fine-tuning; ``--config.lora.rank=8`` for LoRA instead of full fine-tuning;
 ``--config.bank.select=bottom`` for the bottom-k reference control. eval/judge in metrics.jsonl
 is the programmatic judge's mean alignment on held-out prompts.
+
+Measured (2 CPU cores; gen_smoke trained 4000 steps, judge 0.238 on these 64 held-out prompts;
+rm_smoke's RM, 0.879 on rendered pairs but 0.57 on pairs of this generator's samples). Judge of
+the EMA parameters every 50 steps (one sample per prompt, so about +-0.03 of noise):
+
+| run | 50 | 100 | 150 | 200 | 250 | 300 |
+|---|---|---|---|---|---|---|
+| refl, window 5, lr 1e-4 | 0.252 | 0.327 | 0.319 | 0.306 | 0.341 | 0.337 |
+| refl, window 5, lr 1e-4, anchor.weight 4 | 0.256 | 0.328 | 0.325 | 0.291 | 0.291 | 0.252 |
+| refl, window 10, lr 1e-4 | 0.321 | **0.381** | 0.349 | 0.295 | 0.266 | 0.338 |
+| refl, window 10, lr 1e-4, seed 1 | 0.235 | 0.303 | 0.332 | 0.345 | 0.305 | 0.291 |
+| refl, window 10, lr 5e-5 | 0.306 | 0.372 | 0.332 | 0.276 | 0.284 | 0.337 |
+| refl, window 20, lr 1e-4 | 0.303 | 0.236 | 0.236 | 0.281 | 0.310 | |
+| rwr, lr 1e-4 | 0.209 | 0.270 | 0.243 | 0.255 | 0.250 | 0.242 |
+
+ReFL peaks +0.10 to +0.14 within 100-250 steps (1-4 minutes), then the reward keeps rising
+while the judge falls back. What it learns is colour (eval/check/colour_found 0.79 -> 0.93-0.99
+with window 10); shapes move little (shape_given_colour 0.39 -> 0.41-0.48 at step 100, 0.36-0.46
+at 300), because the generator draws nearly every object as a round blob (see gen_smoke.py) and
+this RM tells the blobs' shapes apart poorly.
 """
 import ml_collections
 
