@@ -10,11 +10,11 @@ The held-out prompts, the sampler's steps and the noise seed come from the fine-
 what that run's ``eval/judge`` scored. Sample s of prompt p has noise id ``s * P + p``.
 
 Writes ``WORKDIR/scores.json`` (mean judge score of every generator, overall and per prompt
-kind, the pass rate of each kind of check (rdance.data.world.judge.check_rates: is an asked object
-there in its colour at all, and in its shape?), and every sample's score), ``WORKDIR/grid_<label>.png`` (the first ``--grid_prompts``
-prompts, one row each, ``--grid_samples`` samples per row) and ``WORKDIR/comparison.png`` (a
-faithful render, then each generator, for the same prompts with sample 0, each labelled with its
-score).
+kind, the pass rate of each kind of check (rdance.data.world.judge.check_rates: is an asked
+object there in its colour at all, and in its shape?), and every sample's score),
+``WORKDIR/grid_<label>.png`` (the first ``--grid_prompts`` prompts, one row each,
+``--grid_samples`` samples per row) and ``WORKDIR/comparison.png`` (a faithful render, then each
+generator, for the same prompts with sample 0, each labelled with its score).
 """
 from __future__ import annotations
 
@@ -28,12 +28,11 @@ from absl import app, flags, logging
 from flax import nnx
 
 from rdance import cli, sharding
-from rdance.data.world.judge import check_rates, judge
 from rdance.data.world.render import render
 from rdance.diffusion.world_generator import WorldGenerator
 from rdance.report import comparison_image, grid_image
 from rdance.train.finetune_data import world_prompt_split
-from rdance.train.generator_eval import Sampler, judge_scores
+from rdance.train.generator_eval import Sampler, judge_scores, judge_with_checks
 
 GENERATORS = flags.DEFINE_string("generators", None, "LABEL=FOLDER,LABEL=FOLDER: world generator folders")
 SAMPLES = flags.DEFINE_integer("samples_per_prompt", 4, "samples per held-out prompt and generator")
@@ -95,9 +94,8 @@ def main(argv):
                                               config.monitor.eval_chunk, config.monitor.eval_seed)
         tokens = gen.tokenize(prompts * s)
         samples = sampler(params, gen.frozen, tokens, ids).reshape(s, count, *gen.image_shape)
-        verdicts = [judge(x, scene) for x, scene in zip(samples.reshape(-1, *gen.image_shape), scenes * s)]
-        scores = np.asarray([v.score for v in verdicts], np.float32).reshape(s, count)
-        checks = check_rates(verdicts)
+        scores, checks = judge_with_checks(samples.reshape(-1, *gen.image_shape), scenes * s)
+        scores = scores.reshape(s, count)
         out["generators"][label] = dict(summarise(scores, kinds), checks=checks, folder=folder)
         images[label] = (samples, scores)
         logging.info("judge %s: %.4f over %d prompts x %d samples (%s); checks passed: %s", label, scores.mean(),

@@ -73,7 +73,13 @@ class Sampler:
 
 
 def judge_scores(images: np.ndarray, scenes: Sequence[Scene]) -> np.ndarray:
-    return np.asarray([judge(image, scene).score for image, scene in zip(images, scenes)], np.float32)
+    return judge_with_checks(images, scenes)[0]
+
+
+def judge_with_checks(images: np.ndarray, scenes: Sequence[Scene]) -> tuple[np.ndarray, dict[str, float]]:
+    """Each image's judge score, and the pass rate of each kind of check over all of them."""
+    verdicts = [judge(image, scene) for image, scene in zip(images, scenes)]
+    return np.asarray([v.score for v in verdicts], np.float32), check_rates(verdicts)
 
 
 class JudgeEval:
@@ -86,11 +92,10 @@ class JudgeEval:
     def __call__(self, trainable, frozen) -> tuple[dict[str, float], np.ndarray]:
         """({"judge": mean, "judge/KIND": mean per prompt kind, "check/NAME": check_rates}, images)."""
         images = self.sampler(trainable, frozen, self.tokens, np.arange(len(self.scenes)))
-        verdicts = [judge(image, scene) for image, scene in zip(images, self.scenes)]
-        scores = np.asarray([v.score for v in verdicts], np.float32)
+        scores, checks = judge_with_checks(images, self.scenes)
         out = {"judge": float(scores.mean())}
         kinds = np.asarray([s.kind for s in self.scenes])
         for kind in sorted(set(kinds)):
             out[f"judge/{kind}"] = float(scores[kinds == kind].mean())
-        out.update({f"check/{name}": rate for name, rate in check_rates(verdicts).items()})
+        out.update({f"check/{name}": rate for name, rate in checks.items()})
         return out, images
