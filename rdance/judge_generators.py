@@ -39,11 +39,16 @@ SAMPLES = flags.DEFINE_integer("samples_per_prompt", 4, "samples per held-out pr
 GRID_PROMPTS = flags.DEFINE_integer("grid_prompts", 16, "prompts shown in the sample grids")
 GRID_SAMPLES = flags.DEFINE_integer("grid_samples", 4, "samples per prompt shown in the sample grids")
 SCALE = flags.DEFINE_integer("scale", 3, "pixel upscaling of the grids")
+GUIDANCE = flags.DEFINE_float("guidance_scale", None, "classifier-free guidance for every generator "
+                              "(default: each folder's own, from its generator.json)")
 
 
-def open_generator(folder: str, mesh, rules, num_steps: int, chunk: int, seed: int):
-    """(generator, Sampler, parameters on ``mesh``) of an exported world generator folder."""
-    gen = WorldGenerator.from_pretrained(folder)
+def open_generator(folder: str, mesh, rules, num_steps: int, chunk: int, seed: int,
+                   guidance_scale: float | None = None):
+    """(generator, Sampler, parameters on ``mesh``) of an exported world generator folder, sampled
+    with its own guidance scale or ``guidance_scale``."""
+    gen = WorldGenerator.from_pretrained(folder, **({} if guidance_scale is None else
+                                                    {"guidance_scale": guidance_scale}))
     graphdef = nnx.split(nnx.eval_shape(gen.make_model), nnx.Param)[0]
     return gen, Sampler(gen, graphdef, mesh, num_steps, chunk, seed), gen.initial_params(mesh, rules)
 
@@ -90,13 +95,18 @@ def main(argv):
            "num_steps": config.sampler.num_steps, "generators": {}}
     images = {}
     for label, folder in folders.items():
-        gen, sampler, params = open_generator(folder, mesh, config.mesh.rules, config.sampler.num_steps,
-                                              config.monitor.eval_chunk, config.monitor.eval_seed)
+        try:
+            gen, sampler, params = open_generator(folder, mesh, config.mesh.rules, config.sampler.num_steps,
+                                                  config.monitor.eval_chunk, config.monitor.eval_seed,
+                                                  GUIDANCE.value)
+        except ValueError as e:
+            sys.exit(f"error: --generators {label}={folder}: {e}")
         tokens = gen.tokenize(prompts * s)
         samples = sampler(params, gen.frozen, tokens, ids).reshape(s, count, *gen.image_shape)
         scores, checks = judge_with_checks(samples.reshape(-1, *gen.image_shape), scenes * s)
         scores = scores.reshape(s, count)
-        out["generators"][label] = dict(summarise(scores, kinds), checks=checks, folder=folder)
+        out["generators"][label] = dict(summarise(scores, kinds), checks=checks, folder=folder,
+                                        guidance_scale=gen.cfg.guidance_scale)
         images[label] = (samples, scores)
         logging.info("judge %s: %.4f over %d prompts x %d samples (%s); checks passed: %s", label, scores.mean(),
                      count, s, "  ".join(f"{k} {v:.3f}" for k, v in out["generators"][label]["by_kind"].items()),

@@ -54,8 +54,9 @@ def make_task(config, gen: WorldGenerator) -> Task:
 
     def loss_fn(model, batch, rng):
         x0 = gen.encode({}, batch["image"])
-        cond = gen.condition(model, {}, {"ids": batch["ids"], "mask": batch["mask"]})
         ids = jnp.arange(x0.shape[0], dtype=jnp.int32)
+        tokens = gen.drop_captions({"ids": batch["ids"], "mask": batch["mask"]}, jax.random.fold_in(rng, 2), ids)
+        cond = gen.condition(model, {}, tokens)
         return jnp.mean(genlib.flow_matching_loss(gen, model, cond, x0, rng, ids, d.t_sampling)), {}
 
     return Task(make_model=gen.make_model, loss_fn=loss_fn, source=source, transform=transform)
@@ -66,7 +67,7 @@ def make_evaluator(config, gen: WorldGenerator):
     _, scenes = world_prompt_split(e.prompt_seed, 0, e.prompts)
     mesh = sharding.make_mesh(config.mesh.shape)
     graphdef = nnx.split(nnx.eval_shape(gen.make_model), nnx.Param)[0]
-    judge_eval = JudgeEval(Sampler(gen, graphdef, mesh, e.num_steps, e.chunk, e.sample_seed), gen, scenes)
+    judge_eval = JudgeEval(Sampler(gen, graphdef, mesh, e.num_steps, e.chunk, e.sample_seed), gen, scenes, e.samples)
     return lambda params, step: judge_eval(params, {})[0]
 
 

@@ -48,8 +48,9 @@ class Generator(Protocol):
     def condition(self, model, frozen, tokens) -> dict:
         """Text conditioning of a batch."""
 
-    def velocity(self, model, cond) -> Velocity:
-        """v(x, t) with x packed latents and t a noise level in [0, 1], scalar or per row."""
+    def velocity(self, model, cond, guided: bool = True) -> Velocity:
+        """v(x, t) with x packed latents and t a noise level in [0, 1], scalar or per row; with
+        guided=False, the plain velocity that flow-matching losses fit (no classifier-free guidance)."""
 
     def decode(self, frozen, latents) -> jax.Array:
         """Packed latents -> images [B, H, W, 3] float in [0, 1], differentiable."""
@@ -90,7 +91,7 @@ def flow_matching_loss(gen: Generator, model, cond: dict, x0: jax.Array, key: ja
     noise = per_sample_normal(jax.random.fold_in(key, 1), ids, x0.shape[1:])
     tb = t[:, None, None]
     x_t = (1 - tb) * x0 + tb * noise
-    v = gen.velocity(model, cond)(x_t, t).astype(jnp.float32)
+    v = gen.velocity(model, cond, guided=False)(x_t, t).astype(jnp.float32)
     return jnp.mean(jnp.square(v - (noise - x0)), axis=tuple(range(1, x0.ndim)))
 
 

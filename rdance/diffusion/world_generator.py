@@ -47,6 +47,11 @@ class WorldGeneratorConfig:
     single_layers: int = 2
     axes_dims_rope: tuple[int, ...] = (8, 12, 12)
     shift: float = 1.0             # static schedule shift (no resolution-dependent shift)
+    # Classifier-free guidance. Pretraining replaces this fraction of captions by the empty
+    # caption, which teaches the unconditional velocity that sampling guides away from:
+    # v = v_empty + guidance_scale * (v_prompt - v_empty). 1.0 samples without guidance.
+    caption_dropout: float = 0.0
+    guidance_scale: float = 1.0
     param_dtype: str = "float32"
     dtype: str | None = None
     remat: str = "none"
@@ -56,6 +61,12 @@ class WorldGeneratorConfig:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.text_dim % self.text_heads:
             raise ValueError(f"text_dim {self.text_dim} must split into {self.text_heads} heads")
+        if not 0.0 <= self.caption_dropout < 1.0:
+            raise ValueError(f"caption_dropout {self.caption_dropout} must be in [0, 1)")
+        if self.guidance_scale != 1.0 and self.caption_dropout == 0.0:
+            raise ValueError(f"guidance_scale {self.guidance_scale} needs a generator pretrained with caption "
+                             "dropout (model.caption_dropout > 0), which teaches the unconditional branch "
+                             "that guidance uses; sample this one with guidance_scale=1")
 
     @property
     def grid(self) -> int:
@@ -182,21 +193,49 @@ class WorldGenerator:
             out[i, :len(row)], mask[i, :len(row)] = row, 1
         return {"ids": out, "mask": mask}
 
-    def condition(self, model: WorldGeneratorNet, frozen, tokens) -> dict:
-        del frozen
-        hidden = model.text(tokens["ids"], tokens["mask"])
-        mask = tokens["mask"][..., None].astype(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / jnp.maximum(mask.sum(1), 1.0)
-        return dict(prompt_embeds=hidden, pooled=pooled)
+    def drop_captions(self, tokens: dict, key: jax.Array, ids: jax.Array) -> dict:
+        """Pretraining's caption dropout: each row (by id, as the noise is drawn) becomes the empty
+        caption with probability ``caption_dropout``."""
+        if not self.cfg.caption_dropout:
+            return tokens
+        keep = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(key, i)))(ids) >= self.cfg.caption_dropout
+        return {"ids": jnp.where(keep[:, None], tokens["ids"], self.tokenizer.pad_token_id),
+                "mask": jnp.where(keep[:, None], tokens["mask"], 0)}
 
-    def velocity(self, model: WorldGeneratorNet, cond):
+    def _encode_text(self, model: WorldGeneratorNet, ids, mask) -> tuple[jax.Array, jax.Array]:
+        hidden = model.text(ids, mask)
+        m = mask[..., None].astype(hidden.dtype)
+        return hidden, (hidden * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
+
+    def condition(self, model: WorldGeneratorNet, frozen, tokens) -> dict:
+        """Text states and their pooled mean; with guidance, also those of the empty caption
+        (all padding under a zero mask: exactly what caption dropout trains on)."""
+        del frozen
+        hidden, pooled = self._encode_text(model, tokens["ids"], tokens["mask"])
+        cond = dict(prompt_embeds=hidden, pooled=pooled)
+        if self.cfg.guidance_scale != 1.0:
+            empty = jnp.full((1, self.cfg.max_tokens), self.tokenizer.pad_token_id, jnp.int32)
+            cond["empty_embeds"], cond["empty_pooled"] = self._encode_text(model, empty, jnp.zeros_like(empty))
+        return cond
+
+    def velocity(self, model: WorldGeneratorNet, cond, guided: bool = True):
+        """v(x, t); guided (when the conditioning holds the empty caption's states) by
+        classifier-free guidance. Training losses pass guided=False: they fit the plain velocity."""
         img_ids, txt_ids = jnp.asarray(self.img_ids), jnp.asarray(self.txt_ids)
+
+        def plain(x, timestep, embeds, pooled):
+            return model.transformer(hidden_states=x, encoder_hidden_states=embeds, pooled_projections=pooled,
+                                     timestep=timestep, img_ids=img_ids, txt_ids=txt_ids)
 
         def v(x, t):
             timestep = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (x.shape[0],))
-            return model.transformer(hidden_states=x, encoder_hidden_states=cond["prompt_embeds"],
-                                     pooled_projections=cond["pooled"], timestep=timestep,
-                                     img_ids=img_ids, txt_ids=txt_ids)
+            v_prompt = plain(x, timestep, cond["prompt_embeds"], cond["pooled"])
+            if not guided or "empty_embeds" not in cond:
+                return v_prompt
+            b = x.shape[0]
+            v_empty = plain(x, timestep, jnp.broadcast_to(cond["empty_embeds"], (b, *cond["empty_embeds"].shape[1:])),
+                            jnp.broadcast_to(cond["empty_pooled"], (b, cond["empty_pooled"].shape[-1])))
+            return v_empty + self.cfg.guidance_scale * (v_prompt - v_empty)
         return v
 
     def decode(self, frozen, latents) -> jax.Array:

@@ -373,7 +373,7 @@ class Monitor:
     def __init__(self, config, gen, sampler: Sampler, prompts: Prompts, writer: MetricWriter):
         m = config.monitor
         self.config, self.writer, self.sampler = config, writer, sampler
-        self.judge = JudgeEval(self.sampler, gen, prompts.heldout) if prompts.judged else None
+        self.judge = JudgeEval(self.sampler, gen, prompts.heldout, m.eval_samples) if prompts.judged else None
         grid_prompts = [s.prompt if prompts.judged else s for s in prompts.heldout][: m.grid_size]
         self.grid_tokens, self.grid_ids = gen.tokenize(grid_prompts), np.arange(len(grid_prompts))
         self.which = {"current": ("params",), "ema": ("ema",), "both": ("params", "ema")}[m.eval_params]

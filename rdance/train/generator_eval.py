@@ -83,14 +83,19 @@ def judge_with_checks(images: np.ndarray, scenes: Sequence[Scene]) -> tuple[np.n
 
 
 class JudgeEval:
-    """Mean judge alignment of one sample per held-out scene (fixed noise per scene)."""
+    """Mean judge alignment over held-out scenes, ``samples_per_prompt`` samples each, with fixed
+    noise: sample s of scene p has id ``s * P + p`` (as in rdance.judge_generators), so sample 0
+    is the same whatever the count."""
 
-    def __init__(self, sampler: Sampler, gen: genlib.Generator, scenes: Sequence[Scene]):
-        self.sampler, self.scenes = sampler, list(scenes)
+    def __init__(self, sampler: Sampler, gen: genlib.Generator, scenes: Sequence[Scene], samples_per_prompt: int = 1):
+        if samples_per_prompt < 1:
+            raise ValueError(f"samples_per_prompt is {samples_per_prompt}; judge at least one sample per prompt")
+        self.sampler, self.scenes, self.samples = sampler, list(scenes) * samples_per_prompt, samples_per_prompt
         self.tokens = gen.tokenize([s.prompt for s in self.scenes])
 
     def __call__(self, trainable, frozen) -> tuple[dict[str, float], np.ndarray]:
-        """({"judge": mean, "judge/KIND": mean per prompt kind, "check/NAME": check_rates}, images)."""
+        """({"judge": mean, "judge/KIND": mean per prompt kind, "check/NAME": check_rates}, images
+        [samples_per_prompt * P, H, W, 3])."""
         images = self.sampler(trainable, frozen, self.tokens, np.arange(len(self.scenes)))
         scores, checks = judge_with_checks(images, self.scenes)
         out = {"judge": float(scores.mean())}

@@ -19,7 +19,7 @@ TINY_GENERATOR = dict(text_dim=32, text_layers=1, text_heads=2, heads=2, head_di
 TINY = {
     "sampler.num_steps": 4, "refl.window": 2, "data.train_prompts": 16, "data.eval_prompts": 8,
     "data.global_batch_size": 8, "data.samples_per_prompt": 2, "bank.num_samples": 4, "bank.chunk": 16,
-    "monitor.window": 4, "monitor.eval_every": 0, "monitor.grid_every": 0, "monitor.eval_chunk": 16,
+    "monitor.window": 4, "monitor.eval_every": 0, "monitor.eval_samples": 1, "monitor.grid_every": 0, "monitor.eval_chunk": 16,
     "monitor.grid_size": 8, "train.log_every": 1, "train.checkpoint_every": 2, "optim.learning_rate": 1e-3,
     # The recipe's anchor doubles a tiny step's work; test_rwr_with_lora_anchor_and_accumulation covers it.
     "anchor.weight": 0.0,

@@ -8,9 +8,10 @@ from flax import nnx
 from experiments import gen_smoke
 from rdance import sharding as sh
 from rdance.data.records import JsonlRecords
+from rdance.data.world.prompts import prompt_set
 from rdance.diffusion.world_generator import WorldGenerator, patchify, unpatchify
 from rdance.pretrain_generator import make_evaluator, make_generator, make_task
-from rdance.train.generator_eval import Sampler
+from rdance.train.generator_eval import JudgeEval, Sampler, judge_scores
 from rdance.train.host import to_host
 from rdance.train.loop import train
 from rdance.train.sample_pairs import write_pairs
@@ -78,6 +79,16 @@ def test_pretraining_learns_exports_and_writes_pairs(tmp_path, devices):
 
     # Judge-labelled pairs of the generator's samples, readable as preference records.
     sampler = Sampler(gen, graphdef, sh.make_mesh((1, 1, 1), devices[:1]), 4, 8, 0)
+
+    # The judge eval with two samples per prompt: sample 0 is the one-sample eval's image.
+    scenes = prompt_set(5, 6)
+    one, images_one = JudgeEval(sampler, gen, scenes)(params, {})
+    two, images_two = JudgeEval(sampler, gen, scenes, samples_per_prompt=2)(params, {})
+    np.testing.assert_array_equal(images_two[:6], images_one)
+    assert images_two.shape[0] == 12 and not np.array_equal(images_two[6:], images_one)
+    np.testing.assert_allclose(two["judge"], judge_scores(images_two, scenes * 2).mean(), rtol=1e-6)
+    with pytest.raises(ValueError, match="at least one sample"):
+        JudgeEval(sampler, gen, scenes, samples_per_prompt=0)
     counts = write_pairs(str(tmp_path / "pairs" / "train.jsonl"), sampler, params, gen, num_prompts=6,
                          samples_per_prompt=4, pairs_per_prompt=2, rendered_pairs=3, seed=0)
     records = JsonlRecords(str(tmp_path / "pairs" / "train.jsonl"))
