@@ -23,6 +23,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 flags.DEFINE_string("generator", "", "A world generator folder (default: random, gen_smoke sizes).")
 flags.DEFINE_string("rm", "", "A reward model folder (default: random, rm_smoke sizes).")
 flags.DEFINE_integer("reps", 5, "Timed repetitions after one warm-up; the median is reported.")
+flags.DEFINE_integer("grad_steps", 1, "refl.grad_steps: Euler steps the gradient runs back through "
+                     "(the window grows to hold them).")
 flags.DEFINE_bool("tiny", False, "Random models of the demo's tiny CI sizes (a quick check that the bench runs).")
 FLAGS = flags.FLAGS
 
@@ -74,7 +76,7 @@ def main(argv):
     from rdance import sharding as sh
     from rdance.data.world.prompts import prompt_set
     from rdance.diffusion import generator as genlib
-    from rdance.diffusion.sampler import euler_step, sample
+    from rdance.diffusion.sampler import rollout_then_step, sample
     from rdance.diffusion.world_generator import WorldGenerator
     from rdance.reward.api import RewardModel
     from rdance.train.finetune_data import FinetuneExamples
@@ -87,6 +89,8 @@ def main(argv):
     tmp = tempfile.mkdtemp()
     gen_path, rm_path = (FLAGS.generator, FLAGS.rm) if FLAGS.generator and FLAGS.rm else random_folders(tmp, FLAGS.tiny)
     config = finetune_smoke.get_config()
+    config.refl.grad_steps = FLAGS.grad_steps
+    config.refl.window = max(config.refl.window, FLAGS.grad_steps)
     mesh = sh.make_mesh((1, -1, 1))
     gen = WorldGenerator.from_pretrained(gen_path)
     rm = RewardModel.from_pretrained(rm_path, mesh=mesh, rules=config.mesh.rules)
@@ -102,7 +106,8 @@ def main(argv):
     rm_tokens = rm.tokens(prompts, gen.image_shape, pairwise=True)
     per_sample = lambda tree: jax.tree.map(lambda x: np.repeat(x, g, axis=0), tree)  # noqa: E731
     sig = genlib.sigmas(gen, s.num_steps)
-    k = s.num_steps - (s.window + 1) // 2
+    grad_steps = s.grad_steps
+    k = min(s.num_steps - (s.window + 1) // 2, s.num_steps - grad_steps)
     noise = jax.random.normal(jax.random.key(0), (n, *gen.latent_shape))
     refs = np.random.default_rng(0).integers(0, 255, (b, 1, *gen.image_shape), dtype=np.uint8)
     images = jax.random.uniform(jax.random.key(1), (n, *gen.image_shape))
@@ -113,9 +118,10 @@ def main(argv):
 
     x_k = jax.jit(rollout)(params)
 
-    def graded_step(params):
+    def graded_steps(params):
         model = nnx.merge(graphdef, params)
-        _, x0 = euler_step(gen.velocity(model, gen.condition(model, {}, per_sample(tokens))), x_k, sig[k], sig[k + 1])
+        velocity = gen.velocity(model, gen.condition(model, {}, per_sample(tokens)))
+        x0, _ = rollout_then_step(velocity, x_k, sig[k:], 0, grad_steps)
         return jnp.sum(gen.decode({}, x0) * images)   # a stand-in for the reward's pull on the pixels
 
     def rm_forward(images):
@@ -138,7 +144,8 @@ def main(argv):
     forward_flops = jax.jit(one_forward).lower(params).compile().cost_analysis().get("flops", float("nan"))
     parts = [
         (f"rollout ({k} steps, no grad)", jax.jit(rollout), (params,)),
-        ("generator fwd+bwd (1 step, decode)", jax.jit(jax.grad(graded_step)), (params,)),
+        (f"generator fwd+bwd ({grad_steps} step{'s' if grad_steps > 1 else ''}, decode)",
+         jax.jit(jax.grad(graded_steps)), (params,)),
         ("RM forward", jax.jit(rm_forward), (images,)),
         ("RM forward+backward (d/dimages)", jax.jit(jax.grad(rm_forward)), (images,)),
     ]
@@ -159,7 +166,7 @@ def main(argv):
 
     total = rows[-1][1]
     print(f"\nReFL step, smoke config on CPU ({jax.device_count()} device(s), {os.cpu_count()} cores): "
-          f"{b} prompts x {g} samples, {s.num_steps} sampler steps, k = {k}, "
+          f"{b} prompts x {g} samples, {s.num_steps} sampler steps, k = {k}, {grad_steps} graded step(s), "
           f"anchor weight {config.anchor.weight}; median of {FLAGS.reps}")
     print(f"| {'part':<36} | seconds | share of step | GFLOP  | GFLOP/s |")
     print(f"|{'-' * 38}|---------|---------------|--------|---------|")

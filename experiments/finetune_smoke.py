@@ -54,7 +54,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # lattice on the RM's 4-pixel patch grid: judge 0.144 -> 0.000 in 120 steps. With shift=2, the
     # anchor at weight 1 and lr 2e-5, the same run went 0.144 -> 0.200 (eval every 20 steps: 0.149,
     # 0.185, 0.189, 0.227, 0.176, 0.200).
-    c.refl = dict(window=5, scale=1.0, loss="linear", hinge_margin=1.0, references="sample", shift=2)
+    # grad_steps: Euler steps the gradient runs back through, from k (1: ReFL's single step).
+    c.refl = dict(window=5, grad_steps=1, scale=1.0, loss="linear", hinge_margin=1.0, references="sample",
+                  shift=2)
     c.rwr = dict(temperature=0.5)
     c.anchor = dict(weight=1.0, path="", seed=99)   # flow-matching loss on caption-image pairs (world: renders)
     c.ema = dict(decay=0.99, warmup=True)

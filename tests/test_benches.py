@@ -17,7 +17,8 @@ def run_bench(*args: str) -> str:
 
 
 @pytest.mark.parametrize("script,args,row", [
-    ("bench/bench_finetune.py", ["--tiny", "--reps=1"], "| whole ReFL step (compiled)"),
+    # Two graded steps: the multi-step ReFL chain compiles too (one step is what the loop tests run).
+    ("bench/bench_finetune.py", ["--tiny", "--reps=1", "--grad_steps=2"], "| whole ReFL step (compiled)"),
     ("bench/bench_reward.py", ["--configs=smoke", "--steps=1"], "| smoke |"),
 ])
 def test_bench_prints_its_table(script, args, row):

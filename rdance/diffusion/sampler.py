@@ -37,21 +37,32 @@ def sample(velocity: Velocity, noise: jax.Array, sigmas: jax.Array, *, return_x0
     return (x, x0s) if return_x0 else x
 
 
-def rollout_then_step(velocity: Velocity, noise: jax.Array, sigmas: jax.Array, k):
-    """ReFL: run steps 0..k-1 without gradient, then step k with gradient.
+def rollout_then_step(velocity: Velocity, noise: jax.Array, sigmas: jax.Array, k, grad_steps: int = 1):
+    """ReFL: run steps 0..k-1 without gradient, then steps k..k+grad_steps-1 with gradient.
 
-    Returns (x0, x_next): the x0 prediction at step k (what ReFL decodes and scores) and the
-    latents after step k. ``k`` may be a traced integer (e.g. drawn per batch): the gradient-free
-    part is a ``fori_loop`` whose length is data, so one compiled function serves every k.
+    Returns (x0, x_next): the x0 prediction at the last graded step (what ReFL decodes and
+    scores) and the latents after it. ``k`` may be a traced integer (e.g. drawn per batch): the
+    gradient-free part is a ``fori_loop`` whose length is data, so one compiled function serves
+    every k. With ``grad_steps`` > 1 the gradient runs back through that many Euler steps (as in
+    DRaFT-K), each rematerialised in the backward pass; the caller keeps k + grad_steps <= T.
     """
     sigmas = jnp.asarray(sigmas, jnp.float32)
 
     def no_grad_step(i, x):
         return euler_step(velocity, x, sigmas[i], sigmas[i + 1])[0]
 
-    x_k = jax.lax.stop_gradient(jax.lax.fori_loop(0, k, no_grad_step, jax.lax.stop_gradient(noise)))
-    x_next, x0 = euler_step(velocity, x_k, sigmas[k], sigmas[k + 1])
-    return x0, x_next
+    x = jax.lax.stop_gradient(jax.lax.fori_loop(0, k, no_grad_step, jax.lax.stop_gradient(noise)))
+    if grad_steps == 1:
+        x_next, x0 = euler_step(velocity, x, sigmas[k], sigmas[k + 1])
+        return x0, x_next
+
+    @jax.checkpoint
+    def graded_step(x, i):
+        x_next, x0 = euler_step(velocity, x, sigmas[k + i], sigmas[k + i + 1])
+        return x_next, x0
+
+    x_next, x0s = jax.lax.scan(graded_step, x, jnp.arange(grad_steps))
+    return x0s[-1], x_next
 
 
 def flux_velocity(transformer: Callable, cond: dict, *, guidance=None, negative: dict | None = None,

@@ -76,6 +76,7 @@ def step_settings(config, paradigm: str) -> StepSettings:
     r, w = config.refl, config.rwr
     return StepSettings(
         algo=config.algo, paradigm=paradigm, num_steps=config.sampler.num_steps, window=r.window,
+        grad_steps=r.grad_steps,
         samples_per_prompt=config.data.samples_per_prompt, grad_accum=config.optim.grad_accum_steps,
         reward_scale=r.scale, refl_loss=r.loss, hinge_margin=r.hinge_margin, references=r.references,
         shift=r.shift,

@@ -6,8 +6,9 @@ frozen arrays (text encoders, VAE; for LoRA also the base parameters under 'base
 ``rm_params`` the frozen reward model: both are arguments, not constants, so they stay sharded
 on the mesh and out of the compiled program.
 
-- **ReFL**: per step one k is drawn in the last ``window`` of ``num_steps`` Euler steps; the
-  sampler runs steps 0..k-1 without gradient and step k with it, x0 = x_k - t_k v is decoded and
+- **ReFL**: per step one k is drawn in the last ``window`` of ``num_steps`` Euler steps (so that
+  k + grad_steps <= T); the sampler runs steps 0..k-1 without gradient and steps
+  k..k+grad_steps-1 with it, the last graded step's x0 = x - t v is decoded and
   scored by the RM (against one of the prompt's references, or their mean, for a pairwise RM);
   loss = scale * mean(-reward) ('linear') or scale * mean(relu(margin - reward)) ('hinge', the
   original ReFL's phi). The gradient flows through the RM and the decoder into the generator.
@@ -56,7 +57,8 @@ class StepSettings:
     algo: str = "refl"
     paradigm: str = "pairwise"        # how the RM is called: pairwise (with references) or pointwise
     num_steps: int = 20               # sampler steps T
-    window: int = 5                   # ReFL: k uniform in [T - window, T - 1]
+    window: int = 5                   # ReFL: k uniform in [T - window, T - grad_steps]
+    grad_steps: int = 1               # ReFL: Euler steps the gradient runs back through
     samples_per_prompt: int = 1       # G
     grad_accum: int = 1
     reward_scale: float = 1.0
@@ -77,6 +79,9 @@ class StepSettings:
             raise ValueError(f"algo={self.algo!r}: use one of {ALGOS}")
         if not 1 <= self.window <= self.num_steps:
             raise ValueError(f"refl.window={self.window} must be between 1 and refl.num_steps={self.num_steps}")
+        if not 1 <= self.grad_steps <= self.window:
+            raise ValueError(f"refl.grad_steps={self.grad_steps} must be between 1 and refl.window={self.window}: "
+                             "the graded steps start inside the window and end by the last step")
         if self.refl_loss not in ("linear", "hinge"):
             raise ValueError(f"refl.loss={self.refl_loss!r}: use 'linear' or 'hinge'")
         if self.references not in ("sample", "mean"):
@@ -191,7 +196,8 @@ def make_micro(gen: genlib.Generator, graphdef, reward_fn: RewardFn, s: StepSett
         def objective(trainable):
             model = model_of(trainable, frozen)
             cond = gen.condition(model, frozen, per_sample(mb["gen"]))
-            x0, _ = rollout_then_step(gen.velocity(model, cond), noise_for(ids, keys["noise"]), sigma_values, k)
+            x0, _ = rollout_then_step(gen.velocity(model, cond), noise_for(ids, keys["noise"]), sigma_values, k,
+                                      s.grad_steps)
             images = constrain(gen.decode(frozen, x0))
             scored = constrain(random_shift(images, keys["shift"], ids, s.shift))
             reward = rewards_of(rm_params, mb, scored, ids, keys["reference"])
@@ -237,7 +243,7 @@ def make_step(gen: genlib.Generator, graphdef, reward_fn: RewardFn, s: StepSetti
     def step(state: FinetuneState, batch, frozen, rm_params) -> tuple[FinetuneState, dict]:
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         keys = step_keys(rng)
-        k = jax.random.randint(keys["k"], (), s.num_steps - s.window, s.num_steps)
+        k = jax.random.randint(keys["k"], (), s.num_steps - s.window, s.num_steps - s.grad_steps + 1)
         prompts = batch["prompt"].shape[0]
         m = s.grad_accum
         micro = jax.tree.map(lambda x: x.reshape(m, prompts // m, *x.shape[1:]), batch)

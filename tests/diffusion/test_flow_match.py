@@ -75,3 +75,29 @@ def test_rollout_then_step_gradient_flows_through_last_step_only():
     # k may be traced: one compiled function for every step index.
     traced = jax.jit(lambda k: rollout_then_step(linear_velocity(0.7), noise, s, k)[0])(k)
     np.testing.assert_allclose(traced, x0, rtol=1e-6)
+
+
+def test_rollout_then_steps_grades_the_last_steps_as_one_chain():
+    noise = jnp.linspace(-1, 1, 6).reshape(2, 3)
+    s = jnp.asarray(flow_match.sigmas(6, 256))
+    k, graded = 2, 3
+    x0, x_next = rollout_then_step(linear_velocity(0.7), noise, s, k, grad_steps=graded)
+    x_all, x0s = sample(linear_velocity(0.7), noise, s[: k + graded + 1], return_x0=True)
+    np.testing.assert_allclose(x0, x0s[k + graded - 1], rtol=1e-6)
+    np.testing.assert_allclose(x_next, x_all, rtol=1e-6)
+
+    # The gradient runs back through the graded steps, and not into the rollout before them.
+    x_k = sample(linear_velocity(0.7), noise, s[: k + 1])
+
+    def graded_chain(a):
+        x = x_k
+        for i in range(k, k + graded):
+            v = a * x + s[i]
+            x0, x = x - s[i] * v, x + (s[i + 1] - s[i]) * v
+        return x0.sum()
+    grad = jax.grad(lambda a: rollout_then_step(linear_velocity(a), noise, s, k, graded)[0].sum())(0.7)
+    np.testing.assert_allclose(grad, jax.grad(graded_chain)(0.7), rtol=1e-5)
+    one_step = jax.grad(lambda a: rollout_then_step(linear_velocity(a), noise, s, k + graded - 1)[0].sum())(0.7)
+    assert abs(float(grad - one_step)) > 1e-3   # more than the last step's own gradient
+    traced = jax.jit(lambda k: rollout_then_step(linear_velocity(0.7), noise, s, k, graded)[0])(k)
+    np.testing.assert_allclose(traced, x0, rtol=1e-6)

@@ -6,7 +6,7 @@ import pytest
 
 from rdance import sharding as sh
 from rdance.train import bank as banklib, ema, lora, monitors
-from rdance.train.finetune_step import random_shift, rwr_weights
+from rdance.train.finetune_step import StepSettings, random_shift, rwr_weights
 
 
 # ----- RWR weights
@@ -192,3 +192,15 @@ def test_prompt_files_caption_images_and_examples(tmp_path):
     example = examples[7]                           # prompt 7 mod 3 = 1, anchor pair 7 mod 1 = 0
     assert example["prompt"] == 1 and example["gen"]["ids"].tolist() == [2, 3]
     assert example["refs"][0, 0, 0, 0] == 1 and example["anchor_gen"]["ids"] == 4
+
+
+def test_step_settings_name_what_is_wrong():
+    StepSettings(num_steps=20, window=10, grad_steps=10).check()
+    for settings, message in [
+            (dict(window=0), r"refl.window=0 must be between 1 and refl.num_steps=20"),
+            (dict(window=4, grad_steps=5), r"refl.grad_steps=5 must be between 1 and refl.window=4"),
+            (dict(grad_steps=0), r"refl.grad_steps=0"),
+            (dict(refl_loss="log"), r"refl.loss='log'"),
+            (dict(algo="rwr", samples_per_prompt=1), "samples_per_prompt >= 2")]:
+        with pytest.raises(ValueError, match=message):
+            StepSettings(num_steps=20, **settings).check()
