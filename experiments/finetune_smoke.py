@@ -9,25 +9,26 @@ reward-weighted fine-tuning; ``--config.lora.rank=8`` for LoRA instead of full f
 ``--config.bank.select=bottom`` for the bottom-k reference control. eval/judge in metrics.jsonl
 is the programmatic judge's mean alignment on held-out prompts.
 
-Measured (2 CPU cores; gen_smoke trained 4000 steps, judge 0.238 on these 64 held-out prompts;
-rm_smoke's RM, 0.879 on rendered pairs but 0.57 on pairs of this generator's samples). Judge of
-the EMA parameters every 50 steps (one sample per prompt, so about +-0.03 of noise):
+Measured (2 CPU cores; gen_smoke trained 4000 steps; rm_smoke's pairwise RM, 0.879 on rendered
+pairs but 0.57 on pairs of this generator's samples; lr 1e-4). Judge of the EMA parameters every
+50 steps, 64 held-out prompts x 2 samples (monitor.eval_samples=2):
 
-| run | 50 | 100 | 150 | 200 | 250 | 300 |
+| run | 0 | 50 | 100 | 150 | 200 | 250 |
 |---|---|---|---|---|---|---|
-| refl, window 5, lr 1e-4 | 0.252 | 0.327 | 0.319 | 0.306 | 0.341 | 0.337 |
-| refl, window 5, lr 1e-4, anchor.weight 4 | 0.256 | 0.328 | 0.325 | 0.291 | 0.291 | 0.252 |
-| refl, window 10, lr 1e-4 | 0.321 | **0.381** | 0.349 | 0.295 | 0.266 | 0.338 |
-| refl, window 10, lr 1e-4, seed 1 | 0.235 | 0.303 | 0.332 | 0.345 | 0.305 | 0.291 |
-| refl, window 10, lr 5e-5 | 0.306 | 0.372 | 0.332 | 0.276 | 0.284 | 0.337 |
-| refl, window 20, lr 1e-4 | 0.303 | 0.236 | 0.236 | 0.281 | 0.310 | |
-| rwr, lr 1e-4 | 0.209 | 0.270 | 0.243 | 0.255 | 0.250 | 0.242 |
+| refl, window 10 | 0.264 | 0.329 | **0.342** | 0.302 | 0.295 | 0.293 |
+| refl, window 10, grad_steps 10 | 0.264 | 0.334 | 0.299 | 0.327 | 0.304 | 0.282 |
+| refl, window 14, grad_steps 14 | 0.264 | 0.321 | 0.292 | | | |
+| refl, window 10, rm_smoke's pointwise RM | 0.264 | 0.291 | 0.310 | 0.298 | 0.305 | |
+| rwr | 0.264 | 0.249 | 0.277 | 0.271 | 0.275 | 0.251 |
 
-ReFL peaks +0.10 to +0.14 within 100-250 steps (1-4 minutes), then the reward keeps rising
-while the judge falls back. What it learns is colour (eval/check/colour_found 0.79 -> 0.93-0.99
-with window 10); shapes move little (shape_given_colour 0.39 -> 0.41-0.48 at step 100, 0.36-0.46
-at 300), because the generator draws nearly every object as a round blob (see gen_smoke.py) and
-this RM tells the blobs' shapes apart poorly.
+ReFL peaks at +0.07 to +0.08 within 50-100 steps (1-3 minutes), then the reward keeps rising
+(refl window 10: 0.46 -> 0.66 mean over each 50 steps, window std 0.26 -> 0.21) while the judge
+falls back. It teaches colour (eval/check/colour_found 0.83 -> 0.96-0.98) and not shape
+(shape_given_colour 0.40 -> 0.37-0.46): the generator draws nearly every object as a round blob
+(see gen_smoke.py), this RM tells the blobs' shapes apart poorly, and letting the gradient reach
+the steps where shapes are decided (grad_steps) does not change that. Judged with one sample per
+prompt, an earlier run with the same settings read 0.381 at step 100 (and window 5 0.327-0.341,
+window 20 0.310, rwr 0.270): single-sample evals add about +-0.04.
 """
 import ml_collections
 
