@@ -73,14 +73,18 @@ def per_sample_normal(key: jax.Array, ids: jax.Array, shape: tuple[int, ...]) ->
     return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), shape))(ids)
 
 
+def per_sample_uniform(key: jax.Array, ids: jax.Array) -> jax.Array:
+    """One uniform draw in (0, 1) per id, keyed like :func:`per_sample_normal`."""
+    return jax.scipy.special.ndtr(per_sample_normal(key, ids, ()))
+
+
 def sample_t(key: jax.Array, ids: jax.Array, how: str) -> jax.Array:
     """Training noise levels, one per id: uniform in (0, 1) or logit-normal (SD3's choice)."""
     if how not in T_SAMPLING:
         raise ValueError(f"t sampling {how!r}: use one of {T_SAMPLING}")
-    z = per_sample_normal(key, ids, ())
     if how == "logit_normal":
-        return jax.nn.sigmoid(z)
-    return jax.scipy.special.ndtr(z)  # uniform from the same normal draw
+        return jax.nn.sigmoid(per_sample_normal(key, ids, ()))
+    return per_sample_uniform(key, ids)   # the same normal draw, mapped to (0, 1)
 
 
 def flow_matching_loss(gen: Generator, model, cond: dict, x0: jax.Array, key: jax.Array, ids: jax.Array,

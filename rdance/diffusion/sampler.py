@@ -52,7 +52,7 @@ def rollout_then_step(velocity: Velocity, noise: jax.Array, sigmas: jax.Array, k
         return euler_step(velocity, x, sigmas[i], sigmas[i + 1])[0]
 
     x = jax.lax.stop_gradient(jax.lax.fori_loop(0, k, no_grad_step, jax.lax.stop_gradient(noise)))
-    if grad_steps == 1:
+    if grad_steps == 1:   # plain ReFL: one step, nothing to rematerialise
         x_next, x0 = euler_step(velocity, x, sigmas[k], sigmas[k + 1])
         return x0, x_next
 

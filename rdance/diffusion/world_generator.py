@@ -24,7 +24,7 @@ import numpy as np
 from flax import nnx
 
 from rdance.data.world.prompts import COLOURS, NUMBER_WORDS, RELATIONS, SHAPES
-from rdance.diffusion import flow_match
+from rdance.diffusion import flow_match, generator as genlib
 from rdance.models.flux import config as flux_config_lib, convert, export_transformer, load_t5, load_transformer
 from rdance.models.flux.t5 import T5Config, T5Encoder, torch_key as t5_torch_key
 from rdance.models.flux.transformer import FluxConfig, FluxTransformer
@@ -198,7 +198,7 @@ class WorldGenerator:
         caption with probability ``caption_dropout``."""
         if not self.cfg.caption_dropout:
             return tokens
-        keep = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(key, i)))(ids) >= self.cfg.caption_dropout
+        keep = genlib.per_sample_uniform(key, ids) >= self.cfg.caption_dropout
         return {"ids": jnp.where(keep[:, None], tokens["ids"], self.tokenizer.pad_token_id),
                 "mask": jnp.where(keep[:, None], tokens["mask"], 0)}
 
