@@ -62,7 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.report = dict(html=True)
     if variant == "ci":
         c.generator.set = dict(model=TINY_GENERATOR, data=dict(global_batch_size=16), optim=dict(warmup_steps=2),
-                               eval=dict(prompts=8, num_steps=4, chunk=8),
+                               eval=dict(prompts=8, samples=1, num_steps=4, chunk=8),
                                train=dict(steps=40, log_every=10, eval_every=40, checkpoint_every=20))
         c.generator.estimate_s = 25
         c.pairs.set = dict(eval=dict(num_steps=4, chunk=8),
@@ -79,7 +79,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.finetune.set = dict(
             sampler=dict(num_steps=4), refl=dict(window=2),
             data=dict(train_prompts=16, eval_prompts=8, global_batch_size=8, samples_per_prompt=2),
-            bank=dict(num_samples=4, chunk=16), monitor=dict(window=4, eval_every=2, grid_every=0, eval_chunk=8),
+            bank=dict(num_samples=4, chunk=16),
+            monitor=dict(window=4, eval_every=2, eval_samples=1, grid_every=0, eval_chunk=8),
             optim=dict(learning_rate=1e-3), train=dict(steps=4, log_every=1, checkpoint_every=2,
                                                        compiler_options=FAST_COMPILE))
         c.finetune.estimate_s = 40
