@@ -30,9 +30,10 @@ Twice as wide (`model.heads=8`, 256 wide) with logit-normal t (`data.t_sampling=
 guidance 3, 1500 steps (22 min): judge 0.280, colour_found 0.868, shape_given_colour 0.410.
 Better colours and counts, the same shapes.
 
-Finer patches (`model.patch_size=2`: 256 tokens of 2x2, guidance 3) cost 3.5 s per step here
-(0.28 steps/s, so about 90 minutes for 1500 steps), and were stopped at step 500. By then they
-had judge 0.148, colour_found 0.642 and shape_given_colour 0.305, and no sign of shapes.
+Finer patches (`model.patch_size=2`: 256 tokens of 2x2; caption_dropout 0.1, guidance 3) cost
+3.5 s per step here (0.28 steps/s, so about 90 minutes for 1500 steps), and were stopped at step
+500. By then they had judge 0.148, colour_found 0.642 and shape_given_colour 0.305, and no sign
+of shapes.
 
 Where shapes get lost: started from a render of "a red square" noised to t0 (20 Euler steps from
 there, 24 noises), the guided generator gives back squares from t0 <= 0.4 (24/24), but rounds
