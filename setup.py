@@ -21,6 +21,10 @@ setup(
         "pillow>=10",
         "tokenizers>=0.21",
         "psutil>=5.9",
+        # The workdir lock of every training job and stage runner (flock: released if a run dies).
+        "filelock>=3.12",
+        # transformers' apply_chat_template renders the checkpoints' Jinja chat templates.
+        "jinja2>=3.1",
         # Tokenizers and chat templates of checkpoints (AutoTokenizer only; never model code or torch).
         "transformers>=5.0",
     ],
@@ -39,6 +43,8 @@ setup(
         # gcsfs / google-cloud-storage let orbax, etils and tensorboardX write gs:// workdirs.
         "tpu": ["jax[tpu]>=0.10.2", "gcsfs", "google-cloud-storage"],
         # Converting preference sets to ArrayRecord (no TensorFlow needed) and reading parquet.
+        # `tensorboard --logdir WORKDIR` (rdance writes the events with tensorboardX alone).
+        "tensorboard": ["tensorboard>=2.16"],
         "data": ["tensorflow-datasets>=4.9.10", "array-record", "pyarrow", "importlib_resources"],
     },
     entry_points={
