@@ -17,7 +17,8 @@ child processes by rdance.stages. A stage lives in ``WORKDIR/stages/<kind>-<sett
 work identical across arms and ablations (the generator, a VLM size, the pairwise RM of a seed)
 runs once, a rerun skips what is finished and resumes what was interrupted, and a changed recipe
 makes new stages rather than reusing stale ones. The results go to ``WORKDIR/results.md`` (the
-tables), ``WORKDIR/results.json`` (every seed's numbers) and the console.
+tables), ``WORKDIR/results.json`` (every seed's numbers) and the console. While it runs it holds
+``WORKDIR/JOB.lock``: a second run in the same workdir stops at once.
 """
 from __future__ import annotations
 
@@ -30,8 +31,8 @@ import time
 from absl import app, flags
 
 from rdance import cli, report as reportlib
-from rdance.stages import (REPO, REUSE, VERBOSE, Runner, Stage, StageError, apply_overrides, flatten, load_config,
-                           parse_assignments, read_done, resolve)
+from rdance.stages import (BUDGET_MACHINE, REPO, REUSE, VERBOSE, Runner, Stage, StageError, apply_overrides, flatten,
+                           job_lock, load_config, parse_assignments, read_done, resolve)
 from rdance.train.metrics import format_seconds
 
 ABLATIONS = ("paradigm", "rm_size", "references", "cot")
@@ -192,13 +193,21 @@ def run(workdir: str, names: list[str], variant: str = "", seeds: int = 0, only_
     todo = [s for s in distinct if read_done(s.workdir) is None]
     estimate = format_seconds(sum(s.estimate_s for s in todo))
     print(f"rdance ablations {', '.join(names)}{' (' + variant + ')' if variant else ''}: {len(cells)} arm-seeds, "
-          f"{len(distinct)} distinct stages, {len(todo)} to run (estimate {estimate})", file=out, flush=True)
+          f"{len(distinct)} distinct stages, {len(todo)} to run (estimate {estimate} on {BUDGET_MACHINE})", file=out,
+          flush=True)
     if dry_run:
         for s in distinct:
             state = "done" if read_done(s.workdir) else f"~{format_seconds(s.estimate_s)}"
             print(f"  {os.path.basename(s.workdir):32s} {state:>9s}  {s.name}", file=out)
         return None
     os.makedirs(workdir, exist_ok=True)
+    with job_lock(workdir):
+        return _run_locked(workdir, configs, cells, distinct, lookup, verbose, out, reuse)
+
+
+def _run_locked(workdir: str, configs: dict, cells: list[Cell], distinct: list[Stage], lookup: dict, verbose: bool,
+                out, reuse) -> dict:
+    """Run the stages, then write the tables: the part of ``run`` that holds the workdir's lock."""
     started = time.perf_counter()
     Runner(distinct, os.path.join(workdir, "logs"), compile_cache=os.path.join(workdir, "jax_cache"),
            verbose=verbose, out=out, reuse=reuse).run()

@@ -19,7 +19,8 @@ A finished stage leaves ``DONE.json`` in its folder and a rerun skips it; an int
 (Ctrl-C, SIGTERM, a crash) resumes from its checkpoints when the same command is run again. A
 stage finished with other settings (the demo config or a recipe in experiments/ changed since) is
 an error naming the folder, never silently reused. Each stage's whole output is in
-WORKDIR/logs/<stage>.log; the console shows its progress lines and the demo's overall ETA.
+WORKDIR/logs/<stage>.log; the console shows its progress lines and the demo's overall ETA. While
+it runs the demo holds WORKDIR/JOB.lock: a second demo in the same workdir stops at once.
 ``--reuse=OTHER_WORKDIR`` links stages already finished there with the same settings.
 """
 from __future__ import annotations
@@ -32,8 +33,8 @@ import time
 from absl import app
 
 from rdance import cli, report as reportlib
-from rdance.stages import (REPO, REUSE, VERBOSE, Runner, Stage, StageError, apply_overrides, flatten, load_config,
-                           parse_assignments, resolve)
+from rdance.stages import (REPO, REUSE, VERBOSE, Runner, Stage, StageError, apply_overrides, flatten, job_lock,
+                           load_config, parse_assignments, resolve)
 from rdance.train.metrics import format_seconds
 
 DEFAULT_CONFIG = os.path.join(REPO, "experiments", "demo.py")
@@ -119,6 +120,11 @@ def run(config, workdir: str, verbose: bool = False, out=None, reuse=()) -> str:
     """Run (or finish) the demo in ``workdir``; returns the report's path."""
     out = out or sys.stdout
     workdir = check_workdir(workdir)
+    with job_lock(workdir):
+        return _run_locked(config, workdir, verbose, out, reuse)
+
+
+def _run_locked(config, workdir: str, verbose: bool, out, reuse) -> str:
     started = time.perf_counter()
     stages, _ = resolve(build_stages(config), lambda s: os.path.join(workdir, s.name))
     runner = Runner(stages, os.path.join(workdir, "logs"), compile_cache=os.path.join(workdir, "jax_cache"),

@@ -15,19 +15,23 @@ a changed stage), its other flags, and the hashes of the stages it names in plac
   rerun or a second seed reuses compiled steps. The entrypoints resume from their own checkpoints,
   so rerunning an interrupted stage continues it;
 - it is finished when the child exits 0, its marker file exists and it did not log a preemption:
-  then ``DONE.json`` records the hash, the wall time (of every attempt) and the command.
+  then ``DONE.json`` records the hash, the wall time (of every attempt), the attempts and the command.
 
-The child's whole output goes to ``LOGS/<stage>.log``; its progress lines are echoed with the
-stage's name and the job's overall ETA (the child's own ETA plus the estimates of the stages
-left, scaled by how fast this run has gone against its estimates so far).
+The child's whole output goes to ``LOGS/<stage>.log``, each attempt under a header line; its
+progress lines are echoed with the stage's name and the job's overall ETA (the child's own ETA
+plus the estimates of the stages left, scaled by how fast this run has gone against its
+estimates so far; until a stage has finished on this machine, a range from the budgets of the
+machine they were timed on). :func:`job_lock` keeps a second job out of a workdir in use.
 """
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
+import platform
 import re
 import shutil
 import signal
@@ -36,6 +40,7 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
+import filelock
 import ml_collections
 from absl import flags
 from ml_collections import config_flags
@@ -45,7 +50,14 @@ from rdance.train.metrics import format_seconds
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DONE_FILE = "DONE.json"
-PARTIAL_FILE = "PARTIAL.json"     # wall time of unfinished attempts, added to the finished one's
+PARTIAL_FILE = "PARTIAL.json"     # wall time and count of unfinished attempts, added to the finished one's
+# A job's lock in its workdir; a training run's own lock (LOCK, in a stage's folder) is one level below.
+JOB_LOCK = "JOB.lock"
+# Where the stage budgets (estimate_s in experiments/) were timed: other CPUs run them at other speeds.
+BUDGET_MACHINE = "2 idle cores of an AMD EPYC"
+# How much slower than its budget a stage may run on another 2-core machine (an idle Intel Xeon ran
+# every training stage 20-65% over): the top of the ETA range until this machine's speed is measured.
+SLOWER_MACHINE = 1.7
 # An absl log line: level letter, date, time, thread, file:line] message.
 ABSL_LINE = re.compile(r"^([IWEF])\d{4} [\d:.]+\s+\d+ \S+\] (.*)$")
 # Lines worth echoing to the console (everything goes to the stage's log file).
@@ -275,9 +287,44 @@ def finished_stages(roots: Sequence[str]) -> dict[str, str]:
 
 # ----- running
 
+@contextlib.contextmanager
+def job_lock(workdir: str):
+    """Hold ``WORKDIR/JOB.lock`` while a job runs there, so a second job in the same workdir stops
+    at once instead of racing the first. It is an flock: the OS releases it when its holder dies,
+    even by SIGKILL, so a killed run never blocks the rerun."""
+    path = os.path.join(workdir, JOB_LOCK)
+    lock = filelock.FileLock(path, timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise StageError(f"another job is running in {workdir} (it holds the lock {path}): wait for it to "
+                         "finish, or use another --workdir") from None
+    except OSError as e:
+        raise StageError(f"cannot create the lock file {path} ({e.strerror}): use a writable --workdir") from None
+    try:
+        yield path
+    finally:
+        lock.release()
+
+
+def cpu_model() -> str:
+    """This machine's CPU ("model name" in /proc/cpuinfo, else platform's guess) and usable cores."""
+    name = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    name = name or platform.processor() or platform.machine() or "an unknown CPU"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{name}, {cores} cores"
+
+
 class Clock:
     """Overall ETA: the running stage's remaining time plus the estimates of the stages after it,
-    scaled by actual / estimated time of the stages this run has finished."""
+    scaled by actual / estimated time of the stages this run has finished. Until one has finished
+    the speed of this machine is unknown and the ETA is a range: the budgets as they are (the speed
+    of the machine they were timed on) to ``SLOWER_MACHINE`` times them."""
 
     def __init__(self, estimates: Sequence[float]):
         self.estimates = list(estimates)
@@ -289,24 +336,72 @@ class Clock:
         self.estimated += estimate
 
     @property
-    def speed(self) -> float:
-        return self.spent / self.estimated if self.estimated > 0 else 1.0
+    def measured(self) -> bool:
+        """Whether a stage has finished in this run, so that ``speed`` is this machine's."""
+        return self.estimated > 0
 
-    def eta(self, index: int, stage_remaining: float | None, stage_elapsed: float) -> float:
+    @property
+    def speed(self) -> float:
+        return self.spent / self.estimated if self.measured else 1.0
+
+    def eta(self, index: int, stage_remaining: float | None, stage_elapsed: float, speed: float | None = None) -> float:
+        speed = self.speed if speed is None else speed
         if stage_remaining is None:
-            stage_remaining = max(self.estimates[index] * self.speed - stage_elapsed, 0.0)
-        return stage_remaining + self.speed * sum(self.estimates[index + 1:])
+            stage_remaining = max(self.estimates[index] * speed - stage_elapsed, 0.0)
+        return stage_remaining + speed * sum(self.estimates[index + 1:])
+
+    def eta_text(self, index: int, stage_remaining: float | None, stage_elapsed: float) -> str:
+        """The ETA as the console shows it: '0:12:30', or '0:12:30 to 0:21:15' while unmeasured."""
+        low = self.eta(index, stage_remaining, stage_elapsed)
+        high = low if self.measured else self.eta(index, stage_remaining, stage_elapsed, SLOWER_MACHINE)
+        return span(low, high)
+
+    def estimate_text(self, estimate: float) -> str:
+        """A stage's expected time: its budget scaled by this run's speed, or a range while unmeasured."""
+        return span(estimate * self.speed, estimate * (self.speed if self.measured else SLOWER_MACHINE))
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
+
+
+def span(low: float, high: float) -> str:
+    low_text, high_text = format_seconds(low), format_seconds(high)
+    return low_text if low_text == high_text else f"{low_text} to {high_text}"
+
+
+def read_partial(path: str) -> tuple[float, int]:
+    """(wall seconds, count) of a stage's unfinished attempts, from its PARTIAL.json."""
+    if not os.path.isfile(path):
+        return 0.0, 0
+    with open(path) as f:
+        partial = json.load(f)
+    return float(partial["wall_s"]), int(partial.get("attempts", 1))
+
+
+def time_spent(this: float, total: float, earlier: int) -> str:
+    """'0:04:36', or '0:04:36 (0:04:41 with 1 earlier attempt)': this attempt's time first, so it
+    reads against the job's elapsed time, and all the stage's time beside it."""
+    if earlier == 0:
+        return format_seconds(this)
+    return f"{format_seconds(this)} ({format_seconds(total)} with {earlier} earlier attempt{'s' * (earlier > 1)})"
+
+
+def attempt_header(name: str, attempt: int, cmd: list[str], first_in_log: bool) -> str:
+    """The lines that open an attempt's output in the stage's log, so a reader sees where a rerun
+    starts below an earlier attempt's traceback."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    above = "" if first_in_log else "; earlier output above"
+    return (("" if first_in_log else "\n") + f"===== stage {name}, attempt {attempt}, started {when}{above} =====\n"
+            f"$ {' '.join(cmd)}\n")
 
 
 @dataclasses.dataclass
 class StageRun:
     name: str
     skipped: bool
-    wall_s: float
+    wall_s: float          # of every attempt
     workdir: str
+    attempts: int = 1
 
 
 class Runner:
@@ -351,6 +446,8 @@ class Runner:
     def run(self) -> list[StageRun]:
         self.check_done_markers()
         os.makedirs(self.log_dir, exist_ok=True)
+        self.say(f"this machine: {cpu_model()}; the stage budgets were timed on {BUDGET_MACHINE}, so the ETA "
+                 f"is a range (budget to budget x{SLOWER_MACHINE}) until a stage has finished here")
         # Stages that will be skipped or reused take no time: leave them out of the ETA from the start.
         clock = Clock([0.0 if self._will_skip(s) else s.estimate_s for s in self.stages])
         results = []
@@ -379,13 +476,14 @@ class Runner:
         done = read_done(stage.workdir)
         if done is not None:
             self.say(f"{self._head(index)}: finished earlier in {format_seconds(done['wall_s'])}, skipped")
-            return StageRun(stage.name, True, float(done["wall_s"]), stage.workdir)
+            return StageRun(stage.name, True, float(done["wall_s"]), stage.workdir, done.get("attempts", 1))
         if stage.hash in self.reusable and not os.path.lexists(stage.workdir):
             source = self.reusable[stage.hash]
             os.makedirs(os.path.dirname(stage.workdir), exist_ok=True)
             os.symlink(source, stage.workdir)
             self.say(f"{self._head(index)}: reused {source} (same settings)")
-            return StageRun(stage.name, True, float(read_done(source)["wall_s"]), stage.workdir)
+            done = read_done(source)
+            return StageRun(stage.name, True, float(done["wall_s"]), stage.workdir, done.get("attempts", 1))
         if self._terminated:
             raise StageError(f"stopped by SIGTERM before stage {stage.name}: rerun the same command to go on")
         os.makedirs(stage.workdir, exist_ok=True)
@@ -397,21 +495,23 @@ class Runner:
                 os.replace(target + ".tmp", target)
         cmd = command(stage, self.by_name)
         log_path = os.path.join(self.log_dir, f"{os.path.basename(stage.workdir)}.log")
-        self.say(f"{self._head(index)}: {stage.title} (about {format_seconds(stage.estimate_s * clock.speed)}); "
-                 f"elapsed {format_seconds(clock.elapsed())}, ETA {format_seconds(clock.eta(index, None, 0.0))}; "
+        self.say(f"{self._head(index)}: {stage.title} (about {clock.estimate_text(stage.estimate_s)}); "
+                 f"elapsed {format_seconds(clock.elapsed())}, ETA {clock.eta_text(index, None, 0.0)}; "
                  f"log {log_path}")
         partial = os.path.join(stage.workdir, PARTIAL_FILE)
-        before = json.load(open(partial))["wall_s"] if os.path.isfile(partial) else 0.0
+        before, earlier = read_partial(partial)
         started = time.perf_counter()
         try:
-            code, preempted, tail = self._attempt(index, stage, clock, cmd, log_path, started)
+            code, preempted, tail = self._attempt(index, stage, clock, cmd, log_path, started, earlier + 1)
         finally:
-            wall = before + time.perf_counter() - started
+            this = time.perf_counter() - started
+            wall = before + this
             with open(partial, "w") as f:
-                json.dump({"wall_s": wall}, f)
+                json.dump({"wall_s": wall, "attempts": earlier + 1}, f)
+        spent = time_spent(this, wall, earlier)
         if code != 0:
             self.out.write("".join(tail[-40:]))
-            raise StageError(f"stage {stage.name} failed (exit status {code}) after {format_seconds(wall)}; "
+            raise StageError(f"stage {stage.name} failed (exit status {code}) after {spent}; "
                              f"its whole output is in {log_path}. Rerunning the same command resumes it.")
         if preempted:
             raise StageError(f"stage {stage.name} was stopped by SIGTERM and saved a checkpoint: rerun the "
@@ -419,24 +519,25 @@ class Runner:
         if not os.path.exists(os.path.join(stage.workdir, stage.marker)):
             raise StageError(f"stage {stage.name} exited 0 but did not write {stage.marker} in {stage.workdir}; "
                              f"see {log_path}")
-        record = {"stage": stage.name, "hash": stage.hash, "wall_s": wall, "finished": time.time(),
-                  "command": cmd}
+        record = {"stage": stage.name, "hash": stage.hash, "wall_s": wall, "attempts": earlier + 1,
+                  "finished": time.time(), "command": cmd}
         tmp = os.path.join(stage.workdir, DONE_FILE + ".tmp")
         with open(tmp, "w") as f:
             json.dump(record, f, indent=1)
         os.replace(tmp, os.path.join(stage.workdir, DONE_FILE))
         os.remove(partial)
-        clock.finished(stage.estimate_s, time.perf_counter() - started)
-        self.say(f"{self._head(index)}: done in {format_seconds(wall)}; elapsed {format_seconds(clock.elapsed())}, "
-                 f"ETA {format_seconds(clock.eta(index + 1, None, 0.0) if index + 1 < len(self.stages) else 0.0)}")
-        return StageRun(stage.name, False, wall, stage.workdir)
+        clock.finished(stage.estimate_s, this)
+        eta = clock.eta_text(index + 1, None, 0.0) if index + 1 < len(self.stages) else format_seconds(0)
+        self.say(f"{self._head(index)}: done in {spent}; elapsed {format_seconds(clock.elapsed())}, ETA {eta}")
+        return StageRun(stage.name, False, wall, stage.workdir, earlier + 1)
 
-    def _attempt(self, index: int, stage: Stage, clock: Clock, cmd: list[str], log_path: str, started: float):
+    def _attempt(self, index: int, stage: Stage, clock: Clock, cmd: list[str], log_path: str, started: float,
+                 attempt: int):
         """Run the child once: (exit status, whether it logged a preemption, its last lines)."""
         preempted = False
         tail: list[str] = []
         with open(log_path, "a") as log:
-            log.write(f"$ {' '.join(cmd)}\n")
+            log.write(attempt_header(stage.name, attempt, cmd, first_in_log=log.tell() == 0))
             self._child = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdout=subprocess.PIPE,
                                            stderr=subprocess.STDOUT, text=True, bufsize=1)
             try:
@@ -473,6 +574,6 @@ class Runner:
                 remaining = elapsed * (int(fraction[2]) - int(fraction[1])) / int(fraction[1])
         suffix = ""
         if remaining is not None:
-            suffix = f"  | {self.label}s ETA {format_seconds(clock.eta(index, remaining, elapsed))}"
+            suffix = f"  | {self.label}s ETA {clock.eta_text(index, remaining, elapsed)}"
         level = "" if match[1] == "I" else f"{match[1]} "
         self.say(f"  [{stage.name}] {level}{message}{suffix}")

@@ -1,9 +1,14 @@
 """The stage runner (rdance.stages) with a stand-in entrypoint: stages run in order with the
 folders they name, a rerun skips finished stages, a failed or preempted stage resumes where it
-stopped, and settings that changed or a misspelt key are errors before anything runs."""
+stopped (its log and time line telling the attempts apart), the ETA is a range until this
+machine's speed is measured, a second job in a workdir in use stops at once, and settings that
+changed or a misspelt key are errors before anything runs."""
 import io
 import json
 import os
+import re
+import subprocess
+import sys
 
 import pytest
 
@@ -57,7 +62,24 @@ def test_the_eta_leaves_out_stages_finished_earlier(tmp_path):
     run(tmp_path, [slow])
     new = st.Stage("c", "third", FAKE, CONFIG, {"value": 3.0}, estimate_s=3)
     _, out, _ = run(tmp_path, [new, slow])
-    assert "stage 1/2 c: third (about 0:00:03); elapsed 0:00:00, ETA 0:00:03" in out, out
+    assert "stage 1/2 c: third (about 0:00:03 to 0:00:05); elapsed 0:00:00, ETA 0:00:03 to 0:00:05" in out, out
+
+
+def test_the_first_eta_is_a_range_from_the_budgets_machine(tmp_path):
+    """Budgets timed on another CPU are no promise here: the console names both machines and gives
+    a range until a stage has finished on this one, then one figure scaled by its measured speed."""
+    _, out, _ = run(tmp_path, two_stages())
+    lines = out.splitlines()
+    assert lines[0] == (f"this machine: {st.cpu_model()}; the stage budgets were timed on 2 idle cores of an AMD "
+                        "EPYC, so the ETA is a range (budget to budget x1.7) until a stage has finished here")
+    if os.path.isfile("/proc/cpuinfo"):
+        model = next(x for x in open("/proc/cpuinfo") if x.startswith("model name")).split(":", 1)[1].strip()
+        assert st.cpu_model().startswith(model + ", ")
+    assert lines[1] == ("stage 1/2 a: first (about 0:00:02 to 0:00:03); elapsed 0:00:00, ETA 0:00:05 to 0:00:08; "
+                        f"log {tmp_path / 'logs' / 'a.log'}")
+    assert "[a] step 1/3  loss 0.5  ETA 0:00:02  | stages ETA 0:00:05 to 0:00:07" in out   # 2 + 3 to 2 + 5.1
+    second = next(x for x in lines if x.startswith("stage 2/2 b: second"))
+    assert re.fullmatch(r"stage 2/2 b: second \(about \d:\d\d:\d\d\); elapsed \S+, ETA \d:\d\d:\d\d; log .*", second)
 
 
 def test_a_failed_stage_resumes_where_it_stopped(tmp_path):
@@ -70,6 +92,62 @@ def test_a_failed_stage_resumes_where_it_stopped(tmp_path):
     assert "[b] resuming from" in out and "[b] step 3/3" in out and "[b] step 1/3" not in out
     assert [json.loads(x)["step"] for x in open(tmp_path / "b" / "metrics.jsonl")] == [1, 2, 3]
     assert not (tmp_path / "b" / "PARTIAL.json").exists()   # its time went into DONE.json's wall_s
+
+
+def test_a_resumed_stage_tells_its_attempts_apart(tmp_path):
+    """After a failed attempt the done line leads with this attempt's time, which fits within the
+    job's elapsed time, and names all the stage's time beside it; the log marks where each attempt
+    starts, so the earlier traceback is not read as the new run's."""
+    with pytest.raises(st.StageError, match=r"stage b failed \(exit status 3\) after 0:00:0\d; "):
+        run(tmp_path, two_stages(fail_at=3))
+    (tmp_path / "b" / "PARTIAL.json").write_text(json.dumps({"wall_s": 281.0, "attempts": 1}))  # a 4:41 attempt
+    runs, out, _ = run(tmp_path, two_stages(fail_at=3))
+    line = next(x for x in out.splitlines() if x.startswith("stage 2/2 b: done"))
+    this, total, elapsed = re.fullmatch(r"stage 2/2 b: done in (\S+) \((\S+) with 1 earlier attempt\); "
+                                        r"elapsed (\S+), ETA 0:00:00", line).groups()
+    assert this <= elapsed and total == "0:04:4" + total[-1] and this < "0:01:00", line
+    done = json.loads((tmp_path / "b" / "DONE.json").read_text())
+    assert done["attempts"] == 2 and done["wall_s"] >= 281 and runs[1].attempts == 2 and runs[1].wall_s >= 281
+
+    log = (tmp_path / "logs" / "b.log").read_text()
+    first = re.match(r"===== stage b, attempt 1, started \d{4}-\d\d-\d\d \d\d:\d\d:\d\d.* =====\n\$ .*-m "
+                     r"tests\.demo\.fake_stage ", log)
+    assert first and "earlier output above" not in first[0]
+    second = re.search(r"\n\n===== stage b, attempt 2, started \d{4}-\d\d-\d\d \d\d:\d\d:\d\d.*; earlier output "
+                       r"above =====\n\$ .*-m tests\.demo\.fake_stage .*\n", log)
+    assert second, log
+    assert "step 2/3" in log[:second.start()] and "step 2/3" not in log[second.end():]   # attempt 1's lines above
+    assert "resuming from" in log[second.end():] and "step 3/3" in log[second.end():]
+    runs, _, _ = run(tmp_path, two_stages(fail_at=3))                  # skipped: the log gets no header
+    assert runs[1].skipped and runs[1].attempts == 2 and (tmp_path / "logs" / "b.log").read_text() == log
+
+
+# Another job's hold on a workdir's lock, in a bare process (importing rdance takes seconds).
+HOLD_LOCK = ("import sys, filelock\nlock = filelock.FileLock(sys.argv[1])\nlock.acquire()\n"
+             "print('locked', flush=True)\nsys.stdin.read()\n")
+
+
+def test_a_second_job_in_a_workdir_stops_at_once_and_a_killed_one_blocks_nothing(tmp_path):
+    from rdance import demo
+    lock = tmp_path / "JOB.lock"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(lock)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        message = (f"another job is running in {tmp_path} (it holds the lock {lock}): wait for it to finish, "
+                   "or use another --workdir")
+        with pytest.raises(st.StageError) as error:
+            demo.run(st.load_config("experiments/demo.py:ci"), str(tmp_path), out=io.StringIO())
+        assert str(error.value) == message
+        assert os.listdir(tmp_path) == ["JOB.lock"]                   # it stopped before any stage began
+    finally:
+        holder.kill()                                                   # SIGKILL: no cleanup runs
+        holder.wait()
+    assert holder.returncode == -9 and lock.exists()                  # the file stays; the flock went with it
+    with st.job_lock(str(tmp_path)) as path:
+        assert path == str(lock)
+        runs, _, _ = run(tmp_path, two_stages())
+    assert [r.skipped for r in runs] == [False, False]
 
 
 def test_a_preempted_stage_is_not_finished(tmp_path):
@@ -123,9 +201,12 @@ def test_copy_overrides_and_command_line():
 def test_clock_scales_the_estimates_by_the_speed_so_far():
     clock = st.Clock([10, 20, 30])
     assert clock.eta(0, None, 4.0) == 6 + 50
+    assert clock.eta_text(0, None, 0.0) == "0:01:00 to 0:01:42" and clock.estimate_text(10) == "0:00:10 to 0:00:17"
+    assert clock.eta_text(0, 4.0, 6.0) == "0:00:54 to 0:01:29"     # the child's own ETA, then the budgets
     clock.finished(10, 20.0)                        # twice as slow as estimated
     assert clock.eta(1, 5.0, 1.0) == 5 + 60
     assert clock.eta(1, None, 10.0) == 30 + 60
+    assert clock.eta_text(1, None, 10.0) == "0:01:30" and clock.estimate_text(20) == "0:00:40"
 
 
 def test_demo_stages_follow_the_rm_paradigm_and_data():
