@@ -154,30 +154,73 @@ def line_plot(curves: dict[str, tuple[Sequence[float], Sequence[float]]], title:
     return image
 
 
-def grid_image(rows: np.ndarray, scale: int = 3, pad: int = 2) -> Image.Image:
-    """uint8 images [R, C, H, W, 3] as one picture, ``scale`` times larger, grey gaps between."""
+LABEL_WIDTH = 160     # pixels of the band that names each row of a grid (its prompt)
+LINE_HEIGHT = 13      # of _font(11)
+
+
+def wrap_label(text: str, width: int, max_lines: int, font=None) -> list[str]:
+    """``text`` in lines at most ``width`` pixels wide (in ``font``, PIL's default at 11 px), at most
+    ``max_lines`` of them; what does not fit is cut and ends in '...'."""
+    font = font or _font(11)
+    fits = lambda line: font.getlength(line) <= width  # noqa: E731
+    lines: list[str] = []
+    for word in text.split():
+        if lines and fits(f"{lines[-1]} {word}"):
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    cut = len(lines) > max_lines or not all(fits(line) for line in lines)
+    lines = lines[:max(max_lines, 1)]
+    if cut:
+        last = lines[-1] + "..."
+        while len(last) > 3 and not fits(last):
+            last = last[:-4].rstrip() + "..."
+        lines[-1] = last
+    return lines
+
+
+def grid_image(rows: np.ndarray, scale: int = 3, pad: int = 2, labels: Sequence[str] | None = None) -> Image.Image:
+    """uint8 images [R, C, H, W, 3] as one picture, ``scale`` times larger, grey gaps between; with
+    ``labels`` (one per row, e.g. its prompt) a white band on the left names each row."""
     r, c, h, w, _ = rows.shape
     hs, ws = h * scale, w * scale
-    out = Image.new("RGB", (c * (ws + pad) + pad, r * (hs + pad) + pad), (128, 128, 128))
+    band = LABEL_WIDTH if labels is not None else 0
+    out = Image.new("RGB", (band + c * (ws + pad) + pad, r * (hs + pad) + pad), (128, 128, 128))
+    if labels is not None:
+        draw = ImageDraw.Draw(out)
+        draw.rectangle([0, 0, band - 1, out.height - 1], fill="white")
+        for i, label in enumerate(labels):
+            for n, line in enumerate(wrap_label(label, band - 8, hs // LINE_HEIGHT)):
+                draw.text((4, pad + i * (hs + pad) + n * LINE_HEIGHT), line, fill="black", font=_font(11))
     for i in range(r):
         for j in range(c):
             tile = Image.fromarray(rows[i, j]).resize((ws, hs), Image.NEAREST)
-            out.paste(tile, (pad + j * (ws + pad), pad + i * (hs + pad)))
+            out.paste(tile, (band + pad + j * (ws + pad), pad + i * (hs + pad)))
     return out
+
+
+def row_caption(scores: np.ndarray) -> list[str]:
+    """What a comparison row says under its label: its mean judge score and what that mean is over
+    (one sample of each prompt shown), so it is not read as the report's table of more samples."""
+    return [f"judge {float(np.mean(scores)):.3f}", f"{len(scores)} prompts x 1"]
 
 
 def comparison_image(rows: Sequence[tuple[str, np.ndarray, np.ndarray]], scale: int = 3) -> Image.Image:
     """Rows of (label, images [G, H, W, 3], judge scores [G]): the label and the row's mean score on
-    the left, each image's score under it; columns are the same prompts."""
+    the left, each image's score under it; columns are the same prompts, numbered 1..G on top."""
     g, h, w = rows[0][1].shape[:3]
     hs, ws, gap, left, text = h * scale, w * scale, 6, 96, 14
-    out = Image.new("RGB", (left + g * (ws + gap), len(rows) * (hs + text + gap) + gap), "white")
+    top = text + gap
+    out = Image.new("RGB", (left + g * (ws + gap), top + len(rows) * (hs + text + gap) + gap), "white")
     draw = ImageDraw.Draw(out)
     font, small = _font(13), _font(11)
+    for c in range(g):
+        draw.text((left + c * (ws + gap) + ws // 2 - 6, gap), str(c + 1), fill="black", font=small)
     for r, (label, images, scores) in enumerate(rows):
-        y = gap + r * (hs + text + gap)
-        draw.text((4, y + hs // 2 - 14), label, fill="black", font=font)
-        draw.text((4, y + hs // 2 + 2), f"judge {float(np.mean(scores)):.3f}", fill="black", font=small)
+        y = top + gap + r * (hs + text + gap)
+        draw.text((4, y + hs // 2 - 22), label, fill="black", font=font)
+        for n, line in enumerate(row_caption(scores)):
+            draw.text((4, y + hs // 2 - 6 + n * LINE_HEIGHT), line, fill="black", font=small)
         for c in range(g):
             x = left + c * (ws + gap)
             out.paste(Image.fromarray(images[c]).resize((ws, hs), Image.NEAREST), (x, y))
@@ -302,14 +345,14 @@ def demo_report(workdir: str, stages: dict, runs: Sequence, config: dict, with_h
                   f"report written {time.strftime('%Y-%m-%d %H:%M')}. A world generator is pretrained, a "
                   "generative reward model (P(\"yes\") of a VLM) is trained, and the generator is fine-tuned "
                   "with ReFL against it; the programmatic judge, which trains nothing, measures the result.")
-    _judge_section(doc, stages)
+    _judge_section(doc, stages, int(config.get("evaluate", {}).get("scale", 3)))
     _rm_section(doc, stages)
     _finetune_section(doc, stages)
     _stages_section(doc, stages, runs)
     return doc.write("report", "RewardDance demo", with_html)
 
 
-def _judge_section(doc: Document, stages: dict) -> None:
+def _judge_section(doc: Document, stages: dict, scale: int = 3) -> None:
     scores = _load_json(os.path.join(stages["evaluate"].workdir, "scores.json"))
     doc.heading("Judge score before and after fine-tuning")
     gens = scores["generators"]
@@ -324,17 +367,23 @@ def _judge_section(doc: Document, stages: dict) -> None:
     for kind in before["by_kind"]:
         b, a = before["by_kind"][kind], after["by_kind"][kind]
         rows.append([kind, kinds.count(kind), _fmt(b), _fmt(a), f"{a - b:+.3f}"])
-    doc.table(["prompts", "n", "before", "after", "change"], rows)
+    doc.table(["prompts", "n", f"before (n × {per} samples)", f"after (n × {per} samples)", "change"], rows)
     folder = stages["evaluate"].workdir
     doc.image(os.path.join(folder, "comparison.png"), "comparison.png",
               "faithful render, before and after fine-tuning, same prompts and noise")
-    shown = [f"{i + 1}. {p}" for i, p in enumerate(scores["prompts"][:scores["grid_prompts"]])]
-    doc.paragraph("Rows: a faithful render, the generator before, and after fine-tuning (sample 0 of each "
-                  "prompt, the judge's score under each image). Columns: " + "; ".join(shown) + ".")
-    doc.image(os.path.join(folder, "grid_before.png"), "grid_before.png", "samples before fine-tuning")
-    doc.image(os.path.join(folder, "grid_after.png"), "grid_after.png", "samples after fine-tuning")
-    doc.paragraph("Above: several samples (columns) of the same prompts (rows), before and then after "
-                  "fine-tuning, with the same noise.")
+    g, gs = scores["grid_prompts"], scores["grid_samples"]
+    shown = [f"{i + 1}. {p}" for i, p in enumerate(scores["prompts"][:g])]
+    doc.paragraph(f"Rows: a faithful render, the generator before, and after fine-tuning (sample 0 of each "
+                  f"prompt, the judge's score under each image). The judge score beside each row is the mean over "
+                  f"these {g} prompts × 1 sample, not the table's {count} prompts × {per} samples, so the two "
+                  "differ. Columns: " + "; ".join(shown) + ".")
+    with np.load(os.path.join(folder, "samples.npz")) as samples:
+        for label in ("before", "after"):
+            rows = samples[label][:gs, :g].transpose(1, 0, 2, 3, 4)       # [prompt, sample, H, W, 3]
+            doc.image(grid_image(rows, scale, labels=scores["prompts"][:g]), f"grid_{label}.png",
+                      f"samples {label} fine-tuning")
+    doc.paragraph(f"Above: {gs} samples (columns) of each of the first {g} prompts (rows, named on the left), before "
+                  "and then after fine-tuning, with the same noise.")
 
 
 def _rm_section(doc: Document, stages: dict) -> None:
@@ -410,13 +459,16 @@ def _stages_section(doc: Document, stages: dict, runs: Sequence) -> None:
     rows = []
     for run in runs:
         stage = stages[run.name]
-        rows.append([run.name, stage.title, _clock(run.wall_s) + (" (earlier run)" if run.skipped else ""),
+        notes = [f"{run.attempts} attempts"] * (run.attempts > 1) + ["earlier run"] * run.skipped
+        rows.append([run.name, stage.title, _clock(run.wall_s) + (f" ({', '.join(notes)})" if notes else ""),
                      _clock(stage.estimate_s), os.path.relpath(stage.workdir, os.path.dirname(doc.folder))])
     budget = sum(stages[r.name].estimate_s for r in runs)
     rows.append(["total", "", _clock(sum(r.wall_s for r in runs)), _clock(budget), ""])
-    doc.table(["stage", "what", "wall time", "budget", "folder"], rows)
-    doc.paragraph("Each folder holds the stage's metrics.jsonl, TensorBoard events (`tensorboard --logdir` the "
-                  "workdir), checkpoints and export; the stages' whole logs are in logs/.")
+    doc.table(["stage", "what", "wall time (all attempts)", "budget", "folder"], rows)
+    from rdance.stages import BUDGET_MACHINE, cpu_model   # here: rdance.stages defines the job runners' flags
+    doc.paragraph(f"The budgets were timed on {BUDGET_MACHINE}; this report was written on {cpu_model()}. Each "
+                  "folder holds the stage's metrics.jsonl, TensorBoard events (`tensorboard --logdir` the workdir), "
+                  "checkpoints and export; the stages' whole logs are in logs/.")
 
 
 def _clock(seconds: float) -> str:

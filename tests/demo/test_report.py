@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from rdance import ablate, report
-from rdance.stages import Stage
+from rdance.stages import Stage, StageRun
 
 
 def write_metrics(folder, records):
@@ -49,7 +49,7 @@ def test_pictures_and_documents(tmp_path):
     assert grid.size == (3 * 18 + 2, 2 * 18 + 2)
     assert np.array_equal(np.asarray(grid)[2:18:2, 2:18:2], images[0, 0])
     comparison = report.comparison_image([("a", images[0], np.ones(3)), ("b", images[1], np.zeros(3))], 2)
-    assert comparison.size[0] == 96 + 3 * (16 + 6)
+    assert comparison.size == (96 + 3 * (16 + 6), 20 + 2 * (16 + 14 + 6) + 6)   # a band of column numbers on top
 
     doc = report.Document(str(tmp_path / "r"))
     doc.heading("Title", 1)
@@ -62,6 +62,66 @@ def test_pictures_and_documents(tmp_path):
     html = open(tmp_path / "r" / "report.html").read()
     assert "<code>code</code>" in html and "data:image/png;base64," in html
     assert Image.open(tmp_path / "r" / "plot.png").size == (640, 380)
+
+
+def test_grid_rows_are_named_by_their_prompts():
+    images = np.random.default_rng(0).integers(0, 255, (2, 3, 8, 8, 3), dtype=np.uint8)
+    plain = report.grid_image(images, scale=4)
+    labelled = report.grid_image(images, scale=4, labels=["a red cube", "two blue spheres left of a green cone"])
+    assert labelled.size == (plain.size[0] + report.LABEL_WIDTH, plain.size[1])
+    band = np.asarray(labelled)[:, :report.LABEL_WIDTH]
+    assert (band < 100).any(axis=-1).sum() > 20                       # dark text on the white band
+    assert np.array_equal(np.asarray(labelled)[:, report.LABEL_WIDTH:], np.asarray(plain))
+    long = "two blue spheres to the left of a green cone and a red cube above a yellow star"
+    lines = report.wrap_label(long, 152, 2)
+    assert len(lines) == 2 and lines[0].startswith("two blue spheres") and lines[1].endswith("...")
+    assert long.startswith(" ".join(lines)[:-3]) and all(report._font(11).getlength(x) <= 152 for x in lines)
+    assert report.wrap_label("a red cube", 152, 2) == ["a red cube"]
+    assert report.row_caption(np.array([0.25, 0.5])) == ["judge 0.375", "2 prompts x 1"]
+
+
+def test_demo_report_says_what_each_judge_figure_counts(tmp_path, monkeypatch):
+    """The table is over every held-out prompt × N samples, the comparison's row means over the
+    shown prompts × sample 0: each says so, and the sample grids name their prompts."""
+    folder = tmp_path / "evaluate"
+    folder.mkdir()
+    prompts = ["a red cube", "two blue spheres", "a green cone left of a star"]
+    scores = {"prompts": prompts, "kinds": ["single", "count", "relation"], "samples_per_prompt": 4,
+              "num_steps": 8, "target": {"judge": 0.9}, "grid_prompts": 2, "grid_samples": 3,
+              "generators": {label: {"judge": j, "by_kind": {"single": j, "count": j, "relation": j}}
+                             for label, j in (("before", 0.2), ("after", 0.3))}}
+    (folder / "scores.json").write_text(json.dumps(scores))
+    samples = np.random.default_rng(0).integers(0, 255, (4, 3, 8, 8, 3), dtype=np.uint8)
+    np.savez(folder / "samples.npz", before=samples, after=samples[::-1], render=samples[0])
+    Image.new("RGB", (40, 30), "white").save(folder / "comparison.png")
+    given, grid_image = [], report.grid_image
+
+    def spy(rows, scale, **labels):
+        given.append(labels)
+        return grid_image(rows, scale, **labels)
+    monkeypatch.setattr(report, "grid_image", spy)
+    doc = report.Document(str(tmp_path / "report"))
+    report._judge_section(doc, {"evaluate": Stage("evaluate", "", "", "", workdir=str(folder))}, scale=2)
+    md = doc.markdown()
+    assert "| prompts | n | before (n × 4 samples) | after (n × 4 samples) | change |" in md
+    assert "\n| all | 3 | 0.200 | 0.300 | +0.100 |" in md
+    assert "mean over these 2 prompts × 1 sample, not the table's 3 prompts × 4 samples" in md
+    assert "Columns: 1. a red cube; 2. two blue spheres." in md
+    assert given == [{"labels": prompts[:2]}] * 2
+    for label in ("before", "after"):
+        assert Image.open(tmp_path / "report" / f"grid_{label}.png").size == (report.LABEL_WIDTH + 3 * 18 + 2,
+                                                                              2 * 18 + 2)
+
+
+def test_the_stage_table_counts_every_attempt(tmp_path):
+    doc = report.Document(str(tmp_path / "report"))
+    stages = {name: Stage(name, name + " it", "", "", estimate_s=60, workdir=str(tmp_path / name)) for name in "ab"}
+    report._stages_section(doc, stages, [StageRun("a", False, 281.0, str(tmp_path / "a"), attempts=2),
+                                         StageRun("b", True, 30.0, str(tmp_path / "b"))])
+    md = doc.markdown()
+    assert "| stage | what | wall time (all attempts) | budget | folder |" in md
+    assert "| a | a it | 4:41 (2 attempts) | 1:00 | a |" in md and "| b | b it | 0:30 (earlier run) | 1:00 | b |" in md
+    assert "The budgets were timed on 2 idle cores of an AMD EPYC; this report was written on " in md
 
 
 def test_ablation_tables_aggregate_seeds(tmp_path):
