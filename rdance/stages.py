@@ -322,8 +322,8 @@ def cpu_model() -> str:
 
 class Clock:
     """Overall ETA: the running stage's remaining time plus the estimates of the stages after it,
-    scaled by actual / estimated time of the stages this run has finished. Until one has finished
-    the speed of this machine is unknown and the ETA is a range: the budgets as they are (the speed
+    scaled by actual / estimated time of the stages this run has run whole (a resumed stage did only
+    part of its work). Until one has finished the speed of this machine is unknown and the ETA is a range: the budgets as they are (the speed
     of the machine they were timed on) to ``SLOWER_MACHINE`` times them."""
 
     def __init__(self, estimates: Sequence[float]):
@@ -526,7 +526,8 @@ class Runner:
             json.dump(record, f, indent=1)
         os.replace(tmp, os.path.join(stage.workdir, DONE_FILE))
         os.remove(partial)
-        clock.finished(stage.estimate_s, this)
+        if earlier == 0:   # a resumed attempt did part of the stage's work: no measure of this machine's speed
+            clock.finished(stage.estimate_s, this)
         eta = clock.eta_text(index + 1, None, 0.0) if index + 1 < len(self.stages) else format_seconds(0)
         self.say(f"{self._head(index)}: done in {spent}; elapsed {format_seconds(clock.elapsed())}, ETA {eta}")
         return StageRun(stage.name, False, wall, stage.workdir, earlier + 1)

@@ -98,14 +98,17 @@ def test_a_resumed_stage_tells_its_attempts_apart(tmp_path):
     """After a failed attempt the done line leads with this attempt's time, which fits within the
     job's elapsed time, and names all the stage's time beside it; the log marks where each attempt
     starts, so the earlier traceback is not read as the new run's."""
+    stages = two_stages(fail_at=3) + [st.Stage("c", "third", FAKE, CONFIG, {"value": 3.0}, estimate_s=10)]
     with pytest.raises(st.StageError, match=r"stage b failed \(exit status 3\) after 0:00:0\d; "):
-        run(tmp_path, two_stages(fail_at=3))
+        run(tmp_path, stages)
     (tmp_path / "b" / "PARTIAL.json").write_text(json.dumps({"wall_s": 281.0, "attempts": 1}))  # a 4:41 attempt
-    runs, out, _ = run(tmp_path, two_stages(fail_at=3))
-    line = next(x for x in out.splitlines() if x.startswith("stage 2/2 b: done"))
-    this, total, elapsed = re.fullmatch(r"stage 2/2 b: done in (\S+) \((\S+) with 1 earlier attempt\); "
-                                        r"elapsed (\S+), ETA 0:00:00", line).groups()
+    runs, out, _ = run(tmp_path, stages)
+    line = next(x for x in out.splitlines() if x.startswith("stage 2/3 b: done"))
+    this, total, elapsed = re.fullmatch(r"stage 2/3 b: done in (\S+) \((\S+) with 1 earlier attempt\); "
+                                        r"elapsed (\S+), ETA \S+ to \S+", line).groups()
     assert this <= elapsed and total == "0:04:4" + total[-1] and this < "0:01:00", line
+    # Finishing a resumed stage says nothing of this machine's speed: the next ETA is still a range.
+    assert "stage 3/3 c: third (about 0:00:10 to 0:00:17); elapsed " in out
     done = json.loads((tmp_path / "b" / "DONE.json").read_text())
     assert done["attempts"] == 2 and done["wall_s"] >= 281 and runs[1].attempts == 2 and runs[1].wall_s >= 281
 
@@ -118,7 +121,7 @@ def test_a_resumed_stage_tells_its_attempts_apart(tmp_path):
     assert second, log
     assert "step 2/3" in log[:second.start()] and "step 2/3" not in log[second.end():]   # attempt 1's lines above
     assert "resuming from" in log[second.end():] and "step 3/3" in log[second.end():]
-    runs, _, _ = run(tmp_path, two_stages(fail_at=3))                  # skipped: the log gets no header
+    runs, _, _ = run(tmp_path, stages)                                 # skipped: the log gets no header
     assert runs[1].skipped and runs[1].attempts == 2 and (tmp_path / "logs" / "b.log").read_text() == log
 
 
