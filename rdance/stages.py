@@ -323,8 +323,9 @@ def cpu_model() -> str:
 class Clock:
     """Overall ETA: the running stage's remaining time plus the estimates of the stages after it,
     scaled by actual / estimated time of the stages this run has run whole (a resumed stage did only
-    part of its work). Until one has finished the speed of this machine is unknown and the ETA is a range: the budgets as they are (the speed
-    of the machine they were timed on) to ``SLOWER_MACHINE`` times them."""
+    part of its work). Until one has, the speed of this machine is unknown and the ETA is a range:
+    the budgets as they are (the speed of the machine they were timed on) to ``SLOWER_MACHINE``
+    times them."""
 
     def __init__(self, estimates: Sequence[float]):
         self.estimates = list(estimates)
@@ -337,7 +338,7 @@ class Clock:
 
     @property
     def measured(self) -> bool:
-        """Whether a stage has finished in this run, so that ``speed`` is this machine's."""
+        """Whether a stage has run whole in this run, so that ``speed`` is this machine's."""
         return self.estimated > 0
 
     @property
