@@ -13,10 +13,15 @@ image. A video is a list of frame paths in place of one image path.
 """
 from __future__ import annotations
 
+import codecs
+import collections
+import contextlib
 import dataclasses
 import io
 import json
 import os
+import re
+import warnings
 from typing import Any, Iterable
 
 import numpy as np
@@ -25,7 +30,15 @@ from PIL import Image, UnidentifiedImageError
 
 
 class BadRecord(ValueError):
-    """A record that cannot be used; the message names the record, the file and the problem."""
+    """A record that cannot be used; the message names the record, the file, the problem and the fix.
+
+    ``kind`` names the problem (``wrong_type``, ``not_utf8``, ...) for the counts a converter
+    reports; ``bad_file`` marks a whole file that cannot be used, which skipping cannot mend.
+    """
+
+    def __init__(self, message: str, kind: str = "bad_record"):
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,22 +55,78 @@ class PreferenceRecord:
 
 
 def validate(record: PreferenceRecord, where: str) -> PreferenceRecord:
-    if not isinstance(record.prompt, str) or not record.prompt.strip():
-        raise BadRecord(f"{where}: empty prompt")
+    if not isinstance(record.prompt, str):
+        raise _wrong_type(where, "prompt", "a string", record.prompt)
+    if not record.prompt.strip():
+        raise BadRecord(f"{where}: empty prompt; give the text the images were made for", "empty_prompt")
+    for field in ("criteria", "rationale"):
+        if not isinstance(getattr(record, field), str):
+            raise _wrong_type(where, field, "a string", getattr(record, field))
     if len(record.images) not in (1, 2):
-        raise BadRecord(f"{where}: {len(record.images)} images; a record has 1 (pointwise) or 2 (pairwise)")
+        raise BadRecord(f"{where}: {len(record.images)} images; a record has 1 (pointwise) or 2 (pairwise)",
+                        "image_count")
     for i, image in enumerate(record.images):
         if image.dtype != np.uint8 or image.ndim not in (3, 4) or image.shape[-1] != 3:
             raise BadRecord(f"{where}: image {i} is {image.dtype} {image.shape}; expected uint8 "
-                            "[H, W, 3] or a clip [T, H, W, 3]")
+                            "[H, W, 3] or a clip [T, H, W, 3]", "image_shape")
     if record.label not in (0, 1):
-        raise BadRecord(f"{where}: label {record.label!r} out of range; use 0 or 1")
+        raise BadRecord(f"{where}: label {record.label!r} out of range; use 0 or 1", "label_out_of_range")
     return record
+
+
+def _wrong_type(where: str, field: str, expected: str, value: Any) -> BadRecord:
+    try:
+        shown = json.dumps(value)  # as the user wrote it in the JSONL file
+    except TypeError:
+        shown = repr(value)
+    shown = shown if len(shown) <= 40 else shown[:37] + "..."
+    return BadRecord(f"{where}: {field} must be {expected}, got {type(value).__name__} {shown}; "
+                     f"write {field} as {expected}", "wrong_type")
+
+
+@contextlib.contextmanager
+def pixel_limit(max_pixels: int):
+    """Within, opening an image of more than ``max_pixels`` pixels raises.
+
+    PIL's own decompression-bomb check at our limit: PIL only warns between MAX_IMAGE_PIXELS and
+    twice that, so the warning is raised as an error here. Process-wide while it lasts (PIL keeps
+    the limit in a module global): meant around a whole conversion, not around one read.
+    """
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def too_many_pixels(where: str, error: Exception) -> BadRecord:
+    """The message for PIL's DecompressionBombError/Warning: the size found and the limit."""
+    found = re.search(r"\((\d+) pixels\) exceeds limit of (\d+)", str(error))
+    size = f"has {found[1]} pixels, over the limit of {found[2]}" if found else f"is too large ({error})"
+    return BadRecord(f"{where} {size}; shrink it, or raise the limit with --max_image_pixels",
+                     "too_many_pixels")
 
 
 def _read_image(path: str) -> np.ndarray:
     with Image.open(path) as im:
         return np.asarray(im.convert("RGB"))
+
+
+def read_image(path: str, where: str) -> np.ndarray:
+    """An image file as RGB, or a BadRecord naming ``where`` (the record), the file and the fix."""
+    try:
+        return _read_image(path)
+    except FileNotFoundError:
+        raise BadRecord(f"{where}: image file {path} does not exist; fix the path (relative to "
+                        "the JSONL file's folder) or add the file", "image_missing") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise too_many_pixels(f"{where}: image file {path}", e) from None
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise BadRecord(f"{where}: image file {path} cannot be read ({e}); replace it with a "
+                        "readable PNG or JPEG", "image_unreadable") from None
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -71,71 +140,139 @@ def decode_image(data: bytes) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
+_RECORD_SHAPE = '{"prompt": "...", "images": ["a.png", "b.png"], "label": 0}'
+
+
+def parse_line(raw: bytes, where: str) -> dict:
+    """One JSONL line as a record dict with fields of the documented types, or a BadRecord."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadRecord(f"{where}: not UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1}); "
+                        "save the file as UTF-8", "not_utf8") from None
+    try:
+        entry = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise BadRecord(f"{where}: not valid JSON ({e.msg} at column {e.colno}); write one JSON "
+                        f"object per line, like {_RECORD_SHAPE}", "not_json") from None
+    if not isinstance(entry, dict):
+        raise BadRecord(f"{where}: a JSON {type(entry).__name__}, not an object; write one JSON object "
+                        f"per line, like {_RECORD_SHAPE}", "not_an_object")
+    check_fields(entry, where)
+    return entry
+
+
+def check_fields(entry: dict, where: str) -> None:
+    """Each field present and of its type, so a bad record is caught before any image is read."""
+    missing = [k for k in ("prompt", "images", "label") if k not in entry]
+    if missing:
+        raise BadRecord(f"{where}: missing field(s) {', '.join(missing)}; a record needs prompt, "
+                        f"images and label, like {_RECORD_SHAPE}", "missing_field")
+    prompt, images, label = entry["prompt"], entry["images"], entry["label"]
+    if not isinstance(prompt, str):
+        raise _wrong_type(where, "prompt", "a string", prompt)
+    if not prompt.strip():
+        raise BadRecord(f"{where}: empty prompt; give the text the images were made for", "empty_prompt")
+    if not isinstance(images, list):
+        raise _wrong_type(where, "images", "a list of 1 or 2 image paths", images)
+    if len(images) not in (1, 2):
+        raise BadRecord(f"{where}: images has {len(images)} entries; a record has 1 (pointwise) or 2 "
+                        "(pairwise) images", "image_count")
+    for i, item in enumerate(images):
+        _check_image_entry(item, f"images[{i}]", where)
+    if type(label) is not int:  # a bool is an int too, but `true` is no index
+        raise _wrong_type(where, "label", "the integer 0 or 1", label)
+    if label not in (0, 1):
+        raise BadRecord(f"{where}: label {label} out of range; use 0 or 1 (the preferred image of a "
+                        "pair, or good/bad for one image)", "label_out_of_range")
+    for field in ("criteria", "rationale"):
+        if entry.get(field) is not None and not isinstance(entry[field], str):
+            raise _wrong_type(where, field, "a string", entry[field])
+
+
+def _check_image_entry(item: Any, field: str, where: str) -> None:
+    if isinstance(item, str):
+        return
+    if not isinstance(item, list):
+        raise _wrong_type(where, field, "an image path (or a list of frame paths)", item)
+    if not item:
+        raise BadRecord(f"{where}: {field} is a video with no frames; list its frame paths",
+                        "no_frames")
+    for t, frame in enumerate(item):
+        if not isinstance(frame, str):
+            raise _wrong_type(where, f"{field}[{t}]", "a frame path", frame)
+
+
 class JsonlRecords:
     """Random access to a JSONL + image-folder preference set; images are decoded on access.
 
     Fields are checked for every line when the file is opened (cheap); images are read when a
-    record is accessed. With ``skip_bad_records`` a record that fails either check is dropped,
-    counted and logged instead of stopping the job.
+    record is accessed. With ``skip_bad_records`` a line that fails the field checks is dropped,
+    counted by kind (``skipped``) and logged instead of stopping the job. Image paths must stay
+    inside the JSONL file's folder (no ``../``, absolute paths or symlinks out of it) unless
+    ``allow_outside_paths``: a shared data set must not make its reader open arbitrary files.
     """
 
-    def __init__(self, path: str, skip_bad_records: bool = False):
+    def __init__(self, path: str, skip_bad_records: bool = False, allow_outside_paths: bool = False):
         if not os.path.exists(path):
             raise FileNotFoundError(f"preference file {path} does not exist")
         self.path, self.root, self.skip = path, os.path.dirname(os.path.abspath(path)), skip_bad_records
+        self.allow_outside_paths = allow_outside_paths
         self.entries: list[tuple[int, dict]] = []
-        self.skipped = 0
-        with open(path) as f:
-            for line_number, line in enumerate(f, start=1):
-                if not line.strip():
+        self.skipped: collections.Counter = collections.Counter()  # kind of problem -> lines
+        with open(path, "rb") as f:  # bytes: a line that is not UTF-8 is one bad record
+            for line_number, raw in enumerate(f, start=1):
+                if line_number == 1:
+                    raw = raw.removeprefix(codecs.BOM_UTF8)
+                if not raw.strip():
                     continue
-                where = f"record on line {line_number} of {path}"
                 try:
-                    self.entries.append((line_number, self._check_fields(line, where)))
+                    self.entries.append((line_number, parse_line(raw, f"line {line_number} of {path}")))
                 except BadRecord as e:
                     self._skip_or_raise(e)
         if not self.entries:
-            raise BadRecord(f"{path} holds no usable records ({self.skipped} skipped)")
+            raise BadRecord(f"{path} holds no usable records ({self.skipped.total()} skipped); fix the "
+                            "records named above, or remove the file", "bad_file")
 
     def _skip_or_raise(self, error: BadRecord) -> None:
         if not self.skip:
             raise error
-        self.skipped += 1
-        logging.warning("skipping (data.skip_bad_records=True): %s", error)
-
-    def _check_fields(self, line: str, where: str) -> dict:
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise BadRecord(f"{where}: not valid JSON ({e.msg})") from None
-        missing = [k for k in ("prompt", "images", "label") if k not in entry]
-        if missing:
-            raise BadRecord(f"{where}: missing field(s) {', '.join(missing)}")
-        if not isinstance(entry["images"], list) or not entry["images"]:
-            raise BadRecord(f"{where}: 'images' must be a list of 1 or 2 paths (or frame lists)")
-        return entry
+        self.skipped[error.kind] += 1
+        logging.warning("skipping (skip_bad_records=True): %s", error)
 
     def __len__(self) -> int:
         return len(self.entries)
 
+    def where(self, index: int) -> str:
+        return f"line {self.entries[index][0]} of {self.path}"
+
     def __getitem__(self, index: int) -> PreferenceRecord:
-        line_number, entry = self.entries[index]
-        where = f"record {index} (line {line_number} of {self.path})"
-        images = tuple(self._load(item, where) for item in entry["images"])
+        entry, where = self.entries[index][1], self.where(index)
+        images = tuple(self._load(item, f"images[{i}]", where) for i, item in enumerate(entry["images"]))
         record = PreferenceRecord(prompt=entry["prompt"], images=images, label=entry["label"],
-                                  criteria=entry.get("criteria", ""), rationale=entry.get("rationale", ""))
+                                  criteria=entry.get("criteria") or "", rationale=entry.get("rationale") or "")
         return validate(record, where)
 
-    def _load(self, item: Any, where: str) -> np.ndarray:
+    def _load(self, item: str | list, field: str, where: str) -> np.ndarray:
         if isinstance(item, list):  # a video clip: frame paths
-            return np.stack([self._load(frame, where) for frame in item])
+            frames = [self._load(frame, f"{field}[{t}]", where) for t, frame in enumerate(item)]
+            sizes = sorted({f"{f.shape[1]}x{f.shape[0]}" for f in frames})
+            if len(sizes) > 1:
+                raise BadRecord(f"{where}: the frames of {field} differ in size ({', '.join(sizes)}); "
+                                "resize them to one size", "frame_sizes")
+            return np.stack(frames)
+        return read_image(self._inside_root(item, field, where), where)
+
+    def _inside_root(self, item: str, field: str, where: str) -> str:
         path = os.path.join(self.root, item)
-        try:
-            return _read_image(path)
-        except FileNotFoundError:
-            raise BadRecord(f"{where}: image file {path} does not exist") from None
-        except (UnidentifiedImageError, OSError) as e:
-            raise BadRecord(f"{where}: image file {path} cannot be read ({e})") from None
+        if self.allow_outside_paths:
+            return path
+        real, root = os.path.realpath(path), os.path.realpath(self.root)
+        if os.path.commonpath([real, root]) != root:
+            raise BadRecord(f"{where}: {field} {item!r} leads outside the data folder {self.root} "
+                            f"(to {real}); move the image into that folder, or pass "
+                            "--allow_outside_paths", "outside_data_folder")
+        return path
 
 
 def write_jsonl(records: Iterable[PreferenceRecord], path: str) -> int:

@@ -26,7 +26,9 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from rdance.data.records import BadRecord, PreferenceRecord, decode_image
+from PIL import Image
+
+from rdance.data.records import BadRecord, PreferenceRecord, decode_image, too_many_pixels
 
 FORMATS = ("jsonl", "pickapic_v2", "hpdv2", "imagerewarddb")
 _COLUMNS = {
@@ -49,7 +51,7 @@ def _rows(path: str, fmt: str) -> Iterator[dict]:
     missing = [c for c in _COLUMNS[fmt] if c not in table.schema_arrow.names]
     if missing:
         raise BadRecord(f"{path}: not the {fmt} layout, missing column(s) {', '.join(missing)}; "
-                        f"found {', '.join(table.schema_arrow.names)}")
+                        f"found {', '.join(table.schema_arrow.names)}", "bad_file")
     for batch in table.iter_batches(columns=list(_COLUMNS[fmt]), batch_size=256):
         yield from batch.to_pylist()
 
@@ -57,15 +59,18 @@ def _rows(path: str, fmt: str) -> Iterator[dict]:
 def _image(cell, where: str) -> np.ndarray:
     data = cell.get("bytes") if isinstance(cell, dict) else cell
     if not data:
-        raise BadRecord(f"{where}: empty image cell")
+        raise BadRecord(f"{where}: empty image cell", "image_unreadable")
     try:
         return decode_image(data)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise too_many_pixels(f"{where}: image", e) from None
     except Exception as e:  # PIL raises several types for corrupt data
-        raise BadRecord(f"{where}: image cannot be decoded ({e})") from None
+        raise BadRecord(f"{where}: image cannot be decoded ({e})", "image_unreadable") from None
 
 
 class Counter:
-    """What a conversion did: records read, written, skipped as bad, skipped as ties."""
+    """What a conversion did: records written, skipped as ties, skipped as bad (``bad``, and
+    ``bad/KIND`` for each kind of problem, e.g. ``bad/wrong_type``)."""
 
     def __init__(self):
         self.counts = collections.Counter()
@@ -75,6 +80,10 @@ class Counter:
 
     def add(self, key: str, n: int = 1):
         self.counts[key] += n
+
+    def add_bad(self, kind: str, n: int = 1):
+        self.add("bad", n)
+        self.add(f"bad/{kind}", n)
 
 
 Lazy = Iterator[tuple[str, Callable[[], PreferenceRecord]]]
@@ -97,7 +106,7 @@ def hpdv2(folder: str, counter: Counter) -> Lazy:
         prefs, cells = row["human_preference"] or [], row["image"] or []
         if len(prefs) != len(cells) or len(cells) < 2 or sum(prefs) != 1:
             raise BadRecord(f"{where}: expected >= 2 images with exactly one preferred, got "
-                            f"{len(cells)} images and human_preference={prefs}")
+                            f"{len(cells)} images and human_preference={prefs}", "image_count")
         return PreferenceRecord(row["prompt"] or "", (_image(cells[first], where), _image(cells[second], where)),
                                 int(second == best))
 
@@ -126,12 +135,14 @@ def imagerewarddb(folder: str, counter: Counter) -> Lazy:
                 a["prompt"] or "", (_image(a["image"], wa), _image(b["image"], wb)), int(b["rank"] < a["rank"]))
 
 
-def jsonl(path: str, counter: Counter, skip_bad_records: bool = False) -> Lazy:
+def jsonl(path: str, counter: Counter, skip_bad_records: bool = False,
+          allow_outside_paths: bool = False) -> Lazy:
     from rdance.data.records import JsonlRecords
-    source = JsonlRecords(path, skip_bad_records=skip_bad_records)
-    counter.add("bad", source.skipped)
+    source = JsonlRecords(path, skip_bad_records=skip_bad_records, allow_outside_paths=allow_outside_paths)
+    for kind, n in source.skipped.items():
+        counter.add_bad(kind, n)
     for i in range(len(source)):
-        yield f"record {i} of {path}", lambda i=i: source[i]
+        yield source.where(i), lambda i=i: source[i]
 
 
 READERS = {"jsonl": jsonl, "pickapic_v2": pickapic_v2, "hpdv2": hpdv2, "imagerewarddb": imagerewarddb}

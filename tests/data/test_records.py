@@ -1,10 +1,9 @@
-import json
-
 import numpy as np
 import pytest
 
-from rdance.data.records import BadRecord, JsonlRecords, PreferenceRecord, write_jsonl
+from rdance.data.records import BadRecord, JsonlRecords, PreferenceRecord, pixel_limit, write_jsonl
 from rdance.data.world.pairs import PreferencePairs
+from tests.data.conftest import FIELD_PROBLEMS, GOOD, IMAGE_PROBLEMS, resolve, write_lines
 
 
 def records():
@@ -29,42 +28,42 @@ def test_jsonl_round_trip_with_pairs_points_and_video(tmp_path):
     assert loaded[6].images[0].shape == (3, 32, 32, 3)
 
 
-def _write_lines(tmp_path, entries):
-    path = tmp_path / "bad.jsonl"
-    path.write_text("\n".join(e if isinstance(e, str) else json.dumps(e) for e in entries) + "\n")
-    return str(path)
+@pytest.mark.parametrize("entry, message, kind", FIELD_PROBLEMS, ids=[k for *_, k in FIELD_PROBLEMS])
+def test_bad_fields_are_named_when_opened_or_skipped_and_counted(data, entry, message, kind):
+    good = {"prompt": "fine", "images": GOOD, "label": 0}
+    path = write_lines(data, [good, entry, good])
+    with pytest.raises(BadRecord, match=r"^line 2 of .*bad\.jsonl: " + message) as caught:
+        JsonlRecords(path)
+    assert "\n" not in str(caught.value) and caught.value.kind == kind
+    skipping = JsonlRecords(path, skip_bad_records=True)
+    assert (len(skipping), dict(skipping.skipped)) == (2, {kind: 1})
+    assert skipping[1].prompt == "fine" and skipping.where(1).startswith("line 3 of")
 
 
-@pytest.fixture
-def images(tmp_path):
-    write_jsonl(records()[:1], str(tmp_path / "good.jsonl"))
-    (tmp_path / "corrupt.png").write_bytes(b"not a png at all")
-    return ["good_images/0000000_0.png", "good_images/0000000_1.png"]
+@pytest.mark.parametrize("images, message, kind", IMAGE_PROBLEMS, ids=[k for *_, k in IMAGE_PROBLEMS])
+def test_bad_images_are_named_on_access(data, images, message, kind):
+    images = resolve(images, data)
+    good = {"prompt": "fine", "images": GOOD, "label": 0}
+    source = JsonlRecords(write_lines(data, [good, {"prompt": "x", "images": images, "label": 1}, good]))
+    with pytest.raises(BadRecord, match=r"^line 2 of .*bad\.jsonl: " + message) as caught:
+        source[1]
+    assert "\n" not in str(caught.value) and caught.value.kind == kind
+    assert source[0].prompt == source[2].prompt == "fine"
 
 
-@pytest.mark.parametrize("entry, message, on_access", [
-    ("{not json", r"line 2 of .*bad.jsonl: not valid JSON", False),
-    ({"prompt": "x", "label": 1}, r"line 2 .*missing field\(s\) images", False),
-    ({"prompt": "  ", "images": "IMAGES", "label": 1}, r"record 1 \(line 2 .*\): empty prompt", True),
-    ({"prompt": "x", "images": "IMAGES", "label": 3}, r"record 1 .*label 3 out of range", True),
-    ({"prompt": "x", "images": ["missing.png"], "label": 1}, r"record 1 .*missing.png does not exist", True),
-    ({"prompt": "x", "images": ["corrupt.png"], "label": 1}, r"record 1 .*corrupt.png cannot be read", True),
-])
-def test_bad_records_are_named_or_skipped_and_counted(tmp_path, images, entry, message, on_access):
-    if isinstance(entry, dict) and entry.get("images") == "IMAGES":
-        entry = dict(entry, images=images)
-    good = {"prompt": "fine", "images": images, "label": 0}
-    path = _write_lines(tmp_path, [good, entry, good])
-    if on_access:
-        source = JsonlRecords(path)
-        assert source[0].prompt == "fine"
-        with pytest.raises(BadRecord, match=message):
-            source[1]
-    else:
-        with pytest.raises(BadRecord, match=message):
-            JsonlRecords(path)
-        skipping = JsonlRecords(path, skip_bad_records=True)
-        assert (len(skipping), skipping.skipped) == (2, 1)
+def test_outside_paths_are_read_when_allowed(data):
+    entry = {"prompt": "x", "images": ["../outside.png", "link.png"], "label": 1}
+    source = JsonlRecords(write_lines(data, [entry]), allow_outside_paths=True)
+    assert [im.shape for im in source[0].images] == [(4, 4, 3), (4, 4, 3)]
+
+
+def test_pixel_limit_names_the_file_its_size_and_the_flag(data):
+    source = JsonlRecords(write_lines(data, [{"prompt": "x", "images": GOOD, "label": 1}]))
+    with pixel_limit(1000):
+        with pytest.raises(BadRecord, match=r"^line 1 of .*bad\.jsonl: image file .*0000000_0.png has 1024 pixels, "
+                                            r"over the limit of 1000; shrink it, or raise the limit with --max_image_pixels"):
+            source[0]
+    assert source[0].images[0].shape == (32, 32, 3)  # PIL's own limit again outside
 
 
 def test_missing_file_is_named(tmp_path):
