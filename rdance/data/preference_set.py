@@ -1,108 +1,31 @@
 """Preference sets converted once to ArrayRecord through a TFDS builder, read back by grain.
 
     python -m rdance.data.preference_set --format=pickapic_v2 --manual_dir=/data/pickapic \
-        --data_dir=/data/tfds [--skip_bad_records]
+        --data_dir=/data/tfds [--skip_bad_records] [--allow_outside_paths] [--max_image_pixels=N]
 
 ``manual_dir`` holds the raw files: for parquet formats ``train/`` and ``test/`` folders (or the
 files directly, all taken as ``train``); for ``jsonl``, ``train.jsonl`` / ``test.jsonl`` with
-their images (see rdance.data.records). Images are stored as PNG/JPEG bytes and decoded on
-read, so neither building nor reading needs TensorFlow. TFDS writes into an ``incomplete.*``
-folder and renames it when done: an interrupted conversion leaves nothing that looks finished.
+their images, which must stay inside ``manual_dir`` unless ``--allow_outside_paths`` (see
+rdance.data.records). Images are stored as PNG/JPEG bytes and decoded on read, so neither
+building nor reading needs TensorFlow. The set is built in a hidden folder inside ``data_dir``
+and moved into place when done: a conversion that fails or is interrupted leaves nothing in
+``data_dir``. The builder itself lives in rdance.data.preference_builder.
 """
 from __future__ import annotations
 
-import functools
 import os
+import sys
+import tempfile
 
-import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
+from PIL import Image
 
 from rdance.data import sources
-from rdance.data.records import BadRecord, PreferenceRecord, decode_image, encode_png, validate
+from rdance.data.preference_builder import builder_class, from_example, tfds
+from rdance.data.records import BadRecord, PreferenceRecord, pixel_limit
 
-
-def _tfds():
-    import tensorflow_datasets as tfds  # the `data` extra; only conversion and reading need it
-    return tfds
-
-
-@functools.cache  # TFDS registers the class by name: define it once
-def builder_class():
-    tfds = _tfds()
-
-    class PreferenceSet(tfds.core.GeneratorBasedBuilder):
-        """Pairwise or pointwise preference records with encoded images."""
-        VERSION = tfds.core.Version("1.0.0")
-        BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=f) for f in sources.FORMATS]
-        MANUAL_DOWNLOAD_INSTRUCTIONS = __doc__
-
-        def __init__(self, *, skip_bad_records: bool = False, **kwargs):
-            self.skip_bad_records = skip_bad_records
-            self.counter = sources.Counter()
-            super().__init__(**kwargs)
-
-        def _info(self):
-            features = tfds.features.FeaturesDict({
-                "prompt": tfds.features.Text(), "criteria": tfds.features.Text(),
-                "rationale": tfds.features.Text(), "label": np.int32,
-                # Encoded frames of all images, and how many frames each image has (1: a still).
-                "images": tfds.features.Sequence(tfds.features.Tensor(shape=(), dtype=np.object_)),
-                "frames": tfds.features.Sequence(np.int32),
-            })
-            # Keep the source order (grain shuffles at read time), so record i is row i.
-            return self.dataset_info_from_configs(features=features, description=__doc__,
-                                                  disable_shuffling=True)
-
-        def _split_generators(self, dl_manager):
-            root = str(dl_manager.manual_dir)
-            if self.builder_config.name == "jsonl":
-                found = {s: os.path.join(root, f"{s}.jsonl") for s in ("train", "test")}
-            else:
-                found = {s: os.path.join(root, s) for s in ("train", "test")}
-                if not any(os.path.isdir(p) for p in found.values()):
-                    found = {"train": root}
-            found = {s: p for s, p in found.items() if os.path.exists(p)}
-            if not found:
-                raise FileNotFoundError(f"nothing to convert in {root}; see the instructions:\n{__doc__}")
-            return {split: self._generate_examples(path) for split, path in found.items()}
-
-        def _generate_examples(self, path):
-            fmt = self.builder_config.name
-            reader = sources.READERS[fmt]
-            items = (reader(path, self.counter, self.skip_bad_records) if fmt == "jsonl"
-                     else reader(path, self.counter))
-            for key, (where, make) in enumerate(items):
-                try:
-                    record = validate(make(), where)
-                except BadRecord as e:
-                    if not self.skip_bad_records:
-                        raise BadRecord(f"{e} (set skip_bad_records to skip and count such records)") from None
-                    self.counter.add("bad")
-                    logging.warning("skipping bad record: %s", e)
-                    continue
-                self.counter.add("written")
-                yield key, to_example(record)
-
-    return PreferenceSet
-
-
-def to_example(record: PreferenceRecord) -> dict:
-    frames = [im.shape[0] if im.ndim == 4 else 1 for im in record.images]
-    stills = [f for im in record.images for f in (im if im.ndim == 4 else [im])]
-    return {"prompt": record.prompt, "criteria": record.criteria, "rationale": record.rationale,
-            "label": int(record.label), "images": [encode_png(f) for f in stills], "frames": frames}
-
-
-def from_example(example: dict) -> PreferenceRecord:
-    text = lambda v: v.decode() if isinstance(v, bytes) else v
-    stills = [decode_image(b) for b in example["images"]]
-    images, start = [], 0
-    for count in example["frames"]:
-        chunk = stills[start:start + count]
-        images.append(chunk[0] if count == 1 else np.stack(chunk))
-        start += count
-    return PreferenceRecord(text(example["prompt"]), tuple(images), int(example["label"]),
-                            text(example["criteria"]), text(example["rationale"]))
+DEFAULT_MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS  # PIL's own limit, about 89 megapixels
+SKIP_HINT = "; or pass --skip_bad_records to skip and count such records"
 
 
 class PreferenceSource:
@@ -122,27 +45,70 @@ class PreferenceSource:
         return from_example(self.source[index])
 
 
-def convert(fmt: str, manual_dir: str, data_dir: str, skip_bad_records: bool = False) -> dict:
-    """Build the ArrayRecord files; returns the counts (written, bad, ties)."""
+def convert(fmt: str, manual_dir: str, data_dir: str, skip_bad_records: bool = False,
+            allow_outside_paths: bool = False, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> dict:
+    """Build the ArrayRecord files; returns the counts (written, ties, bad and bad/KIND)."""
     if fmt not in sources.FORMATS:
         raise ValueError(f"--format={fmt!r}; use one of {sources.FORMATS}")
-    tfds = _tfds()
-    builder = builder_class()(config=fmt, data_dir=data_dir, file_format="array_record",
-                              skip_bad_records=skip_bad_records)
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    if not os.path.isdir(manual_dir):
+        raise FileNotFoundError(f"--manual_dir={manual_dir} is not a folder; give the folder that "
+                                "holds the raw files")
+    created = not os.path.exists(data_dir)
+    os.makedirs(data_dir, exist_ok=True)
+    try:
+        with tempfile.TemporaryDirectory(prefix=f".{fmt}-incomplete-", dir=data_dir) as scratch:
+            return _build_and_move(fmt, manual_dir, scratch, data_dir, max_image_pixels,
+                                   skip_bad_records=skip_bad_records, allow_outside_paths=allow_outside_paths)
+    except BadRecord as e:
+        hint = "" if e.kind == "bad_file" or skip_bad_records else SKIP_HINT
+        raise BadRecord(f"{e}{hint}", e.kind) from None
+    finally:
+        if created and not os.listdir(data_dir):
+            os.rmdir(data_dir)
+
+
+def _build_and_move(fmt: str, manual_dir: str, scratch: str, data_dir: str, max_image_pixels: int,
+                    **options) -> dict:
+    builder = builder_class()(config=fmt, data_dir=scratch, file_format="array_record", **options)
+    target = os.path.join(data_dir, os.path.relpath(builder.data_dir, scratch))
+    if os.path.exists(target):
+        raise FileExistsError(f"{target} already holds a converted {fmt} set; delete that folder "
+                              "to convert again, or give another --data_dir")
+    with pixel_limit(max_image_pixels):
+        builder.download_and_prepare(download_config=tfds().download.DownloadConfig(manual_dir=manual_dir))
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    os.rename(builder.data_dir, target)
     return {k: v for k, v in builder.counter.counts.items() if v}
+
+
+def summary(counts: dict) -> str:
+    """``written=5  bad=2 (not_utf8=1, wrong_type=1)  ties=1``."""
+    kinds = ", ".join(f"{k.split('/', 1)[1]}={v}" for k, v in sorted(counts.items()) if k.startswith("bad/"))
+    parts = [f"{k}={v}" + (f" ({kinds})" if k == "bad" and kinds else "")
+             for k, v in sorted(counts.items(), key=lambda kv: kv[0] != "written") if "/" not in k]
+    return "  ".join(parts)
 
 
 FORMAT = flags.DEFINE_enum("format", None, list(sources.FORMATS), "source layout")
 MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "folder with the raw files")
 DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir to write the ArrayRecord files to")
 SKIP = flags.DEFINE_bool("skip_bad_records", False, "skip and count bad records instead of stopping")
+OUTSIDE = flags.DEFINE_bool("allow_outside_paths", False,
+                            "let JSONL image paths lead outside manual_dir (../, absolute, symlinks)")
+MAX_PIXELS = flags.DEFINE_integer("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS,
+                                  "an image with more pixels is a bad record (decompression-bomb guard)",
+                                  lower_bound=1)
 
 
 def main(argv):
     del argv
-    counts = convert(FORMAT.value, MANUAL_DIR.value, DATA_DIR.value, SKIP.value)
-    print("  ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+    tfds().disable_progress_bar()  # so a failure's one-line message is what the terminal shows
+    try:
+        counts = convert(FORMAT.value, MANUAL_DIR.value, DATA_DIR.value, SKIP.value, OUTSIDE.value,
+                         MAX_PIXELS.value)
+    except (BadRecord, FileNotFoundError, FileExistsError) as e:
+        sys.exit(f"error: {e}")
+    print(summary(counts))
 
 
 if __name__ == "__main__":

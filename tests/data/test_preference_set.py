@@ -1,16 +1,23 @@
 """Every source format converts to ArrayRecord and reads back equal; bad records as specified."""
+import collections
 import io
+import os
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from absl.testing import flagsaver
 from PIL import Image
 
 from rdance.data import preference_set as ps
 from rdance.data.pipeline import host_batches
 from rdance.data.records import BadRecord, PreferenceRecord, write_jsonl
 from rdance.data.world.pairs import PreferencePairs
+from tests.data.conftest import FIELD_PROBLEMS, GOOD, IMAGE_PROBLEMS, resolve, write_lines
 
 
 def png(image):
@@ -96,11 +103,12 @@ def test_bad_records_stop_or_are_skipped_and_counted(tmp_path, records):
             "jpg_1": [png(records[0].images[1]), png(records[1].images[1]), png(records[2].images[1])],
             "label_0": [1.0, 0.0, 1.0], "label_1": [0.0, 1.0, 0.0]}
     pq.write_table(pa.table(rows), tmp_path / "raw" / "p.parquet")
-    with pytest.raises(BadRecord, match=r"row 0 of .*p.parquet: image cannot be decoded"):
+    with pytest.raises(BadRecord, match=r"row 0 of .*p.parquet: image cannot be decoded .*; or pass --skip_bad_records"):
         ps.convert("pickapic_v2", str(tmp_path / "raw"), str(tmp_path / "strict"))
-    assert not (tmp_path / "strict" / "preference_set" / "pickapic_v2" / "1.0.0").exists()
+    assert not (tmp_path / "strict").exists()  # nothing half-written, not even the folder
     counts = ps.convert("pickapic_v2", str(tmp_path / "raw"), str(tmp_path / "lenient"), skip_bad_records=True)
-    assert counts == {"bad": 2, "written": 1}  # the corrupt image, and the empty prompt of row 1
+    # the corrupt image, and the empty prompt of row 1
+    assert counts == {"bad": 2, "bad/image_unreadable": 1, "bad/empty_prompt": 1, "written": 1}
 
 
 def test_wrong_layout_names_the_missing_columns(tmp_path):
@@ -126,3 +134,85 @@ def test_converted_set_feeds_grain_per_host(tmp_path, records):
     np.testing.assert_array_equal(next(it2)["label"], after)
     with pytest.raises(FileNotFoundError, match="no converted pickapic_v2 preference set"):
         ps.PreferenceSource(str(tmp_path / "tfds"), "pickapic_v2")
+
+
+def test_documented_command_converts_and_reads_back(tmp_path, records):
+    """As a user types it: under -m the module is __main__, which TFDS could not resolve."""
+    (tmp_path / "raw").mkdir()
+    path = str(tmp_path / "raw" / "train.jsonl")
+    write_jsonl(records[:2], path)
+    with open(path, "a") as f:
+        f.write('{"prompt": 123, "images": ["train_images/0000000_0.png"], "label": 1}\n')
+    run = subprocess.run([sys.executable, "-m", "rdance.data.preference_set", "--format=jsonl",
+                          f"--manual_dir={tmp_path / 'raw'}", f"--data_dir={tmp_path / 'tfds'}", "--skip_bad_records"],
+                         cwd=tmp_path, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.splitlines()[-1] == "written=2  bad=1 (wrong_type=1)"
+    source = ps.PreferenceSource(str(tmp_path / "tfds"), "jsonl")
+    assert len(source) == 2
+    for a, b in zip(records, (source[i] for i in range(2))):
+        same(a, b)
+    assert os.listdir(tmp_path / "tfds") == ["preference_set"]  # the build folder is gone
+
+
+def test_every_kind_of_bad_jsonl_record_is_skipped_and_counted(tmp_path, data):
+    """--skip_bad_records: the good records convert, the bad ones are counted by kind."""
+    good = {"prompt": "fine", "images": GOOD, "label": 0, "criteria": None}
+    bad = ([entry for entry, _, _ in FIELD_PROBLEMS] +
+           [{"prompt": "x", "images": resolve(images, data), "label": 1} for images, _, _ in IMAGE_PROBLEMS] +
+           [{"prompt": "x", "images": ["large.png"], "label": 1}])  # 1600 pixels, over the limit of 1500
+    write_lines(data, [good, *bad, dict(good, label=1)], name="train.jsonl")
+    counts = ps.convert("jsonl", str(data), str(tmp_path / "tfds"), skip_bad_records=True, max_image_pixels=1500)
+    kinds = collections.Counter(k for *_, k in FIELD_PROBLEMS + IMAGE_PROBLEMS + [("", "", "too_many_pixels")])
+    assert counts == {"written": 2, "bad": len(bad), **{f"bad/{k}": n for k, n in kinds.items()}}
+    source = ps.PreferenceSource(str(tmp_path / "tfds"), "jsonl")
+    assert [(source[i].prompt, source[i].label, source[i].criteria) for i in range(len(source))] == [("fine", 0, ""), ("fine", 1, "")]
+
+
+@pytest.fixture
+def data_dir_with_a_set(tmp_path, records):
+    """A data dir that already holds a converted set, which a failed conversion must leave alone."""
+    (tmp_path / "pickapic").mkdir()
+    rows = {"caption": [records[0].prompt], "jpg_0": [png(records[0].images[0])], "jpg_1": [png(records[0].images[1])],
+            "label_0": [0.0], "label_1": [1.0]}
+    pq.write_table(pa.table(rows), tmp_path / "pickapic" / "p.parquet")
+    ps.convert("pickapic_v2", str(tmp_path / "pickapic"), str(tmp_path / "tfds"))
+    return tmp_path / "tfds"
+
+
+def listing(folder):
+    return sorted((str(p.relative_to(folder)), p.stat().st_size) for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize("entry, flags, message", [
+    ({"label": "1"}, {}, r"label must be the integer 0 or 1, got str"),  # caught on opening
+    ({"images": [[GOOD[0], "small.png"]]}, {}, r"the frames of images\[0\] differ in size"),  # on reading
+    ({"images": ["../outside.png"]}, {}, r"images\[0\] '../outside.png' leads outside the data folder .*; move the "
+                                         r"image into that folder, or pass --allow_outside_paths"),
+    ({"images": ["large.png"]}, {"max_image_pixels": "1500"},
+     r"image file .*large.png has 1600 pixels, over the limit of 1500; shrink it, or raise the limit with --max_image_pixels"),
+], ids=["wrong_type", "frame_sizes", "outside_data_folder", "too_many_pixels"])
+def test_command_stops_on_a_bad_record_with_one_line_and_writes_nothing(data_dir_with_a_set, data, entry, flags, message):
+    """Without --skip_bad_records: one line naming the file, line, field and fix; data_dir as it was."""
+    good = {"prompt": "fine", "images": GOOD, "label": 1}
+    write_lines(data, [good, dict(good, **entry)], name="train.jsonl")
+    before = listing(data_dir_with_a_set)
+    options = dict(format="jsonl", manual_dir=str(data), data_dir=str(data_dir_with_a_set), skip_bad_records="false",
+                   allow_outside_paths="false", max_image_pixels=str(ps.DEFAULT_MAX_IMAGE_PIXELS))
+    with flagsaver.as_parsed(**{**options, **flags}), pytest.raises(SystemExit) as stopped:
+        ps.main([])
+    assert re.fullmatch(r"error: line 2 of .*train\.jsonl: " + message +
+                        r".*; or pass --skip_bad_records to skip and count such records", stopped.value.code)
+    assert listing(data_dir_with_a_set) == before
+    assert len(ps.PreferenceSource(str(data_dir_with_a_set), "pickapic_v2")) == 1
+
+
+def test_outside_paths_convert_when_allowed_and_a_converted_set_is_kept(tmp_path, data):
+    write_lines(data, [{"prompt": "x", "images": ["../outside.png", "link.png"], "label": 1}], name="train.jsonl")
+    assert ps.convert("jsonl", str(data), str(tmp_path / "tfds"), allow_outside_paths=True) == {"written": 1}
+    assert ps.PreferenceSource(str(tmp_path / "tfds"), "jsonl")[0].images[0].shape == (4, 4, 3)
+    with pytest.raises(FileExistsError, match=r"tfds/preference_set/jsonl/1.0.0 already holds a converted jsonl set; "
+                                              r"delete that folder to convert again"):
+        ps.convert("jsonl", str(data), str(tmp_path / "tfds"), allow_outside_paths=True)
+    assert len(ps.PreferenceSource(str(tmp_path / "tfds"), "jsonl")) == 1

@@ -1,0 +1,107 @@
+"""The TFDS builder behind ``python -m rdance.data.preference_set``, and its example encoding.
+
+A module of its own because TFDS finds a builder's metadata through the module that defines
+the class: under ``python -m rdance.data.preference_set`` that module is ``__main__``, which
+TFDS cannot resolve, so the class must live in a module that is only ever imported.
+
+``manual_dir`` holds the raw files: for parquet formats ``train/`` and ``test/`` folders (or the
+files directly, all taken as ``train``); for ``jsonl``, ``train.jsonl`` / ``test.jsonl`` with
+their images (see rdance.data.records). Images are stored as PNG/JPEG bytes and decoded on
+read, so neither building nor reading needs TensorFlow.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import numpy as np
+from absl import logging
+
+from rdance.data import sources
+from rdance.data.records import BadRecord, PreferenceRecord, decode_image, encode_png, validate
+
+
+def tfds():
+    import tensorflow_datasets  # the `data` extra; only conversion and reading need it
+    return tensorflow_datasets
+
+
+@functools.cache  # TFDS registers the class by name: define it once
+def builder_class():
+    core, features = tfds().core, tfds().features
+
+    class PreferenceSet(core.GeneratorBasedBuilder):
+        """Pairwise or pointwise preference records with encoded images."""
+        VERSION = core.Version("1.0.0")
+        BUILDER_CONFIGS = [core.BuilderConfig(name=f) for f in sources.FORMATS]
+        MANUAL_DOWNLOAD_INSTRUCTIONS = __doc__
+
+        def __init__(self, *, skip_bad_records: bool = False, allow_outside_paths: bool = False, **kwargs):
+            self.skip_bad_records, self.allow_outside_paths = skip_bad_records, allow_outside_paths
+            self.counter = sources.Counter()
+            super().__init__(**kwargs)
+
+        def _info(self):
+            feature_dict = features.FeaturesDict({
+                "prompt": features.Text(), "criteria": features.Text(),
+                "rationale": features.Text(), "label": np.int32,
+                # Encoded frames of all images, and how many frames each image has (1: a still).
+                "images": features.Sequence(features.Tensor(shape=(), dtype=np.object_)),
+                "frames": features.Sequence(np.int32),
+            })
+            # Keep the source order (grain shuffles at read time), so record i is row i.
+            return self.dataset_info_from_configs(features=feature_dict, description=__doc__,
+                                                  disable_shuffling=True)
+
+        def _split_generators(self, dl_manager):
+            root = str(dl_manager.manual_dir)
+            if self.builder_config.name == "jsonl":
+                found = {s: os.path.join(root, f"{s}.jsonl") for s in ("train", "test")}
+            else:
+                found = {s: os.path.join(root, s) for s in ("train", "test")}
+                if not any(os.path.isdir(p) for p in found.values()):
+                    found = {"train": root}
+            found = {s: p for s, p in found.items() if os.path.exists(p)}
+            if not found:
+                expected = ("train.jsonl or test.jsonl" if self.builder_config.name == "jsonl"
+                            else "train/ and test/ folders of .parquet files, or the .parquet files")
+                raise FileNotFoundError(f"nothing to convert in {root}; put {expected} there")
+            return {split: self._generate_examples(path) for split, path in found.items()}
+
+        def _generate_examples(self, path):
+            fmt = self.builder_config.name
+            reader = sources.READERS[fmt]
+            items = (reader(path, self.counter, self.skip_bad_records, self.allow_outside_paths)
+                     if fmt == "jsonl" else reader(path, self.counter))
+            for key, (where, make) in enumerate(items):
+                try:
+                    record = validate(make(), where)
+                except BadRecord as e:
+                    if not self.skip_bad_records:
+                        raise
+                    self.counter.add_bad(e.kind)
+                    logging.warning("skipping bad record: %s", e)
+                    continue
+                self.counter.add("written")
+                yield key, to_example(record)
+
+    return PreferenceSet
+
+
+def to_example(record: PreferenceRecord) -> dict:
+    frames = [im.shape[0] if im.ndim == 4 else 1 for im in record.images]
+    stills = [f for im in record.images for f in (im if im.ndim == 4 else [im])]
+    return {"prompt": record.prompt, "criteria": record.criteria, "rationale": record.rationale,
+            "label": int(record.label), "images": [encode_png(f) for f in stills], "frames": frames}
+
+
+def from_example(example: dict) -> PreferenceRecord:
+    text = lambda v: v.decode() if isinstance(v, bytes) else v
+    stills = [decode_image(b) for b in example["images"]]
+    images, start = [], 0
+    for count in example["frames"]:
+        chunk = stills[start:start + count]
+        images.append(chunk[0] if count == 1 else np.stack(chunk))
+        start += count
+    return PreferenceRecord(text(example["prompt"]), tuple(images), int(example["label"]),
+                            text(example["criteria"]), text(example["rationale"]))
