@@ -27,7 +27,7 @@ def test_demo_runs_every_stage_and_writes_the_report(demo):
 
     report = (workdir / "report" / "report.md").read_text()
     assert "## Judge score before and after fine-tuning" in report
-    assert "| prompts | n | before | after | change |" in report and "\n| all | 8 | " in report
+    assert "| prompts | n | before (n × 2 samples) | after (n × 2 samples) | change |" in report and "\n| all | 8 | " in report
     assert "| in_domain | " in report and "| samples | " in report     # the RM's accuracy table
     for picture in ("comparison", "grid_before", "grid_after", "reward", "reward_std", "judge", "rm_accuracy",
                     "references"):
