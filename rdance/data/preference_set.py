@@ -85,7 +85,7 @@ def summary(counts: dict) -> str:
     """``written=5  bad=2 (not_utf8=1, wrong_type=1)  ties=1``."""
     kinds = ", ".join(f"{k.split('/', 1)[1]}={v}" for k, v in sorted(counts.items()) if k.startswith("bad/"))
     parts = [f"{k}={v}" + (f" ({kinds})" if k == "bad" and kinds else "")
-             for k, v in sorted(counts.items(), key=lambda kv: kv[0] != "written") if "/" not in k]
+             for k, v in sorted(counts.items(), key=lambda kv: (kv[0] != "written", kv[0])) if "/" not in k]
     return "  ".join(parts)
 
 
@@ -108,7 +108,7 @@ def main(argv):
                          MAX_PIXELS.value)
     except (BadRecord, FileNotFoundError, FileExistsError) as e:
         sys.exit(f"error: {e}")
-    print(summary(counts))
+    print(f"{summary(counts)}; read it as tfds:{DATA_DIR.value}:{FORMAT.value}")
 
 
 if __name__ == "__main__":

@@ -80,8 +80,9 @@ def _wrong_type(where: str, field: str, expected: str, value: Any) -> BadRecord:
     except TypeError:
         shown = repr(value)
     shown = shown if len(shown) <= 40 else shown[:37] + "..."
-    return BadRecord(f"{where}: {field} must be {expected}, got {type(value).__name__} {shown}; "
-                     f"write {field} as {expected}", "wrong_type")
+    fix = (f'quote it: "{field}": "{value}"' if expected == "a string" and isinstance(value, (int, float))
+           else f"write {field} as {expected}")
+    return BadRecord(f"{where}: {field} must be {expected}, got {type(value).__name__} {shown}; {fix}", "wrong_type")
 
 
 @contextlib.contextmanager

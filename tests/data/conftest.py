@@ -40,7 +40,7 @@ FIELD_PROBLEMS = [  # (a line, the message, the kind counted when skipped): caug
     ("{not json", r"not valid JSON \(Expecting property name .* at column 2\); write one JSON object per line", "not_json"),
     ("[1, 2]", r"a JSON list, not an object; write one JSON object per line", "not_an_object"),
     ({"prompt": "x", "label": 1}, r"missing field\(s\) images; a record needs prompt, images and label", "missing_field"),
-    ({"prompt": 123, "images": GOOD, "label": 1}, r"prompt must be a string, got int 123; write prompt as a string", "wrong_type"),
+    ({"prompt": 123, "images": GOOD, "label": 1}, r'prompt must be a string, got int 123; quote it: "prompt": "123"', "wrong_type"),
     ({"prompt": "  ", "images": GOOD, "label": 1}, r"empty prompt; give the text", "empty_prompt"),
     ({"prompt": "x", "images": "a.png", "label": 1}, r"images must be a list of 1 or 2 image paths, got str", "wrong_type"),
     ({"prompt": "x", "images": GOOD * 2, "label": 1}, r"images has 4 entries; a record has 1 .* or 2", "image_count"),

@@ -148,7 +148,7 @@ def test_documented_command_converts_and_reads_back(tmp_path, records):
                          cwd=tmp_path, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
                          timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.splitlines()[-1] == "written=2  bad=1 (wrong_type=1)"
+    assert run.stdout.splitlines()[-1] == f"written=2  bad=1 (wrong_type=1); read it as tfds:{tmp_path / 'tfds'}:jsonl"
     source = ps.PreferenceSource(str(tmp_path / "tfds"), "jsonl")
     assert len(source) == 2
     for a, b in zip(records, (source[i] for i in range(2))):
