@@ -3,7 +3,8 @@
 A record is a prompt, one image (pointwise) or two (pairwise), a label, and optional criteria
 and rationale. An image is an RGB array [H, W, 3] uint8, or a video clip [T, H, W, 3].
 
-JSONL format, one record per line, image paths relative to the JSONL file's folder:
+JSONL format, UTF-8, one record per line, image paths relative to the JSONL file's folder and
+inside it (see JsonlRecords):
 
     {"prompt": "two red circles", "images": ["a.png", "b.png"], "label": 1,
      "criteria": "...", "rationale": "..."}
