@@ -1,5 +1,6 @@
-"""What every absl entrypoint shares: the config and workdir flags, multi-host start-up, and a
-check of ``--config.*`` overrides that names a misspelt key and the valid keys beside it.
+"""What every absl entrypoint shares: the config and workdir flags, multi-host start-up, and the
+checks that stop a job before any work: a missing config file, a misspelt ``--config.*`` key
+(named with the valid keys beside it), a count out of range, an unwritable or busy workdir.
 
 Flags are defined when an entrypoint imports this module; nothing runs until ``start``.
 """
@@ -13,8 +14,11 @@ import tempfile
 import jax
 import ml_collections
 from absl import flags, logging
-from etils import epath
 from ml_collections import config_flags
+
+from rdance import config_checks
+from rdance.train import workdir as workdirlib
+from rdance.train.checkpoint import CheckpointError, NonFiniteLoss
 
 CONFIG = config_flags.DEFINE_config_file("config", None, "experiments/*.py config file", lock_config=True)
 WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, metrics and outputs go")
@@ -56,10 +60,11 @@ def parse_flags(argv: list[str]) -> list[str]:
     """absl flags parser that checks config overrides first, so a typo fails before any work."""
     path = _config_path(argv)
     overrides = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+    module_path, _, arg = (path or "").partition(":")
+    if path and not os.path.isfile(module_path):
+        sys.exit(f"error: config file {module_path} does not exist; pass --config=experiments/NAME.py "
+                 "(the files in experiments/), with a path relative to where you run the command")
     if path and overrides:
-        module_path, _, arg = path.partition(":")
-        if not os.path.exists(module_path):
-            sys.exit(f"error: config file {module_path} does not exist")
         config = config_flags.config_flags._LoadConfigModule("config", module_path).get_config(
             *([arg] if arg else []))
         try:
@@ -80,10 +85,33 @@ class _QuietLibraries(std_logging.Filter):
         return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
 
 
+# The workdir lock, held until this process exits (the OS releases it even on SIGKILL).
+_workdir_lock = None
+
+# Errors whose message names what is wrong and the fix: a traceback would only bury it.
+USER_ERRORS = (CheckpointError, NonFiniteLoss, workdirlib.WorkdirError, config_checks.ConfigValueError)
+
+
+def _one_line_user_errors(previous):
+    def hook(kind, error, traceback):
+        if issubclass(kind, USER_ERRORS):
+            print(f"error: {error}", file=sys.stderr, flush=True)
+        else:
+            previous(kind, error, traceback)
+    return hook
+
+
 def start() -> tuple[ml_collections.ConfigDict, str]:
-    """Call from main: multi-host set-up, then the config and the workdir."""
+    """Call from main: check the config, multi-host set-up, claim the workdir; then the config and
+    the workdir."""
+    global _workdir_lock
+    sys.excepthook = _one_line_user_errors(sys.excepthook)
     if CONFIG.value is None or WORKDIR.value is None:
         sys.exit("error: --config and --workdir are required")
+    try:
+        config_checks.check_bounds(CONFIG.value)
+    except config_checks.ConfigValueError as e:
+        sys.exit(f"error: {e}")
     if DISTRIBUTED.value:
         # CPU processes exchange collectives over gloo (tests and laptops); TPUs ignore this.
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -92,7 +120,13 @@ def start() -> tuple[ml_collections.ConfigDict, str]:
             kwargs = dict(coordinator_address=COORDINATOR.value, num_processes=NUM_PROCESSES.value,
                           process_id=PROCESS_ID.value)
         jax.distributed.initialize(**kwargs)
-    epath.Path(WORKDIR.value).mkdir(parents=True, exist_ok=True)
+    try:
+        # Every process writes its shards of each checkpoint; process 0 alone writes the rest.
+        workdirlib.check_writable(WORKDIR.value, *workdirlib.existing(WORKDIR.value, "checkpoints"))
+        if jax.process_index() == 0:
+            _workdir_lock = workdirlib.lock(WORKDIR.value)
+    except workdirlib.WorkdirError as e:
+        sys.exit(f"error: {e}")
     # absl writes its log with local file I/O: a gs:// workdir keeps the log on the worker.
     log_dir = WORKDIR.value if "://" not in WORKDIR.value else os.path.join(tempfile.gettempdir(), "rdance")
     os.makedirs(log_dir, exist_ok=True)

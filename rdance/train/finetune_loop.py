@@ -22,7 +22,7 @@ from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from rdance import sharding
+from rdance import config_checks, sharding
 from rdance.data.pipeline import host_batches
 from rdance.diffusion import generator as genlib
 from rdance.reward.api import RewardModel
@@ -39,6 +39,8 @@ from rdance.train.monitors import image_grid
 from rdance.train.optim import make_optimizer
 from rdance.train.step import log_memory, memory_per_device
 
+
+NON_FINITE_REMEDY = "Lower optim.learning_rate or refl.scale, or set optim.grad_clip_norm"
 
 # Distinct anchor pairs per training prompt (examples are drawn lazily; only the index space grows).
 EXAMPLES_PER_PROMPT = 4096
@@ -231,6 +233,7 @@ def lower_step(gen, graphdef, rm: RewardModel, settings: StepSettings, tx, sched
 
 def finetune(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Result:
     """Run (or resume) the fine-tuning job of ``config`` in ``workdir``; ``devices`` defaults to all."""
+    config_checks.check_bounds(config)
     tc = config.train
     mesh = sharding.make_mesh(config.mesh.shape, devices)
     rules = config.mesh.rules
@@ -291,16 +294,16 @@ def finetune(config: ml_collections.ConfigDict, workdir: str, devices=None) -> R
 
     save_arrays_from_one_replica()
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=tc.keep_checkpoints,
-                        async_save=tc.async_checkpoints)
+                        async_save=tc.async_checkpoints, remedy=NON_FINITE_REMEDY)
     writer = MetricWriter(workdir)
-    start = ckpt.latest_step()
-    if start is None:
+    restored = ckpt.restore_latest(state_spec, data_iter, config.to_dict())
+    if restored is None:
         state = jax.jit(init_state, out_shardings=state_shardings)(trainable)
         start = 0
     else:
+        start, state = restored
         logging.info("resuming from %s", ckpt.path_of(start))
-        state = ckpt.restore(start, state_spec, data_iter)
-        writer.truncate_after(start)
+    writer.truncate_after(start if restored else None)
     del trainable
 
     lowered = lower_step(gen, graphdef, rm, settings, tx, schedule, mesh, state_spec,
@@ -409,8 +412,7 @@ def _flush(pending, writer: MetricWriter, ckpt: Checkpointer, last_saved, clock,
     fetched = jax.device_get([m for _, m in pending])
     steps = [s for s, _ in pending]
     pending.clear()
-    raise_on_non_finite(steps, fetched, ckpt.path_of(last_saved),
-                        "Lower optim.learning_rate or refl.scale, or set optim.grad_clip_norm")
+    raise_on_non_finite(steps, fetched, ckpt.path_of(last_saved), NON_FINITE_REMEDY)
     for step, metrics in zip(steps, fetched):
         writer.write(step, {k: float(v) for k, v in metrics.items() if k != "finite"})
     step, now = steps[-1], time.perf_counter()

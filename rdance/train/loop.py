@@ -16,9 +16,9 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from rdance import sharding
+from rdance import config_checks, sharding
 from rdance.data.pipeline import RandomAccess, host_batches
-from rdance.train.checkpoint import Checkpointer, PreemptionWatch
+from rdance.train.checkpoint import Checkpointer, NonFiniteLoss, PreemptionWatch
 from rdance.train.metrics import MetricWriter, Progress
 from rdance.train.optim import make_optimizer
 from rdance.train.state import StateFactory, TrainState
@@ -39,10 +39,6 @@ class Task:
     transform: Callable[[Any], Any] | None = None
     evaluate: Callable[[Any, int], dict[str, float]] | None = None
     initial_params: Callable[[Any], Any] | None = None
-
-
-class NonFiniteLoss(RuntimeError):
-    pass
 
 
 def raise_on_non_finite(steps, fetched, ckpt_path: str, remedy: str) -> None:
@@ -77,6 +73,7 @@ def batch_spec(local_batch, mesh) -> Any:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, task: Task) -> Result:
+    config_checks.check_bounds(config)
     tc = config.train
     mesh = sharding.make_mesh(config.mesh.shape)
     logging.info("mesh %s over %d devices, %d process(es)", dict(mesh.shape), mesh.size,
@@ -91,14 +88,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: Task) -> Result
                         async_save=tc.async_checkpoints)
     writer = MetricWriter(workdir)
 
-    start = ckpt.latest_step()
-    if start is None:
+    restored = ckpt.restore_latest(factory.abstract_with_shardings(), data_iter, config.to_dict())
+    if restored is None:
         state = factory.init(task.initial_params(factory.shardings.params) if task.initial_params else None)
         start = 0
     else:
+        start, state = restored
         logging.info("resuming from %s", ckpt.path_of(start))
-        state = ckpt.restore(start, factory.abstract_with_shardings(), data_iter)
-        writer.truncate_after(start)
+    writer.truncate_after(start if restored else None)
 
     # A fresh iterator over the same dataset gives the batch shapes without moving data_iter.
     compiled = compile_train_step(make_train_step(factory, task.loss_fn, schedule), factory,

@@ -27,13 +27,41 @@ class MetricWriter:
             from tensorboardX import SummaryWriter
             self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
-    def truncate_after(self, step: int) -> None:
-        """Drop records past ``step``: after a resume they will be written again."""
+    def truncate_after(self, step: int | None) -> None:
+        """Keep only the records up to ``step`` (None: none), those the checkpoint being resumed
+        covers: later ones will be written again. A line that does not parse (a crash mid-write
+        tears the last one) is dropped with a warning naming the file and the line."""
         if not self.enabled or not self.jsonl_path.exists():
             return
-        lines = self.jsonl_path.read_text().splitlines(keepends=True)
-        self._lines = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
-        self.jsonl_path.write_text("".join(self._lines))
+        kept, dropped = [], 0
+        for number, line in enumerate(self.jsonl_path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record_step = json.loads(line)["step"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                logging.warning("%s line %d is torn or not a metrics record (a run stopped mid-write?): "
+                                "dropping it: %.80s", self.jsonl_path, number, line)
+                continue
+            if step is not None and record_step <= step:
+                kept.append(line + "\n")
+            elif step is None:
+                dropped += 1
+        if dropped:
+            logging.warning("%s: dropping %d records of an earlier run that left no checkpoint; this run "
+                            "writes those steps again", self.jsonl_path, dropped)
+        self._lines = kept
+        self._rewrite()
+
+    def _rewrite(self) -> None:
+        """Replace the jsonl with ``_lines`` whole: a crash while writing leaves the old file."""
+        if self._remote:  # an object is replaced whole by each write
+            self.jsonl_path.write_text("".join(self._lines))
+            return
+        partial = f"{self.jsonl_path}.partial"
+        with open(partial, "w") as f:
+            f.write("".join(self._lines))
+        os.replace(partial, self.jsonl_path)
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
@@ -43,7 +71,7 @@ class MetricWriter:
         line = json.dumps({"step": step, **scalars}) + "\n"
         if self._remote:
             self._lines.append(line)
-            self.jsonl_path.write_text("".join(self._lines))
+            self._rewrite()
         else:
             with open(self.jsonl_path, "a") as f:
                 f.write(line)
