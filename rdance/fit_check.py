@@ -1,4 +1,4 @@
-"""Does a config fit on a TPU slice? Compile its train step for the slice's topology on this
+r"""Does a config fit on a TPU slice? Compile its train step for the slice's topology on this
 machine (through libtpu, no TPU needed) and compare per-chip memory with the chip's HBM.
 
     python -m rdance.fit_check --config=experiments/toy.py --topology=v5p:2x2x2
@@ -22,9 +22,9 @@ import time
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from rdance import cli, sharding
+from rdance import cli, console, sharding
 from rdance.train.loop import batch_spec
 from rdance.train.optim import make_optimizer
 from rdance.train.state import StateFactory
@@ -32,6 +32,7 @@ from rdance.train.step import compile_train_step, make_train_step, memory_per_de
 
 TOPOLOGY = flags.DEFINE_string("topology", None, "TPU topology, e.g. v5p:2x2x2, v5e:4x4, v6e:2x2")
 ENTRY = flags.DEFINE_string("entry", "rdance.train_toy", "entrypoint module defining make_task(config)")
+flags.declare_key_flag("config")  # defined by rdance.cli; --help lists it with this module's own
 
 # HBM per chip in GiB, by the generation prefix of the topology name.
 HBM_PER_CHIP_GIB = {"v4": 32, "v5e": 16, "v5p": 95, "v6e": 32}
@@ -138,7 +139,7 @@ def main(argv):
 
 
 def run():
-    app.run(main, flags_parser=cli.parse_flags)
+    console.run(main, flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":

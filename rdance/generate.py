@@ -14,6 +14,8 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
+from rdance import console
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("pipeline", None, "FluxPipeline folder (model_index.json layout).", required=True)
 flags.DEFINE_string("out_dir", None, "Where PNGs and samples.jsonl are written.", required=True)
@@ -91,7 +93,7 @@ def main(argv):
 
 def run():
     """Console-script entry point (setup.py: rdance-generate=rdance.generate:run)."""
-    app.run(main)
+    console.run(main)
 
 
 if __name__ == "__main__":
