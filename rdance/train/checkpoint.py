@@ -31,6 +31,12 @@ class CheckpointError(RuntimeError):
     pass
 
 
+def last_good(path: str, remedy: str) -> str:
+    """The end of a non-finite message: the checkpoint to resume from (every saved one is finite)."""
+    then = "then resume from it" if path != "none" else "then rerun: there is no checkpoint yet, so it starts afresh"
+    return f"last good checkpoint: {path}. {remedy}, {then}"
+
+
 class Checkpointer:
     def __init__(self, directory: str, *, keep: int, async_save: bool = True,
                  remedy: str = "Lower optim.learning_rate or set optim.grad_clip_norm"):
@@ -56,8 +62,7 @@ class Checkpointer:
             raise NonFiniteLoss(
                 f"step {step}: the update left non-finite values in {', '.join(bad[:3])}"
                 f"{f' and {len(bad) - 3} more arrays' if len(bad) > 3 else ''} (its loss and gradient "
-                f"were finite), so they were not saved; last good checkpoint: {self.path_of(self.latest_step())}. "
-                f"{self.remedy}, then resume from it")
+                f"were finite), so they were not saved; {last_good(self.path_of(self.latest_step()), self.remedy)}")
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             data=grain.checkpoint.CheckpointSave(data_iter),
@@ -104,7 +109,8 @@ class Checkpointer:
             newest, reason = unreadable[0]
             raise CheckpointError(
                 f"no checkpoint in {self.directory} can be read ({len(unreadable)} tried; {self.path_of(newest)}: "
-                f"{reason}); move {self.directory} aside to start afresh, or pass another --workdir")
+                f"{reason}){self._changes_note(newest, config)}; move {self.directory} aside to start afresh, "
+                "or pass another --workdir")
         return None
 
     def _check_fits(self, step: int, abstract_state: Any, config: dict) -> None:
@@ -124,6 +130,14 @@ class Checkpointer:
             f"(e.g. {first}: saved {saved.get(first, 'absent')}, now {now.get(first, 'absent')}); config keys "
             f"changed since it was saved: {describe(changed) or 'none (the code changed)'}. Rerun with the "
             f"saved values{f' ({old_values})' if old_values else ''} or pass a fresh --workdir")
+
+    def _changes_note(self, step: int, config: dict) -> str:
+        """The config keys changed since ``step`` was saved, if any: a likelier cause than damage."""
+        try:
+            changed = config_changes(self.saved_config(step), config)
+        except Exception:  # its config is unreadable too
+            return ""
+        return f"; config keys changed since it was saved: {describe(changed)}" if changed else ""
 
     def _unreadable_dir(self) -> epath.Path:
         return self.directory.parent / "checkpoints_unreadable"

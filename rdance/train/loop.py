@@ -18,7 +18,7 @@ from flax import nnx
 
 from rdance import config_checks, sharding
 from rdance.data.pipeline import RandomAccess, host_batches
-from rdance.train.checkpoint import Checkpointer, NonFiniteLoss, PreemptionWatch
+from rdance.train.checkpoint import Checkpointer, NonFiniteLoss, PreemptionWatch, last_good
 from rdance.train.metrics import MetricWriter, Progress
 from rdance.train.optim import make_optimizer
 from rdance.train.state import StateFactory, TrainState
@@ -48,7 +48,7 @@ def raise_on_non_finite(steps, fetched, ckpt_path: str, remedy: str) -> None:
         if not metrics["finite"]:
             raise NonFiniteLoss(
                 f"step {step}: loss {float(metrics['loss'])}, gradient norm "
-                f"{float(metrics['grad_norm'])}; last good checkpoint: {ckpt_path}. {remedy}, then resume from it")
+                f"{float(metrics['grad_norm'])}; {last_good(ckpt_path, remedy)}")
 
 
 @dataclasses.dataclass
