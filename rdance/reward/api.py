@@ -12,7 +12,6 @@ that a fine-tuning step can take gradients through, with ``tokens`` from ``rm.to
 from __future__ import annotations
 
 import functools
-import json
 import os
 from typing import Sequence
 
@@ -24,9 +23,10 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rdance import sharding
 from rdance.models import internvl
+from rdance.models.internvl.config import (BOOL, POSITIVE_INT, STRING, ConfigError, Section, read_json)
 from rdance.reward import losses, templates as T
 from rdance.reward.model import RewardNet, to_pixels
-from rdance.reward.rows import RowBuilder, RowSpec
+from rdance.reward.rows import ANSWER_FORMATS, PARADIGMS, RowBuilder, RowSpec
 from rdance.reward.scratch import HEAD_FILE, RM_CONFIG_FILE
 
 
@@ -59,10 +59,8 @@ class RewardModel:
         settings default to pairwise, normalised P(yes), alignment criteria). ``rules`` shard it
         like the model it judges (fine-tuning); ``remat_policy`` (a jax.checkpoint_policies name)
         recomputes its layers when a reward gradient is taken through it."""
+        settings = read_settings(path, overrides)  # before the weights: a bad file fails fast
         vlm = internvl.load(path, mesh=mesh, dtype=dtype, rules=rules or sharding.DEFAULT_RULES)
-        settings_file = os.path.join(path, RM_CONFIG_FILE)
-        settings = json.load(open(settings_file)) if os.path.exists(settings_file) else {}
-        settings.update(overrides)
         head = None
         if settings.get("paradigm") == "regressive":
             head_file = os.path.join(path, HEAD_FILE)
@@ -78,14 +76,29 @@ class RewardModel:
         """Token rows for a batch of prompts; ``image_shape`` is one image's [H, W, 3] or [T, H, W, 3]."""
         if not len(prompts):
             raise ValueError("no prompts to score")
+        rows = [self._question(p, image_shape, pairwise, criteria) for p in prompts]
+        limit = self.spec.max_prompt_tokens
+        for i, row in enumerate(rows):
+            if len(row.prompt_ids) > limit:
+                raise T.TemplateError(
+                    f"prompt {i} makes a {len(row.prompt_ids)}-token question (prompt, criteria and image "
+                    f"tokens) but this RM's max_prompt_tokens is {limit}; pass max_prompt_tokens="
+                    f"{len(row.prompt_ids)} or more to RewardModel.from_pretrained, or shorten the prompt")
+        packed = T.pack(rows, limit, 0, self.vlm.tokenizer.pad_token_id, (self.template.yes_id, self.template.no_id))
+        return {"input_ids": packed.input_ids, "attention_mask": packed.attention_mask}
+
+    def question_length(self, prompt: str, image_shape: tuple, *, pairwise: bool, criteria: str | None = None) -> int:
+        """Tokens of the question ``tokens`` builds for ``prompt``; at most ``spec.max_prompt_tokens``
+        fit."""
+        return len(self._question(prompt, image_shape, pairwise, criteria).prompt_ids)
+
+    def _question(self, prompt: str, image_shape: tuple, pairwise: bool, criteria: str | None):
         blank = np.zeros(image_shape, np.uint8)
         criteria = criteria or self.spec.criteria
         fmt = self.spec.eval_format()
-        rows = [self.builder.encode_pairwise(p, criteria, blank, blank, fmt) if pairwise
-                else self.builder.encode_pointwise(p, criteria, blank, fmt) for p in prompts]
-        packed = T.pack(rows, self.spec.max_prompt_tokens, 0, self.vlm.tokenizer.pad_token_id,
-                        (self.template.yes_id, self.template.no_id))
-        return {"input_ids": packed.input_ids, "attention_mask": packed.attention_mask}
+        if pairwise:
+            return self.builder.encode_pairwise(prompt, criteria, blank, blank, fmt)
+        return self.builder.encode_pointwise(prompt, criteria, blank, fmt)
 
     def _reward(self, params, tokens, stream, tiles: int):
         net = nnx.merge(self.graphdef, params)
@@ -148,6 +161,35 @@ class RewardModel:
                                 max_new_tokens=max_new_tokens, eos_token_id=self.template.end_ids,
                                 pad_token_id=self.vlm.tokenizer.pad_token_id)
         return [self.vlm.tokenizer.decode(row, skip_special_tokens=True).strip() for row in np.asarray(out.tokens)]
+
+
+# reward_config.json: every key it may hold and the kind of value (all optional).
+SETTINGS = {
+    "paradigm": (f"one of {', '.join(PARADIGMS)}", lambda v: v in PARADIGMS),
+    "answer_format": (f"one of {', '.join(ANSWER_FORMATS)}", lambda v: v in ANSWER_FORMATS),
+    "criteria": STRING, "normalise": BOOL, "max_prompt_tokens": POSITIVE_INT, "max_answer_tokens": POSITIVE_INT,
+    "max_tiles": POSITIVE_INT,
+}
+
+
+def read_settings(path: str, overrides: dict) -> dict:
+    """An RM folder's reward_config.json (none in a plain InternVL folder: the defaults) with
+    ``overrides`` on top; a bad key or value is a ConfigError naming the file (or argument)."""
+    file = os.path.join(path, RM_CONFIG_FILE)
+    settings = read_json(file) if os.path.exists(file) else {}
+    check_settings(settings, file, "correct it there (or re-export the RM)")
+    check_settings(overrides, "RewardModel.from_pretrained", "pass a valid value")
+    return {**settings, **overrides}
+
+
+def check_settings(settings, source: str, fix: str):
+    section = Section(settings, source, fix=fix)
+    unknown = sorted(set(settings) - set(SETTINGS))
+    if unknown:
+        raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}; rename or remove it (the "
+                          f"settings are {', '.join(SETTINGS)})")
+    for key, value in settings.items():
+        section.check(key, value, SETTINGS[key])
 
 
 def _scale(images) -> float:

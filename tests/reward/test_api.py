@@ -85,3 +85,11 @@ def test_losses():
     assert float(losses.bradley_terry(jnp.array([5.0]), jnp.array([-5.0]))) < 1e-4
     loss, parts = losses.pointwise_generative(jnp.array([2.0]), jnp.array([-2.0]), 0.1)
     assert float(loss) == pytest.approx(float(parts["bt"] + 0.1 * parts["yes_no_ce"]))
+
+
+def test_a_too_long_prompt_names_its_length_the_limit_and_the_setting(rm, batch):
+    refs, images, _ = batch
+    with pytest.raises(ValueError, match=r"^prompt 0 makes a \d+-token question \(prompt, criteria and image tokens\) "
+                                         r"but this RM's max_prompt_tokens is 120; pass max_prompt_tokens=\d+ or more "
+                                         r"to RewardModel.from_pretrained, or shorten the prompt$"):
+        rm.score_pairwise(refs[:1], images[:1], [" ".join(["two red circles"] * 40)])

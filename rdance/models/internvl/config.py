@@ -15,7 +15,8 @@ import numpy as np
 
 
 class ConfigError(ValueError):
-    """A config.json that rdance's InternVL cannot run as transformers would."""
+    """A checkpoint's config file (config.json, reward_config.json) that rdance cannot run as
+    transformers would; the message names the file, the key, what was expected and what it holds."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,17 +79,68 @@ class InternVLConfig:
         return json.loads(self.hf_json)
 
 
-def _square(value, name: str) -> int:
-    if isinstance(value, (list, tuple)):
-        if len(set(value)) != 1:
-            raise ConfigError(f"vision_config.{name}={value}: only square {name}s are supported")
-        value = value[0]
-    return int(value)
-
-
 def _require(cond: bool, message: str):
     if not cond:
         raise ConfigError(message)
+
+
+# The kinds of value a config key holds: what a message says is expected, and the check.
+POSITIVE_INT = ("a positive integer", lambda v: type(v) is int and v > 0)
+NON_NEGATIVE_INT = ("an integer >= 0", lambda v: type(v) is int and v >= 0)
+POSITIVE_NUMBER = ("a positive number", lambda v: type(v) in (int, float) and v > 0)
+BOOL = ("true or false", lambda v: type(v) is bool)
+STRING = ("a string", lambda v: isinstance(v, str))
+OBJECT = ("a JSON object", lambda v: isinstance(v, dict))
+
+
+class Section:
+    """One JSON object of a config file, read key by key: a missing key takes its default, a
+    value of the wrong kind is a ConfigError naming the file, the key, the kind and the value."""
+
+    def __init__(self, values: Any, source: str, prefix: str = "",
+                 fix: str = "correct it there (or re-export the checkpoint)"):
+        self.source, self.prefix, self.fix = source, prefix, fix
+        where = f"{source}: {prefix.rstrip('.')}" if prefix else source
+        _require(isinstance(values, dict), f"{where} must be {OBJECT[0]}, got {_shown(values)}; {fix}")
+        self.values = values
+
+    def get(self, key: str, kind: tuple, default: Any = None, nullable: bool = False) -> Any:
+        """``values[key]`` of ``kind``, or ``default`` when absent (or null, if ``nullable``)."""
+        value = self.values.get(key, default)
+        if value is None and nullable:
+            return default
+        self.check(key, value, kind)
+        return value
+
+    def check(self, key: str, value: Any, kind: tuple):
+        expected, ok = kind
+        _require(ok(value), f"{self.source}: {self.prefix}{key} must be {expected}, got {_shown(value)}; {self.fix}")
+
+    def section(self, key: str) -> "Section":
+        """A required nested object: a missing one is an error, never a silent default."""
+        _require(key in self.values, f"{self.source}: {self.prefix}{key} is missing (an InternVL config.json "
+                                     "has vision_config and text_config; rdance does not guess their "
+                                     "shapes); restore the file the checkpoint was exported with")
+        return Section(self.values[key], self.source, f"{self.prefix}{key}.", self.fix)
+
+    def square(self, key: str, default: int) -> int:
+        """A size given as one integer or as equal [height, width]."""
+        value = self.values.get(key, default)
+        if isinstance(value, list) and value:
+            _require(len(set(map(json.dumps, value))) == 1,
+                     f"{self.source}: {self.prefix}{key}={_shown(value)}; only square {key}s are supported")
+            value = value[0]
+        self.check(key, value, POSITIVE_INT)
+        return value
+
+
+def _shown(value: Any) -> str:
+    """A value as it is written in the JSON file, cut short."""
+    try:
+        text = json.dumps(value)
+    except TypeError:
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def rope_frequencies(text: TextConfig) -> tuple[np.ndarray, float]:
@@ -132,55 +184,26 @@ def rope_frequencies(text: TextConfig) -> tuple[np.ndarray, float]:
 
 def from_hf_dict(d: dict[str, Any], source: str = "config") -> InternVLConfig:
     """Validate a transformers InternVL config dict and keep what the computation needs."""
+    top = Section(d, source)
     _require(d.get("model_type") == "internvl",
              f"{source}: model_type is {d.get('model_type')!r}, expected 'internvl' "
              "(an InternVL '*-hf' checkpoint, e.g. OpenGVLab/InternVL3-1B-hf)")
-    v, t = d.get("vision_config") or {}, d.get("text_config") or {}
-    _require(t.get("model_type", "qwen2") == "qwen2",
-             f"{source}: text_config.model_type={t.get('model_type')!r}; only the Qwen2 decoder is ported")
+    v, t = top.section("vision_config"), top.section("text_config")
+    _require(t.get("model_type", STRING, "qwen2") == "qwen2",
+             f"{source}: text_config.model_type={t.values.get('model_type')!r}; only the Qwen2 decoder is ported")
     _require(d.get("vision_feature_layer", -1) == -1,
              f"{source}: vision_feature_layer={d.get('vision_feature_layer')}; only -1 (last layer) is supported")
     _require(d.get("vision_feature_select_strategy", "default") == "default",
              f"{source}: vision_feature_select_strategy must be 'default' (drop the CLS token)")
-    layer_types = t.get("layer_types") or []
-    _require(not t.get("use_sliding_window", False) and "sliding_attention" not in layer_types,
+    layer_types = t.values.get("layer_types") or []
+    _require(not t.values.get("use_sliding_window", False) and "sliding_attention" not in layer_types,
              f"{source}: sliding-window attention layers are not supported")
-
-    vision = VisionConfig(
-        hidden_size=v.get("hidden_size", 1024), num_layers=v.get("num_hidden_layers", 24),
-        num_heads=v.get("num_attention_heads", 16), intermediate_size=v.get("intermediate_size", 4096),
-        image_size=_square(v.get("image_size", 448), "image_size"),
-        patch_size=_square(v.get("patch_size", 14), "patch_size"),
-        num_channels=v.get("num_channels", 3), hidden_act=v.get("hidden_act", "gelu"),
-        norm_type=v.get("norm_type", "layer_norm"), layer_norm_eps=v.get("layer_norm_eps", 1e-6),
-        attention_bias=v.get("attention_bias", False), use_qk_norm=v.get("use_qk_norm", False),
-        use_mask_token=v.get("use_mask_token", False), use_mean_pooling=v.get("use_mean_pooling", True),
-        use_absolute_position_embeddings=v.get("use_absolute_position_embeddings", True))
-    _require(vision.norm_type in ("layer_norm", "rms_norm"),
-             f"{source}: vision_config.norm_type={vision.norm_type!r}; expected layer_norm or rms_norm")
-    _require(vision.hidden_size % vision.num_heads == 0,
-             f"{source}: vision hidden_size {vision.hidden_size} is not divisible by {vision.num_heads} heads")
-
-    rope = dict(t.get("rope_parameters") or t.get("rope_scaling") or {})
-    rope.setdefault("rope_theta", t.get("rope_theta", 10000.0))
-    num_heads = t.get("num_attention_heads", 28)
-    text = TextConfig(
-        vocab_size=t.get("vocab_size", 151936), hidden_size=t.get("hidden_size", 3584),
-        num_layers=t.get("num_hidden_layers", 28), num_heads=num_heads,
-        num_kv_heads=t.get("num_key_value_heads") or num_heads,
-        head_dim=t.get("head_dim") or t.get("hidden_size", 3584) // num_heads,
-        intermediate_size=t.get("intermediate_size", 18944), rms_norm_eps=t.get("rms_norm_eps", 1e-6),
-        hidden_act=t.get("hidden_act", "silu"), rope_theta=float(rope["rope_theta"]),
-        rope_parameters=tuple(sorted((k, v) for k, v in rope.items() if not isinstance(v, (dict, list)))),
-        max_position_embeddings=t.get("max_position_embeddings", 32768))
-    _require(text.num_heads % text.num_kv_heads == 0,
-             f"{source}: {text.num_heads} attention heads do not split into {text.num_kv_heads} KV groups")
-
+    vision, text = _vision(v), _text(t)
     config = InternVLConfig(
-        vision=vision, text=text, image_token_id=d.get("image_token_id", 151667),
-        downsample_ratio=d.get("downsample_ratio", 0.5),
-        projector_hidden_act=d.get("projector_hidden_act", "gelu"),
-        tie_word_embeddings=d.get("tie_word_embeddings", t.get("tie_word_embeddings", True)),
+        vision=vision, text=text, image_token_id=top.get("image_token_id", NON_NEGATIVE_INT, 151667),
+        downsample_ratio=top.get("downsample_ratio", POSITIVE_NUMBER, 0.5),
+        projector_hidden_act=top.get("projector_hidden_act", STRING, "gelu"),
+        tie_word_embeddings=top.get("tie_word_embeddings", BOOL, t.get("tie_word_embeddings", BOOL, True)),
         hf_json=json.dumps(d))
     side = vision.image_size // vision.patch_size
     _require((side * config.downsample_ratio) == int(side * config.downsample_ratio) and
@@ -190,14 +213,63 @@ def from_hf_dict(d: dict[str, Any], source: str = "config") -> InternVLConfig:
     return config
 
 
+def _vision(v: Section) -> VisionConfig:
+    vision = VisionConfig(
+        hidden_size=v.get("hidden_size", POSITIVE_INT, 1024), num_layers=v.get("num_hidden_layers", POSITIVE_INT, 24),
+        num_heads=v.get("num_attention_heads", POSITIVE_INT, 16),
+        intermediate_size=v.get("intermediate_size", POSITIVE_INT, 4096),
+        image_size=v.square("image_size", 448), patch_size=v.square("patch_size", 14),
+        num_channels=v.get("num_channels", POSITIVE_INT, 3), hidden_act=v.get("hidden_act", STRING, "gelu"),
+        norm_type=v.get("norm_type", STRING, "layer_norm"),
+        layer_norm_eps=v.get("layer_norm_eps", POSITIVE_NUMBER, 1e-6),
+        attention_bias=v.get("attention_bias", BOOL, False), use_qk_norm=v.get("use_qk_norm", BOOL, False),
+        use_mask_token=v.get("use_mask_token", BOOL, False), use_mean_pooling=v.get("use_mean_pooling", BOOL, True),
+        use_absolute_position_embeddings=v.get("use_absolute_position_embeddings", BOOL, True))
+    _require(vision.norm_type in ("layer_norm", "rms_norm"),
+             f"{v.source}: vision_config.norm_type={vision.norm_type!r}; expected layer_norm or rms_norm")
+    _require(vision.hidden_size % vision.num_heads == 0,
+             f"{v.source}: vision hidden_size {vision.hidden_size} is not divisible by {vision.num_heads} heads")
+    _require(vision.image_size >= vision.patch_size,
+             f"{v.source}: vision image_size {vision.image_size} is smaller than patch_size {vision.patch_size}")
+    return vision
+
+
+def _text(t: Section) -> TextConfig:
+    rope = t.get("rope_parameters", OBJECT, nullable=True) or t.get("rope_scaling", OBJECT, nullable=True) or {}
+    rope = dict(rope)
+    rope.setdefault("rope_theta", t.get("rope_theta", POSITIVE_NUMBER, 10000.0))
+    t.check("rope_parameters.rope_theta", rope["rope_theta"], POSITIVE_NUMBER)
+    hidden_size, num_heads = t.get("hidden_size", POSITIVE_INT, 3584), t.get("num_attention_heads", POSITIVE_INT, 28)
+    text = TextConfig(
+        vocab_size=t.get("vocab_size", POSITIVE_INT, 151936), hidden_size=hidden_size,
+        num_layers=t.get("num_hidden_layers", POSITIVE_INT, 28), num_heads=num_heads,
+        num_kv_heads=t.get("num_key_value_heads", POSITIVE_INT, num_heads, nullable=True),
+        head_dim=t.get("head_dim", POSITIVE_INT, hidden_size // num_heads, nullable=True),
+        intermediate_size=t.get("intermediate_size", POSITIVE_INT, 18944),
+        rms_norm_eps=t.get("rms_norm_eps", POSITIVE_NUMBER, 1e-6), hidden_act=t.get("hidden_act", STRING, "silu"),
+        rope_theta=float(rope["rope_theta"]),
+        rope_parameters=tuple(sorted((k, v) for k, v in rope.items() if not isinstance(v, (dict, list)))),
+        max_position_embeddings=t.get("max_position_embeddings", POSITIVE_INT, 32768))
+    _require(text.num_heads % text.num_kv_heads == 0,
+             f"{t.source}: {text.num_heads} attention heads do not split into {text.num_kv_heads} KV groups")
+    _require(text.head_dim > 0, f"{t.source}: text_config.hidden_size {hidden_size} gives no head_dim for "
+                                f"{num_heads} heads; set text_config.head_dim")
+    return text
+
+
 def load_config(path: str) -> InternVLConfig:
     file = os.path.join(path, "config.json")
     if not os.path.isfile(file):
         raise FileNotFoundError(f"{file} not found: pass the folder of a Hugging Face InternVL "
                                 "checkpoint (it holds config.json and *.safetensors)")
+    return from_hf_dict(read_json(file), source=file)
+
+
+def read_json(file: str) -> Any:
+    """A JSON file's value, or a ConfigError naming the file and where it stops being JSON."""
     try:
-        with open(file) as f:
-            d = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{file} is not valid JSON ({e})") from e
-    return from_hf_dict(d, source=file)
+        with open(file, encoding="utf-8") as f:
+            return json.load(f)
+    except ValueError as e:  # JSONDecodeError, or bytes that are not UTF-8
+        raise ConfigError(f"{file} is not valid JSON ({e}); restore the file the checkpoint was "
+                          "exported with") from None
