@@ -41,6 +41,9 @@ RESIZE = flags.DEFINE_bool("resize", True, "resize images whose size differs fro
 MAX_PROMPT_TOKENS = flags.DEFINE_integer(
     "max_prompt_tokens", None, "longest question in tokens (default: the RM's reward_config.json); raise it "
     "for long prompts or criteria", lower_bound=1)
+ALLOW_OUTSIDE_PATHS = flags.DEFINE_bool(
+    "allow_outside_paths", False, "let a JSONL file's image paths lead outside its folder (../, absolute paths, "
+    "symlinks); off, such a record is an error naming it")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 LISTED = 10  # names shown in a list of skipped or resized files before "and N more"
 
@@ -75,7 +78,8 @@ def read_image(file: str) -> np.ndarray:
 
 
 def jsonl_items(path: str, skip_bad: bool) -> tuple[list[dict], list[str]]:
-    records = JsonlRecords(path, skip_bad_records=skip_bad)  # logs the lines it skips
+    records = JsonlRecords(path, skip_bad_records=skip_bad,  # logs the lines it skips
+                           allow_outside_paths=ALLOW_OUTSIDE_PATHS.value)
 
     def item(i):
         line, entry = records.entries[i]

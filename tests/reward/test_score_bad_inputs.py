@@ -119,6 +119,19 @@ def test_jsonl_bad_image_names_the_line_and_skip_bad_scores_the_rest(capsys, rm_
     assert rows[1]["score"] != rows[2]["score"]
 
 
+def test_jsonl_paths_outside_its_folder_need_the_flag_the_error_names(capsys, rm_folder, tmp_path, out):
+    (tmp_path / "data").mkdir()
+    save(tmp_path / "outside.png")
+    data = tmp_path / "data" / "in.jsonl"
+    data.write_text(json.dumps({"prompt": "a red circle", "images": ["../outside.png"], "label": 1}) + "\n")
+    code, _, _ = run(capsys, rm=rm_folder, input=data, out=out)
+    assert re.fullmatch(r"error: line 1 of .*in.jsonl: .*'../outside.png' leads outside the data folder .*"
+                        r"--allow_outside_paths.*", code)
+    assert out.read_text() == OLD_OUT
+    code, _, _ = run(capsys, rm=rm_folder, input=data, out=out, allow_outside_paths=True)
+    assert code is None and json.loads(out.read_text())["name"] == "record 0"
+
+
 def test_out_is_replaced_whole_or_not_at_all(tmp_path, out):
     class Unwritable:
         pass
