@@ -84,7 +84,8 @@ class RewardModel:
                     f"prompt {i} makes a {len(row.prompt_ids)}-token question (prompt, criteria and image "
                     f"tokens) but this RM's max_prompt_tokens is {limit}; pass max_prompt_tokens="
                     f"{len(row.prompt_ids)} or more to RewardModel.from_pretrained, or shorten the prompt")
-        packed = T.pack(rows, limit, 0, self.vlm.tokenizer.pad_token_id, (self.template.yes_id, self.template.no_id))
+        packed = T.pack(rows, limit, 0, self.vlm.tokenizer.pad_token_id,
+                        (self.template.yes_id, self.template.no_id))
         return {"input_ids": packed.input_ids, "attention_mask": packed.attention_mask}
 
     def question_length(self, prompt: str, image_shape: tuple, *, pairwise: bool, criteria: str | None = None) -> int:
