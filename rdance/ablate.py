@@ -28,12 +28,16 @@ import os
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
 
-from rdance import cli, report as reportlib
+from rdance import cli, console, report as reportlib, stages
 from rdance.stages import (BUDGET_MACHINE, REPO, REUSE, VERBOSE, Runner, Stage, StageError, apply_overrides, flatten,
                            job_lock, load_config, parse_assignments, read_done, resolve)
 from rdance.train.metrics import format_seconds
+
+# --help lists the shared flags (--workdir, --reuse, ...) with this module's own.
+flags.adopt_module_key_flags(cli)
+flags.adopt_module_key_flags(stages)
 
 ABLATIONS = ("paradigm", "rm_size", "references", "cot")
 # --workdir is rdance.cli's flag (rdance.stages imports cli for its config-key check).
@@ -238,4 +242,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    console.run(main)

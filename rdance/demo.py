@@ -30,12 +30,16 @@ import os
 import sys
 import time
 
-from absl import app
+from absl import flags
 
-from rdance import cli, report as reportlib
+from rdance import cli, console, report as reportlib, stages
 from rdance.stages import (REPO, REUSE, VERBOSE, Runner, Stage, StageError, apply_overrides, flatten, job_lock,
                            load_config, parse_assignments, resolve)
 from rdance.train.metrics import format_seconds
+
+# --help lists the shared flags (--config, --workdir, --reuse, ...) with this module's own.
+flags.adopt_module_key_flags(cli)
+flags.adopt_module_key_flags(stages)
 
 DEFAULT_CONFIG = os.path.join(REPO, "experiments", "demo.py")
 
@@ -160,4 +164,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    console.run(main, flags_parser=parse_flags)

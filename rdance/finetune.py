@@ -10,10 +10,13 @@ generator is exported to WORKDIR/export in the starting generator's layout. See 
 """
 from __future__ import annotations
 
-from absl import app, logging
+from absl import flags, logging
 
-from rdance import cli
+from rdance import cli, console
 from rdance.train.finetune_loop import finetune
+
+# --help lists the shared flags (--config, --workdir, ...) with this module's own.
+flags.adopt_module_key_flags(cli)
 
 
 def main(argv):
@@ -24,4 +27,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags)
+    console.run(main, flags_parser=cli.parse_flags)

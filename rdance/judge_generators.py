@@ -24,15 +24,18 @@ import sys
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from flax import nnx
 
-from rdance import cli, sharding
+from rdance import cli, console, sharding
 from rdance.data.world.render import render
 from rdance.diffusion.world_generator import WorldGenerator
 from rdance.report import comparison_image, grid_image
 from rdance.train.finetune_data import world_prompt_split
 from rdance.train.generator_eval import Sampler, judge_scores, judge_with_checks
+
+# --help lists the shared flags (--config, --workdir, ...) with this module's own.
+flags.adopt_module_key_flags(cli)
 
 GENERATORS = flags.DEFINE_string("generators", None, "LABEL=FOLDER,LABEL=FOLDER: world generator folders")
 SAMPLES = flags.DEFINE_integer("samples_per_prompt", 4, "samples per held-out prompt and generator")
@@ -121,7 +124,7 @@ def main(argv):
         os.makedirs(workdir, exist_ok=True)
         for label, (samples, _) in images.items():
             rows = samples[:gs, :g].transpose(1, 0, 2, 3, 4)          # [prompt, sample, H, W, 3]
-            grid_image(rows, SCALE.value).save(os.path.join(workdir, f"grid_{label}.png"))
+            grid_image(rows, SCALE.value, labels=prompts[:g]).save(os.path.join(workdir, f"grid_{label}.png"))
         rows = [("render", targets[:g], target_scores[:g])]
         rows += [(label, samples[0, :g], scores[0, :g]) for label, (samples, scores) in images.items()]
         comparison_image(rows, SCALE.value).save(os.path.join(workdir, "comparison.png"))
@@ -135,4 +138,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags)
+    console.run(main, flags_parser=cli.parse_flags)

@@ -19,11 +19,14 @@ import os
 import sys
 
 import jax
-from absl import app, flags, logging
+from absl import flags, logging
 
-from rdance import cli, sharding
+from rdance import cli, console, sharding
 from rdance.judge_generators import open_generator
 from rdance.train.sample_pairs import write_pairs
+
+# --help lists the shared flags (--config, --workdir, ...) with this module's own.
+flags.adopt_module_key_flags(cli)
 
 GENERATOR = flags.DEFINE_string("generator", None, "a world generator folder (pretrain_generator's WORKDIR/export)")
 
@@ -55,4 +58,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags)
+    console.run(main, flags_parser=cli.parse_flags)

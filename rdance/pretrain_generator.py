@@ -21,10 +21,10 @@ import os
 
 import jax
 import jax.numpy as jnp
-from absl import app, logging
+from absl import flags, logging
 from flax import nnx
 
-from rdance import cli, sharding
+from rdance import cli, console, sharding
 from rdance.diffusion import generator as genlib
 from rdance.diffusion.world_generator import WorldGenerator
 from rdance.train.finetune_data import RenderedCaptions, world_prompt_split
@@ -32,6 +32,9 @@ from rdance.train.generator_eval import JudgeEval, Sampler
 from rdance.train.host import sync, to_host
 from rdance.train.loop import Task, train
 from rdance.train.sample_pairs import write_pairs
+
+# --help lists the shared flags (--config, --workdir, ...) with this module's own.
+flags.adopt_module_key_flags(cli)
 
 
 def make_generator(config, workdir: str) -> WorldGenerator:
@@ -100,4 +103,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags)
+    console.run(main, flags_parser=cli.parse_flags)

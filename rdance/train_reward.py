@@ -14,10 +14,10 @@ import os
 import tempfile
 
 import jax
-from absl import app, logging
+from absl import flags, logging
 from flax import nnx
 
-from rdance import cli
+from rdance import cli, console
 from rdance.data.records import JsonlRecords
 from rdance.data.world.pairs import PreferencePairs, WorldCaptions
 from rdance.data.world.prompts import KINDS
@@ -29,6 +29,9 @@ from rdance.models.internvl.api import checkpoint_policy
 from rdance.models.internvl.config import load_config
 from rdance.reward.model import RewardNet
 from rdance.train.loop import Task, train
+
+# --help lists the shared flags (--config, --workdir, ...) with this module's own.
+flags.adopt_module_key_flags(cli)
 
 
 def open_source(spec: str, data, *, seed: int, size: int, noise: float, train: bool = False):
@@ -123,4 +126,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags)
+    console.run(main, flags_parser=cli.parse_flags)

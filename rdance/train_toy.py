@@ -4,12 +4,15 @@
 """
 from __future__ import annotations
 
-from absl import app, logging
+from absl import flags, logging
 from flax import nnx
 
-from rdance import cli
+from rdance import cli, console
 from rdance.models.mlp import MLP, TeacherRegression, mse_loss
 from rdance.train.loop import Task, train
+
+# --help lists the shared flags (--config, --workdir, ...) with this module's own.
+flags.adopt_module_key_flags(cli)
 
 
 def make_task(config) -> Task:
@@ -30,4 +33,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags)
+    console.run(main, flags_parser=cli.parse_flags)

@@ -17,9 +17,10 @@ import os
 import sys
 import tempfile
 
-from absl import app, flags
+from absl import flags
 from PIL import Image
 
+from rdance import console
 from rdance.data import sources
 from rdance.data.preference_builder import builder_class, from_example, tfds
 from rdance.data.records import BadRecord, PreferenceRecord, pixel_limit
@@ -113,4 +114,4 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["format", "manual_dir", "data_dir"])
-    app.run(main)
+    console.run(main)
