@@ -58,6 +58,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data = dict(train="world", eval_sets="in_domain=world,relations=world:relation",
                   train_pairs=200000, eval_pairs=256, eval_batch_size=64, image_size=32,
                   label_noise=0.1, seed=0, global_batch_size=32, skip_bad_records=False,
+                  # JSONL sources: image paths may leave the file's folder only if allowed; images
+                  # of more pixels are bad records (PIL's own decompression-bomb limit).
+                  allow_outside_paths=False, max_image_pixels=89_478_485,
                   # Share of pairs that set a faithful render against a near miss; the rest
                   # rank two images drawn from {faithful, each kind of mistake}.
                   clean_share=0.75,

@@ -23,6 +23,7 @@ BOUNDS = {
     "data.train_prompts": (1, None, "training prompts"),
     "data.eval_prompts": (1, None, "held-out prompts"),
     "data.samples_per_prompt": (1, None, "samples per prompt in a step"),
+    "data.max_image_pixels": (1, None, "pixels of the largest image a JSONL record may hold"),
     "optim.warmup_steps": (0, None, "warm-up steps of the learning rate"),
     "optim.grad_accum_steps": (1, None, "micro-batches per step"),
     "sampler.num_steps": (1, None, "sampler steps"),

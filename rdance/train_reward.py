@@ -18,6 +18,7 @@ from absl import flags, logging
 from flax import nnx
 
 from rdance import cli, console
+from rdance.data import records
 from rdance.data.records import JsonlRecords
 from rdance.data.world.pairs import PreferencePairs, WorldCaptions
 from rdance.data.world.prompts import KINDS
@@ -57,7 +58,8 @@ def open_source(spec: str, data, *, seed: int, size: int, noise: float, train: b
                                clean_share=data.clean_share,
                                mistake_weights=dict(data.mistake_weights) if train else None)
     if spec.endswith(".jsonl"):
-        return JsonlRecords(spec, skip_bad_records=data.skip_bad_records)
+        return JsonlRecords(spec, skip_bad_records=data.skip_bad_records,
+                            allow_outside_paths=data.allow_outside_paths)
     raise ValueError(f"data source {spec!r}: use 'world', 'world:KIND+KIND', a .jsonl file or "
                      "tfds:DATA_DIR:FORMAT[:SPLIT]")
 
@@ -110,6 +112,13 @@ def _stream_tiles(record, spec) -> int:
 def main(argv):
     del argv
     config, workdir = cli.start()
+    records.name_options(allow_outside_paths="--config.data.allow_outside_paths=true",
+                         max_image_pixels="--config.data.max_image_pixels=N")
+    with records.pixel_limit(config.data.max_image_pixels):
+        run(config, workdir)
+
+
+def run(config, workdir: str) -> None:
     task = make_task(config, workdir)
     builder, loss_spec, eval_sets = task.evaluator_args
     if eval_sets:

@@ -86,6 +86,19 @@ def _wrong_type(where: str, field: str, expected: str, value: Any) -> BadRecord:
     return BadRecord(f"{where}: {field} must be {expected}, got {type(value).__name__} {shown}; {fix}", "wrong_type")
 
 
+# How a message names the settings that loosen a check, in the vocabulary of the command that
+# reads the records: the converter's flags by default; training says its config keys instead.
+OPTION_NAMES = {"allow_outside_paths": "--allow_outside_paths", "max_image_pixels": "--max_image_pixels"}
+
+
+def name_options(**names: str) -> None:
+    """Called once by an entrypoint whose options are spelt otherwise (e.g. config keys)."""
+    unknown = set(names) - set(OPTION_NAMES)
+    if unknown:
+        raise ValueError(f"unknown record options {sorted(unknown)}; known: {sorted(OPTION_NAMES)}")
+    OPTION_NAMES.update(names)
+
+
 @contextlib.contextmanager
 def pixel_limit(max_pixels: int):
     """Within, opening an image of more than ``max_pixels`` pixels raises.
@@ -108,7 +121,7 @@ def too_many_pixels(where: str, error: Exception) -> BadRecord:
     """The message for PIL's DecompressionBombError/Warning: the size found and the limit."""
     found = re.search(r"\((\d+) pixels\) exceeds limit of (\d+)", str(error))
     size = f"has {found[1]} pixels, over the limit of {found[2]}" if found else f"is too large ({error})"
-    return BadRecord(f"{where} {size}; shrink it, or raise the limit with --max_image_pixels",
+    return BadRecord(f"{where} {size}; shrink it, or raise the limit with {OPTION_NAMES['max_image_pixels']}",
                      "too_many_pixels")
 
 
@@ -273,7 +286,7 @@ class JsonlRecords:
         if os.path.commonpath([real, root]) != root:
             raise BadRecord(f"{where}: {field} {item!r} leads outside the data folder {self.root} "
                             f"(to {real}); move the image into that folder, or pass "
-                            "--allow_outside_paths", "outside_data_folder")
+                            f"{OPTION_NAMES['allow_outside_paths']}", "outside_data_folder")
         return path
 
 

@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from rdance.reward.api import RewardModel
 
@@ -82,3 +83,25 @@ def test_mistake_weights_shape_the_training_pairs_only():
     data.mistake_weights.shape = 4.0
     assert source(True).mistake_weights == dict(colour=1.0, shape=4.0, count=1.0, missing=1.0, relation=1.0)
     assert source(False).mistake_weights is None  # held-out pairs keep the world's own mix
+
+
+def test_jsonl_training_names_its_own_settings_for_a_path_outside_the_folder(tmp_path):
+    """The records' errors name the config keys that loosen them, not the converter's flags."""
+    from rdance import train_reward
+    from rdance.data import records
+    from experiments import rm_smoke
+    folder = tmp_path / "data"
+    folder.mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "outside.png")
+    (folder / "train.jsonl").write_text('{"prompt": "a", "images": ["../outside.png"], "label": 1}\n')
+    config = rm_smoke.get_config()
+    saved = dict(records.OPTION_NAMES)
+    try:
+        records.name_options(allow_outside_paths="--config.data.allow_outside_paths=true")
+        source = train_reward.open_source(str(folder / "train.jsonl"), config.data, seed=0, size=8, noise=0.0)
+        with pytest.raises(records.BadRecord, match=r"line 1 of .*train.jsonl.*--config.data.allow_outside_paths=true"):
+            source[0]
+        config.data.allow_outside_paths = True
+        assert train_reward.open_source(str(folder / "train.jsonl"), config.data, seed=0, size=8, noise=0.0)[0].images[0].shape == (8, 8, 3)
+    finally:
+        records.OPTION_NAMES.update(saved)
