@@ -15,6 +15,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from rdance.train.metrics import read_records
+
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
 
 
@@ -26,11 +28,8 @@ def read_metrics(workdir: str) -> dict[int, dict]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} not found: has the run in {workdir} started?")
     out: dict[int, dict] = {}
-    with open(path) as f:
-        for line in f:
-            if line.strip():
-                record = json.loads(line)
-                out.setdefault(record["step"], {}).update(record)
+    for record in read_records(path):
+        out.setdefault(record["step"], {}).update(record)
     return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from typing import Iterator
 
 import jax
 from absl import logging
@@ -34,17 +35,9 @@ class MetricWriter:
         if not self.enabled or not self.jsonl_path.exists():
             return
         kept, dropped = [], 0
-        for number, line in enumerate(self.jsonl_path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record_step = json.loads(line)["step"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                logging.warning("%s line %d is torn or not a metrics record (a run stopped mid-write?): "
-                                "dropping it: %.80s", self.jsonl_path, number, line)
-                continue
-            if step is not None and record_step <= step:
-                kept.append(line + "\n")
+        for record in read_records(self.jsonl_path):
+            if step is not None and record["step"] <= step:
+                kept.append(json.dumps(record) + "\n")
             elif step is None:
                 dropped += 1
         if dropped:
@@ -83,6 +76,22 @@ class MetricWriter:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+def read_records(path) -> Iterator[dict]:
+    """The records of a ``metrics.jsonl``, in order. A line that does not parse (a crash
+    mid-write tears the last one) is skipped with a warning naming the file and the line."""
+    for number, line in enumerate(epath.Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            record["step"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            logging.warning("%s line %d is torn or not a metrics record (a run stopped mid-write?): "
+                            "dropping it: %.80s", path, number, line)
+            continue
+        yield record
 
 
 class Progress:

@@ -163,3 +163,9 @@ def test_ablation_plan_shares_stages_across_arms_and_ablations():
         ablate.load_ablation("nope")
     with pytest.raises(ablate.StageError, match="has no arm"):
         ablate.arm_order(configs["cot"], ["nope"])
+
+
+def test_a_torn_metrics_line_is_skipped_by_the_report(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.0}\n{"step": 3, "lo')
+    records = report.read_metrics(str(tmp_path))
+    assert sorted(records) == [1, 2] and records[2]["loss"] == 1.0
