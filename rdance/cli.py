@@ -16,7 +16,9 @@ import ml_collections
 from absl import flags, logging
 from ml_collections import config_flags
 
-from rdance import config_checks
+from rdance import config_checks, sharding
+from rdance.data.records import BadRecord
+from rdance.models.internvl.config import ConfigError as CheckpointConfigError
 from rdance.train import workdir as workdirlib
 from rdance.train.checkpoint import CheckpointError, NonFiniteLoss
 
@@ -89,7 +91,8 @@ class _QuietLibraries(std_logging.Filter):
 _workdir_lock = None
 
 # Errors whose message names what is wrong and the fix: a traceback would only bury it.
-USER_ERRORS = (CheckpointError, NonFiniteLoss, workdirlib.WorkdirError, config_checks.ConfigValueError)
+USER_ERRORS = (CheckpointError, NonFiniteLoss, workdirlib.WorkdirError, config_checks.ConfigValueError,
+               BadRecord, CheckpointConfigError, sharding.ShardingError)
 
 
 def _one_line_user_errors(previous):

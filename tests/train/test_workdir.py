@@ -66,6 +66,8 @@ def test_bad_config_stops_the_entrypoint_in_one_line(tmp_path):
     assert error_line(zero).startswith("error: config key train.log_every=0 is out of range: it must be a whole "
                                        "number >= 1")
     assert not os.path.exists(workdir)
+    mesh = run(command(workdir, "--config.mesh.shape=(3,1,1)"))
+    assert error_line(mesh).startswith("error: mesh shape (3, 1, 1) uses 3 devices but")
 
 
 def as_unprivileged(cmd):
