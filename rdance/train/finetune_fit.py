@@ -37,7 +37,7 @@ from rdance.models.flux.vae import AutoencoderKL, VAEConfig
 from rdance.models.internvl.api import InternVL, abstract_model, checkpoint_policy
 from rdance.models.internvl.config import load_config
 from rdance.reward import scratch
-from rdance.reward.api import RewardModel
+from rdance.reward.api import RewardModel, check_settings, read_settings
 from rdance.train import finetune_loop as ft
 from rdance.train.finetune_data import FinetuneExamples
 from rdance.train.loop import batch_spec
@@ -147,11 +147,7 @@ def reward_shapes(config, mesh, rules, workdir: str) -> RewardModel:
     r = config.reward
     if r.path and os.path.isdir(r.path):
         folder = r.path
-        settings_file = os.path.join(folder, scratch.RM_CONFIG_FILE)
-        settings = {}
-        if os.path.exists(settings_file):
-            with open(settings_file) as f:
-                settings = json.load(f)
+        settings = read_settings(folder, {})   # checked key by key, as RewardModel.from_pretrained does
     elif r.get("architecture"):
         architecture = _as_dict(r.architecture)
         if "config" not in architecture:
@@ -160,6 +156,7 @@ def reward_shapes(config, mesh, rules, workdir: str) -> RewardModel:
         folder = scratch.write_model_folder(ml_collections.ConfigDict({"architecture": architecture["config"]}),
                                             image_size=0, folder=os.path.join(workdir, "rm"))  # size: the config's
         settings = dict(architecture.get("reward_config") or {})
+        check_settings(settings, "reward.architecture.reward_config", "correct it in the config")
     else:
         raise ValueError(f"reward.path={r.path!r} is not a folder and reward.architecture is empty: point "
                          "reward.path at a reward model folder or give reward.architecture")
