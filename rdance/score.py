@@ -25,7 +25,8 @@ from absl import flags
 from PIL import Image
 
 from rdance import console
-from rdance.data.records import BadRecord, JsonlRecords, _read_image
+from rdance.data import record_flags
+from rdance.data.records import BadRecord, JsonlRecords, _read_image, pixel_limit, too_many_pixels
 
 RM = flags.DEFINE_string("rm", None, "reward model folder (train_reward's export or an InternVL -hf folder)")
 INPUT = flags.DEFINE_string("input", None, "a preference JSONL file, or a folder of images")
@@ -41,9 +42,7 @@ RESIZE = flags.DEFINE_bool("resize", True, "resize images whose size differs fro
 MAX_PROMPT_TOKENS = flags.DEFINE_integer(
     "max_prompt_tokens", None, "longest question in tokens (default: the RM's reward_config.json); raise it "
     "for long prompts or criteria", lower_bound=1)
-ALLOW_OUTSIDE_PATHS = flags.DEFINE_bool(
-    "allow_outside_paths", False, "let a JSONL file's image paths lead outside its folder (../, absolute paths, "
-    "symlinks); off, such a record is an error naming it")
+flags.adopt_module_key_flags(record_flags)   # --help lists them with this module's own
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 LISTED = 10  # names shown in a list of skipped or resized files before "and N more"
 
@@ -72,14 +71,16 @@ def folder_items(path: str, prompt: str | None, skip_bad: bool) -> tuple[list[di
 def read_image(file: str) -> np.ndarray:
     try:
         return _read_image(file)
-    except (OSError, Image.DecompressionBombError) as e:  # a folder, not an image, truncated, huge
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise too_many_pixels(str(file), e) from None
+    except OSError as e:  # a folder, not an image, truncated
         reason = getattr(e, "strerror", None) or str(e)
         raise BadRecord(f"{file} cannot be read as an image ({reason}); replace or remove it") from None
 
 
 def jsonl_items(path: str, skip_bad: bool) -> tuple[list[dict], list[str]]:
     records = JsonlRecords(path, skip_bad_records=skip_bad,  # logs the lines it skips
-                           allow_outside_paths=ALLOW_OUTSIDE_PATHS.value)
+                           allow_outside_paths=record_flags.ALLOW_OUTSIDE_PATHS.value)
 
     def item(i):
         line, entry = records.entries[i]
@@ -192,7 +193,8 @@ def table(rows: list[dict]) -> str:
 def main(argv):
     del argv
     try:
-        rows = score(INPUT.value, OUT.value)
+        with pixel_limit(record_flags.MAX_IMAGE_PIXELS.value):
+            rows = score(INPUT.value, OUT.value)
     except BadRecord as e:
         sys.exit(f"error: {e}" + ("" if SKIP_BAD.value else " (or pass --skip_bad to skip it and score the rest)"))
     except (ValueError, FileNotFoundError) as e:

@@ -21,7 +21,7 @@ from absl import flags
 from PIL import Image
 
 from rdance import console
-from rdance.data import sources
+from rdance.data import record_flags, sources
 from rdance.data.preference_builder import builder_class, from_example, tfds
 from rdance.data.records import BadRecord, PreferenceRecord, pixel_limit
 
@@ -93,20 +93,16 @@ def summary(counts: dict) -> str:
 FORMAT = flags.DEFINE_enum("format", None, list(sources.FORMATS), "source layout")
 MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "folder with the raw files")
 DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir to write the ArrayRecord files to")
+flags.adopt_module_key_flags(record_flags)   # --help lists them with this module's own
 SKIP = flags.DEFINE_bool("skip_bad_records", False, "skip and count bad records instead of stopping")
-OUTSIDE = flags.DEFINE_bool("allow_outside_paths", False,
-                            "let JSONL image paths lead outside manual_dir (../, absolute, symlinks)")
-MAX_PIXELS = flags.DEFINE_integer("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS,
-                                  "an image with more pixels is a bad record (decompression-bomb guard)",
-                                  lower_bound=1)
 
 
 def main(argv):
     del argv
     tfds().disable_progress_bar()  # so a failure's one-line message is what the terminal shows
     try:
-        counts = convert(FORMAT.value, MANUAL_DIR.value, DATA_DIR.value, SKIP.value, OUTSIDE.value,
-                         MAX_PIXELS.value)
+        counts = convert(FORMAT.value, MANUAL_DIR.value, DATA_DIR.value, SKIP.value,
+                         record_flags.ALLOW_OUTSIDE_PATHS.value, record_flags.MAX_IMAGE_PIXELS.value)
     except (BadRecord, FileNotFoundError, FileExistsError) as e:
         sys.exit(f"error: {e}")
     print(f"{summary(counts)}; read it as tfds:{DATA_DIR.value}:{FORMAT.value}")

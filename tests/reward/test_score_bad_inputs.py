@@ -140,3 +140,13 @@ def test_out_is_replaced_whole_or_not_at_all(tmp_path, out):
     assert out.read_text() == OLD_OUT and os.listdir(tmp_path) == ["scores.jsonl"]
     score.write_atomically(str(out), ['{"name": "new"}\n'])
     assert out.read_text() == '{"name": "new"}\n' and os.listdir(tmp_path) == ["scores.jsonl"]
+
+
+def test_an_image_over_the_pixel_limit_names_the_flag(capsys, rm_folder, tmp_path, out):
+    images = tmp_path / "big"
+    images.mkdir()
+    save(images / "a.png")
+    code, _, _ = run(capsys, rm=rm_folder, input=images, prompt="a red circle", out=out, max_image_pixels=1000)
+    assert re.fullmatch(r"error: .*big/a.png has 1024 pixels, over the limit of 1000; shrink it, or raise the limit "
+                        r"with --max_image_pixels \(or pass --skip_bad to skip it and score the rest\)", code), code
+    assert out.read_text() == OLD_OUT
