@@ -50,9 +50,9 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "rdance-fit=rdance.fit_check:run",
-            "rdance-generate=rdance.generate:run",
-            "rdance-score=rdance.score:run",
+            "rdance-fit=rdance.run.fit_check:run",
+            "rdance-generate=rdance.run.generate:run",
+            "rdance-score=rdance.run.score:run",
         ],
     },
 )

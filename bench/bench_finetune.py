@@ -52,7 +52,7 @@ def random_folders(tmp, tiny: bool = False):
 
     from experiments import gen_smoke, rm_smoke
     from experiments.demo import TINY_GENERATOR, TINY_VLM
-    from rdance.diffusion.world_generator import WorldGenerator
+    from rdance.world.generator import WorldGenerator
     from rdance.models.internvl.config import load_config
     from rdance.reward import scratch
     from rdance.reward.model import RewardNet
@@ -79,11 +79,11 @@ def main(argv):
     from flax import nnx
 
     from experiments import finetune_smoke
-    from rdance import sharding as sh
-    from rdance.data.world.prompts import prompt_set
+    from rdance.core import sharding as sh
+    from rdance.world.prompts import prompt_set
     from rdance.diffusion import generator as genlib
     from rdance.diffusion.sampler import rollout_then_step, sample
-    from rdance.diffusion.world_generator import WorldGenerator
+    from rdance.world.generator import WorldGenerator
     from rdance.reward.api import RewardModel
     from rdance.train.finetune_data import FinetuneExamples
     from rdance.train.finetune_loop import (anchor_source, lower_step, sharded_shapes, state_layout,

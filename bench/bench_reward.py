@@ -19,13 +19,13 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from experiments import rm_smoke  # noqa: E402
-from rdance import sharding  # noqa: E402
+from rdance.core import sharding  # noqa: E402
 from rdance.data.pipeline import host_batches  # noqa: E402
 from rdance.train import loop  # noqa: E402
 from rdance.train.optim import make_optimizer  # noqa: E402
 from rdance.train.state import StateFactory  # noqa: E402
 from rdance.train.step import compile_train_step, make_train_step  # noqa: E402
-from rdance.train_reward import make_task  # noqa: E402
+from rdance.run.train_reward import make_task  # noqa: E402
 
 CONFIGS = {
     "smoke": {},

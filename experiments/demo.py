@@ -1,13 +1,13 @@
 """The demo: the whole RewardDance job on the synthetic world, on a CPU, in one command.
 
-    python -m rdance.demo --workdir=/tmp/demo
+    python -m rdance.run.demo --workdir=/tmp/demo
 
-Stages, each an rdance entrypoint in its own folder under the workdir (rdance/demo.py wires
+Stages, each an rdance entrypoint in its own folder under the workdir (rdance/run/demo.py wires
 them): pretrain the world generator (experiments/gen_smoke.py), write judge-labelled preference
-pairs over its samples (rdance.make_pairs), caption-pretrain the VLM (experiments/vlm_smoke.py),
+pairs over its samples (rdance.run.make_pairs), caption-pretrain the VLM (experiments/vlm_smoke.py),
 train the pairwise generative RM from it (experiments/rm_smoke.py), build the Best-of-N
 reference bank and fine-tune with ReFL (experiments/finetune_smoke.py), judge the generator
-before and after on the same held-out prompts and noise (rdance.judge_generators), and write
+before and after on the same held-out prompts and noise (rdance.run.judge_generators), and write
 WORKDIR/report/report.md (+ .html).
 
 Every recipe number comes from those smoke configs; each stage's ``set`` section overrides only

@@ -1,12 +1,12 @@
 """ReFL of FLUX.1-dev against a generative InternVL3 reward model (the paper's RM-size axis).
 
-    python -m rdance.finetune --config=experiments/finetune_flux_dev.py:8b --workdir=gs://bucket/refl-8b \\
+    python -m rdance.run.finetune --config=experiments/finetune_flux_dev.py:8b --workdir=gs://bucket/refl-8b \\
         --config.generator.path=/ckpt/FLUX.1-dev --config.reward.path=/ckpt/rm-8b/export \\
         --config.data.prompt_file=/data/prompts.txt --config.data.eval_prompt_file=/data/eval_prompts.txt \\
         --config.anchor.path=/data/captions.jsonl --distributed
 
 The argument names the RM size (1b, 2b, 8b, 14b, 38b, 78b): an RM trained with
-experiments/rm_internvl3.py:SIZE and exported by rdance.train_reward. Defaults follow the paper
+experiments/rm_internvl3.py:SIZE and exported by rdance.run.train_reward. Defaults follow the paper
 where it speaks (Best-of-16 references, top-2; ~8,000 RL iterations; reward-variance window of
 1,000) and ImageReward's ReFL elsewhere (the last quarter of the steps, lr 1e-5, grad-norm clip
 1, EMA, a pretraining-loss anchor on caption-image pairs). ``anchor.path`` is a JSONL of
@@ -25,7 +25,7 @@ the InternVL3 RM, used when the paths are not folders); see docs/finetune.md. Wi
 1024x1024 the step fits 16 v5p chips, one prompt (two samples) per chip and micro-batch (47.8
 GiB of 95; 97.6 GiB with generator.remat=dots_no_batch):
 
-    python -m rdance.fit_check --entry=rdance.finetune --config=experiments/finetune_flux_dev.py:8b \
+    python -m rdance.run.fit_check --entry=rdance.run.finetune --config=experiments/finetune_flux_dev.py:8b \
         --topology=v5p:2x2x4
 """
 import ml_collections
@@ -54,7 +54,7 @@ FLUX_DEV = dict(
                         num_heads=64, relative_attention_num_buckets=32, relative_attention_max_distance=128,
                         layer_norm_epsilon=1e-6, feed_forward_proj="gated-gelu"),
 )
-# What an RM folder exported by rdance.train_reward holds besides weights and tokenizer.
+# What an RM folder exported by rdance.run.train_reward holds besides weights and tokenizer.
 RM_SETTINGS = ("paradigm", "answer_format", "criteria", "normalise", "max_prompt_tokens", "max_answer_tokens",
                "max_tiles")
 

@@ -1,10 +1,10 @@
 """Fine-tune the smoke world generator against the smoke reward model (ReFL or RWR) on CPU.
 
-    python -m rdance.finetune --config=experiments/finetune_smoke.py --workdir=/tmp/ft_refl \\
+    python -m rdance.run.finetune --config=experiments/finetune_smoke.py --workdir=/tmp/ft_refl \\
         --config.generator.path=/tmp/gen_smoke/export --config.reward.path=/tmp/rm_smoke/export
 
-Make the two folders with ``python -m rdance.pretrain_generator --config=experiments/gen_smoke.py``
-and ``python -m rdance.train_reward --config=experiments/rm_smoke.py``. ``--config.algo=rwr`` for
+Make the two folders with ``python -m rdance.run.pretrain_generator --config=experiments/gen_smoke.py``
+and ``python -m rdance.run.train_reward --config=experiments/rm_smoke.py``. ``--config.algo=rwr`` for
 reward-weighted fine-tuning; ``--config.lora.rank=8`` for LoRA instead of full fine-tuning;
 ``--config.bank.select=bottom`` for the bottom-k reference control. eval/judge in metrics.jsonl
 is the programmatic judge's mean alignment on held-out prompts.
@@ -32,14 +32,14 @@ window 20 0.310, rwr 0.270): single-sample evals add about +-0.04.
 """
 import ml_collections
 
-from rdance.sharding import DEFAULT_RULES
+from rdance.core.sharding import DEFAULT_RULES
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.algo = "refl"                     # refl | rwr
-    # kind: world (a rdance.pretrain_generator export) | flux (a diffusers FluxPipeline folder).
+    # kind: world (a rdance.run.pretrain_generator export) | flux (a diffusers FluxPipeline folder).
     c.generator = dict(kind="world", path="", transformer_path="", height=32, width=32,
                        guidance_scale=3.5, max_sequence_length=512, dtype="", remat="none")
     c.reward = dict(path="", dtype="float32", criteria="", remat_policy="")

@@ -2,11 +2,11 @@
 64 tokens of 4x4 patches) with a small T5 over the world's words, trained by flow matching on
 rendered scenes. It is meant to be imperfect (judge alignment well below 1), leaving room for RL.
 
-    python -m rdance.pretrain_generator --config=experiments/gen_smoke.py --workdir=/tmp/gen_smoke
+    python -m rdance.run.pretrain_generator --config=experiments/gen_smoke.py --workdir=/tmp/gen_smoke
 
 The generator is exported to WORKDIR/export; fine-tune it with experiments/finetune_smoke.py.
 
-What it learns (rdance.judge_generators, the fine-tuning config's 64 held-out prompts x 4 samples,
+What it learns (rdance.run.judge_generators, the fine-tuning config's 64 held-out prompts x 4 samples,
 2 idle CPU cores): colours and places, not shapes. Nearly every object is drawn as a round blob
 that the judge names a circle, whatever shape was asked (asked square or triangle: named circle
 in 73-78% of blobs), so `eval/check/shape_given_colour` sits near 1/3:
@@ -43,13 +43,13 @@ shape word. ReFL with refl.window=5 (t <= 0.25) never reaches that range.
 """
 import ml_collections
 
-from rdance.sharding import DEFAULT_RULES
+from rdance.core.sharding import DEFAULT_RULES
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
-    # rdance.diffusion.world_generator.WorldGeneratorConfig fields (vocab_size comes from the tokenizer).
+    # rdance.world.generator.WorldGeneratorConfig fields (vocab_size comes from the tokenizer).
     c.model = dict(image_size=32, patch_size=4, max_tokens=12, text_dim=64, text_layers=2, text_heads=4,
                    heads=4, head_dim=32, double_layers=2, single_layers=2, axes_dims_rope=(8, 12, 12),
                    shift=1.0, caption_dropout=0.0, guidance_scale=1.0, param_dtype="float32", dtype="",

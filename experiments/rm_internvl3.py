@@ -1,12 +1,12 @@
 """Reward model from an InternVL3 checkpoint (the paper's model-scaling axis, 1B to 78B).
 
-    python -m rdance.train_reward --config=experiments/rm_internvl3.py:8b --workdir=gs://bucket/rm-8b \
+    python -m rdance.run.train_reward --config=experiments/rm_internvl3.py:8b --workdir=gs://bucket/rm-8b \
         --config.rm.pretrained=/ckpt/InternVL3-8B-hf --config.data.train=tfds:/data/tfds:pickapic_v2 \
         --config.data.eval_sets=in_domain=tfds:/data/tfds:pickapic_v2:test,ood=tfds:/data/tfds:hpdv2:test
 
 Will it fit? Check on a CPU before renting (no weights needed: the architecture below is used):
 
-    python -m rdance.fit_check --entry=rdance.train_reward --config=experiments/rm_internvl3.py:38b \
+    python -m rdance.run.fit_check --entry=rdance.run.train_reward --config=experiments/rm_internvl3.py:38b \
         --topology=v5p:4x4x4 --config.rm.pretrained=""
 
 The argument picks the size: 1b, 2b, 8b, 14b, 38b, 78b. ``model.architecture`` holds each

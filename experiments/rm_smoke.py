@@ -1,7 +1,7 @@
 """Smoke reward model: a small InternVL-shaped RM trained from scratch on the synthetic world
 (judge-labelled pairs with 10% label noise), evaluated on clean held-out pairs.
 
-    python -m rdance.train_reward --config=experiments/rm_smoke.py --workdir=/tmp/rm_smoke \
+    python -m rdance.run.train_reward --config=experiments/rm_smoke.py --workdir=/tmp/rm_smoke \
         --config.rm.pretrained=/tmp/vlm_smoke/export     # experiments/vlm_smoke.py's export
 
 Training pairs draw their near misses shape-heavy (``data.mistake_weights.shape=4``: a wrong
@@ -38,7 +38,7 @@ Variants: ``--config.rm.paradigm=regressive`` (the baseline), ``pointwise``;
 """
 import ml_collections
 
-from rdance.sharding import DEFAULT_RULES
+from rdance.core.sharding import DEFAULT_RULES
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -2,13 +2,13 @@
 (mesh, sharded init, compiled step, checkpoints, resume, metrics) on something that trains in
 seconds on a CPU.
 
-    python -m rdance.train_toy --config=experiments/toy.py --workdir=/tmp/rdance_toy
+    python -m rdance.run.train_toy --config=experiments/toy.py --workdir=/tmp/rdance_toy
 
 Override any key, e.g. ``--config.train.steps=500 --config.mesh.shape="(2,2,2)"``.
 """
 import ml_collections
 
-from rdance.sharding import DEFAULT_RULES
+from rdance.core.sharding import DEFAULT_RULES
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -1,7 +1,7 @@
 """Pretrain the smoke VLM by captioning synthetic-world images, so the smoke reward model starts,
 like the paper's InternVL RMs, from a model that can already see.
 
-    python -m rdance.train_reward --config=experiments/vlm_smoke.py --workdir=/tmp/vlm_smoke
+    python -m rdance.run.train_reward --config=experiments/vlm_smoke.py --workdir=/tmp/vlm_smoke
 
 1500 steps take ~10.5 min on 2 idle cores; held-out caption token accuracy 0.80 / 0.88 / 0.90 /
 0.91 / 0.91 at steps 500..1500. Per word: shapes 0.86-0.97, colours 0.82-0.90 (which object a
@@ -9,7 +9,7 @@ caption names first is a coin toss), relation words 0.00 (a two-object caption c
 "and" as often as with a relation). Grounding questions on held-out near misses, share rejected:
 colour 0.90, count 0.98, missing object 1.00, shape 0.35, relation 0.02.
 
-Then: ``python -m rdance.train_reward --config=experiments/rm_smoke.py --workdir=/tmp/rm_smoke
+Then: ``python -m rdance.run.train_reward --config=experiments/rm_smoke.py --workdir=/tmp/rm_smoke
 --config.rm.pretrained=/tmp/vlm_smoke/export``.
 """
 import ml_collections

@@ -5,7 +5,7 @@ its logs, stop it, tear the slice down, and keep a spot job going across preempt
 
     python launch/tpu.py create       SLICE [--spot] [--runtime-version=VERSION]
     python launch/tpu.py bootstrap    SLICE --repo=URL [--ref=main] [--env=KEY=VALUE ...]
-    python launch/tpu.py run          SLICE [--job=NAME] -- rdance.train_toy --config=experiments/toy.py \
+    python launch/tpu.py run          SLICE [--job=NAME] -- rdance.run.train_toy --config=experiments/toy.py \
                                             --workdir=gs://BUCKET/run [--config.a.b=VALUE ...]
     python launch/tpu.py status       SLICE [--job=NAME]
     python launch/tpu.py logs         SLICE [--job=NAME] [--worker=0|all]
@@ -56,12 +56,12 @@ class Accelerator:
     name: str       # as gcloud spells it, e.g. v5p-64
     chips: int
     workers: int    # TPU VMs in the slice, one rdance process on each
-    topology: str   # the same slice for rdance.fit_check, e.g. v5p:2x4x4
+    topology: str   # the same slice for rdance.run.fit_check, e.g. v5p:2x4x4
     runtime: str    # default --runtime-version
 
 
 def _accelerator_table() -> dict[str, Accelerator]:
-    """The default slice shapes of the generations rdance.fit_check knows (v4, v5p, v5e, v6e).
+    """The default slice shapes of the generations rdance.run.fit_check knows (v4, v5p, v5e, v6e).
 
     v4 and v5p count TensorCores (2 per chip) in their names and have 4 chips per VM; v5e
     (spelled v5litepod) and v6e count chips, with one VM up to 8 chips and 4 chips per VM above.
@@ -187,7 +187,7 @@ def flag_value(flags, name: str) -> str | None:
 
 def parse_entry(tokens: list[str], acc: Accelerator, *, shared_workdir: bool = False) -> Entry:
     """Check the entrypoint and its flags against this checkout; add --distributed on pods."""
-    example = "-- rdance.train_toy --config=experiments/toy.py --workdir=gs://BUCKET/run"
+    example = "-- rdance.run.train_toy --config=experiments/toy.py --workdir=gs://BUCKET/run"
     if not tokens:
         raise LaunchError(f"name the entrypoint and its flags after '--', e.g. {example}")
     module, flags = tokens[0], list(tokens[1:])
@@ -534,7 +534,7 @@ def cmd_fit_check(ns, gcloud: Gcloud) -> int:
             skip = True
         elif arg != "--distributed" and not arg.startswith("--workdir="):
             flags.append(arg)
-    cmd = [sys.executable, "-m", "rdance.fit_check", f"--entry={entry.module}",
+    cmd = [sys.executable, "-m", "rdance.run.fit_check", f"--entry={entry.module}",
            f"--topology={acc.topology}", *flags]
     if gcloud.dry_run:
         print(shlex.join(cmd))

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from rdance import quiet_tpu
+from rdance.core import quiet_tpu
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROBE = "import rdance, jax; print(jax.default_backend())"

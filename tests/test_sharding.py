@@ -5,7 +5,7 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from rdance import sharding as sh
+from rdance.core import sharding as sh
 from rdance.models.mlp import MLP
 
 

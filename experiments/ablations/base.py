@@ -1,10 +1,10 @@
-"""The small scale every ablation shares (``python -m rdance.ablate``): the stages, their budgets,
+"""The small scale every ablation shares (``python -m rdance.run.ablate``): the stages, their budgets,
 the seeds, and the metrics an ablation can tabulate. Not run on its own.
 
 Each ablation file (paradigm.py, rm_size.py, references.py, cot.py) starts from this config and
 adds its arms: per-stage overrides on top of these. Stages identical across arms and ablations
 (the generator, the VLM of one size, the pairwise RM of one seed, ...) have the same settings
-hash, so ``rdance.ablate`` runs each once and reuses it.
+hash, so ``rdance.run.ablate`` runs each once and reuses it.
 
 As in experiments/demo.py the recipes come from the smoke configs; ``set`` sections override
 steps, cadence, sizes and the RM's learning rate. The RM here is the ladder's middle size: the

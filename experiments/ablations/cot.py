@@ -3,7 +3,7 @@ judge's findings as a rationale after the decision (decision first: "yes. reason
 still read from the first answer token, no text is generated during RL); the RM's accuracy and
 the judge after RL.
 
-    python -m rdance.ablate --workdir=/tmp/ablate --only=cot
+    python -m rdance.run.ablate --workdir=/tmp/ablate --only=cot
 """
 from experiments.ablations import base
 

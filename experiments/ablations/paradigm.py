@@ -7,7 +7,7 @@ A control arm, ``no_rl``, runs the same fine-tuning with the reward's weight at 
 the pretraining anchor (flow matching on renders), which keeps training the starting generator.
 The other arms' judge gains count only above this one's.
 
-    python -m rdance.ablate --workdir=/tmp/ablate --only=paradigm
+    python -m rdance.run.ablate --workdir=/tmp/ablate --only=paradigm
 """
 from experiments.ablations import base
 

@@ -2,7 +2,7 @@
 top 2 of 16 samples per prompt, the top 2 of 2, and the bottom 2 of 16 (ranked by round-robin
 wins under the RM); the judge scores the fine-tuned generators.
 
-    python -m rdance.ablate --workdir=/tmp/ablate --only=references
+    python -m rdance.run.ablate --workdir=/tmp/ablate --only=references
 """
 from experiments.ablations import base
 

@@ -3,7 +3,7 @@
 size), each used for ReFL: the RM's accuracy on held-out pairs, the late-stage reward std (the
 sliding window's std at the end, the paper's reward-variance signal) and the judge after RL.
 
-    python -m rdance.ablate --workdir=/tmp/ablate --only=rm_size
+    python -m rdance.run.ablate --workdir=/tmp/ablate --only=rm_size
 """
 from experiments.ablations import base
 

@@ -1,7 +1,7 @@
-"""The TFDS builder behind ``python -m rdance.data.preference_set``, and its example encoding.
+"""The TFDS builder behind ``python -m rdance.run.preference_set``, and its example encoding.
 
 A module of its own because TFDS finds a builder's metadata through the module that defines
-the class: under ``python -m rdance.data.preference_set`` that module is ``__main__``, which
+the class: under ``python -m rdance.run.preference_set`` that module is ``__main__``, which
 TFDS cannot resolve, so the class must live in a module that is only ever imported.
 
 ``manual_dir`` holds the raw files: for parquet formats ``train/`` and ``test/`` folders (or the

@@ -10,7 +10,7 @@ a pure function of those two, so the loops can jit, shard and differentiate it:
     images = gen.decode(frozen, latents)           # packed latents -> [B, H, W, 3] float in [0, 1]
     latents = gen.encode(frozen, images)           # uint8 [B, H, W, 3] -> packed latents
 
-Two implementations: :class:`rdance.diffusion.world_generator.WorldGenerator` (a small pixel-space
+Two implementations: :class:`rdance.world.generator.WorldGenerator` (a small pixel-space
 FLUX transformer for the synthetic world) and :class:`rdance.diffusion.flux_generator.FluxGenerator`
 (a FLUX diffusers folder). :func:`load_generator` opens either from a config section.
 """
@@ -112,9 +112,9 @@ def to_uint8(images) -> np.ndarray:
 
 def load_generator(cfg: Any, mesh, rules) -> Generator:
     """Open the generator a config's ``generator`` section names: ``kind`` 'world' (a folder from
-    ``rdance.pretrain_generator``) or 'flux' (a diffusers FluxPipeline folder)."""
+    ``rdance.run.pretrain_generator``) or 'flux' (a diffusers FluxPipeline folder)."""
     if cfg.kind == "world":
-        from rdance.diffusion.world_generator import WorldGenerator
+        from rdance.world.generator import WorldGenerator
         return WorldGenerator.from_pretrained(cfg.path)
     if cfg.kind == "flux":
         from rdance.diffusion.flux_generator import FluxGenerator

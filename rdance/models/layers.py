@@ -1,4 +1,4 @@
-"""Small building blocks whose parameters carry logical axis names (see rdance.sharding)."""
+"""Small building blocks whose parameters carry logical axis names (see rdance.core.sharding)."""
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rdance.sharding import param
+from rdance.core.sharding import param
 
 Initializer = Callable[[jax.Array, Sequence[int], jnp.dtype], jax.Array]
 default_kernel_init = nnx.initializers.normal(0.02)

@@ -21,7 +21,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from rdance import sharding
+from rdance.core import sharding
 from rdance.models import internvl
 from rdance.models.internvl.config import (BOOL, POSITIVE_INT, STRING, ConfigError, Section, read_json)
 from rdance.reward import losses, templates as T

@@ -12,7 +12,7 @@ import numpy as np
 from flax import nnx
 
 from rdance.data.tokenizer import build_word_tokenizer
-from rdance.data.world.pairs import ALIGNMENT_CRITERIA, PreferencePairs
+from rdance.world.pairs import ALIGNMENT_CRITERIA, PreferencePairs
 from rdance.models.internvl import convert
 from rdance.models.internvl.api import abstract_model
 from rdance.models.internvl.config import InternVLConfig, load_config

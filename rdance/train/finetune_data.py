@@ -14,8 +14,8 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from rdance.data.world.prompts import KINDS, Scene, sample_scene
-from rdance.data.world.render import render
+from rdance.world.prompts import KINDS, Scene, sample_scene
+from rdance.world.render import render
 
 
 class RenderedCaptions:

@@ -1,5 +1,5 @@
 """The fine-tuning step of a config, lowered from shapes alone for any devices: what
-``rdance.fit_check --entry=rdance.finetune`` compiles for a TPU slice and measures against its HBM.
+``rdance.run.fit_check --entry=rdance.run.finetune`` compiles for a TPU slice and measures against its HBM.
 
 Nothing is loaded or allocated. The generator and the reward model come from their config files:
 the folders ``generator.path`` and ``reward.path`` name when they exist (only config.json,
@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from rdance import sharding
+from rdance.core import sharding
 from rdance.diffusion import flow_match, generator as genlib
 from rdance.diffusion.flux_generator import FluxGenerator
 from rdance.models.flux import config as cfglib

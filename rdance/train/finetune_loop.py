@@ -22,7 +22,7 @@ from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from rdance import config_checks, sharding
+from rdance.core import config_checks, sharding
 from rdance.data.pipeline import host_batches
 from rdance.diffusion import generator as genlib
 from rdance.reward.api import RewardModel

@@ -34,7 +34,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from rdance import sharding
+from rdance.core import sharding
 from rdance.diffusion import generator as genlib
 from rdance.diffusion.sampler import rollout_then_step, sample
 from rdance.train import ema as emalib, lora, monitors

@@ -16,9 +16,9 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from rdance import sharding
-from rdance.data.world.judge import check_rates, judge
-from rdance.data.world.prompts import Scene
+from rdance.core import sharding
+from rdance.world.judge import check_rates, judge
+from rdance.world.prompts import Scene
 from rdance.diffusion import generator as genlib
 from rdance.train.host import to_host
 
@@ -84,7 +84,7 @@ def judge_with_checks(images: np.ndarray, scenes: Sequence[Scene]) -> tuple[np.n
 
 class JudgeEval:
     """Mean judge alignment over held-out scenes, ``samples_per_prompt`` samples each, with fixed
-    noise: sample s of scene p has id ``s * P + p`` (as in rdance.judge_generators), so sample 0
+    noise: sample s of scene p has id ``s * P + p`` (as in rdance.run.judge_generators), so sample 0
     is the same whatever the count."""
 
     def __init__(self, sampler: Sampler, gen: genlib.Generator, scenes: Sequence[Scene], samples_per_prompt: int = 1):

@@ -16,7 +16,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from rdance import config_checks, sharding
+from rdance.core import config_checks, sharding
 from rdance.data.pipeline import RandomAccess, host_batches
 from rdance.train.checkpoint import Checkpointer, NonFiniteLoss, PreemptionWatch, last_good
 from rdance.train.metrics import MetricWriter, Progress

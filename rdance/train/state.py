@@ -10,8 +10,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from rdance import sharding
-
+from rdance.core import sharding
 
 @flax.struct.dataclass
 class TrainState:

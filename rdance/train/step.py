@@ -9,7 +9,7 @@ import optax
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from rdance import sharding
+from rdance.core import sharding
 from rdance.train.state import StateFactory, TrainState
 
 # loss_fn(model, batch, rng) -> (scalar loss, dict of scalar metrics)

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from rdance.data.records import write_jsonl
-from rdance.data.world.pairs import PreferencePairs
+from rdance.world.pairs import PreferencePairs
 
 
 def write_lines(folder, entries, name="bad.jsonl"):

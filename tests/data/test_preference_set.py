@@ -13,10 +13,10 @@ import pytest
 from absl.testing import flagsaver
 from PIL import Image
 
-from rdance.data import preference_set as ps
+from rdance.run import preference_set as ps
 from rdance.data.pipeline import host_batches
 from rdance.data.records import BadRecord, PreferenceRecord, write_jsonl
-from rdance.data.world.pairs import PreferencePairs
+from rdance.world.pairs import PreferencePairs
 from tests.data.conftest import FIELD_PROBLEMS, GOOD, IMAGE_PROBLEMS, resolve, write_lines
 
 
@@ -143,7 +143,7 @@ def test_documented_command_converts_and_reads_back(tmp_path, records):
     write_jsonl(records[:2], path)
     with open(path, "a") as f:
         f.write('{"prompt": 123, "images": ["train_images/0000000_0.png"], "label": 1}\n')
-    run = subprocess.run([sys.executable, "-m", "rdance.data.preference_set", "--format=jsonl",
+    run = subprocess.run([sys.executable, "-m", "rdance.run.preference_set", "--format=jsonl",
                           f"--manual_dir={tmp_path / 'raw'}", f"--data_dir={tmp_path / 'tfds'}", "--skip_bad_records"],
                          cwd=tmp_path, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
                          timeout=300)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from rdance.data.records import BadRecord, JsonlRecords, PreferenceRecord, pixel_limit, write_jsonl
-from rdance.data.world.pairs import PreferencePairs
+from rdance.world.pairs import PreferencePairs
 from tests.data.conftest import FIELD_PROBLEMS, GOOD, IMAGE_PROBLEMS, resolve, write_lines
 
 

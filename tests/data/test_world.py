@@ -1,11 +1,13 @@
 import numpy as np
 import pytest
 
-from rdance.data.world import judge, render, render_variant
-from rdance.data.world.judge import check_rates
-from rdance.data.world.pairs import PreferencePairs
-from rdance.data.world.prompts import Scene, ObjectSpec, prompt_set
-from rdance.data.world.render import MISTAKES, possible_mistakes
+from rdance.world import judge, render
+
+from rdance.world import render_variant
+from rdance.world.judge import check_rates
+from rdance.world.pairs import PreferencePairs
+from rdance.world.prompts import Scene, ObjectSpec, prompt_set
+from rdance.world.render import MISTAKES, possible_mistakes
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +97,8 @@ def test_pairs_are_labelled_by_the_judge_with_configured_noise():
 
 
 def _scene_of(prompt, index):
-    from rdance.data.world.pairs import make_pair
-    from rdance.data.world.prompts import sample_scene
+    from rdance.world.pairs import make_pair
+    from rdance.world.prompts import sample_scene
     rng = np.random.default_rng([5, index])
     scene = sample_scene(rng)
     assert scene.prompt == prompt
@@ -135,7 +137,7 @@ def test_mistake_weights_draw_the_near_misses_asked_for():
 
 
 def test_captions_describe_what_was_drawn():
-    from rdance.data.world.pairs import WorldCaptions
+    from rdance.world.pairs import WorldCaptions
     captions = WorldCaptions(30, seed=1)
     for i in range(30):
         record = captions[i]
@@ -145,7 +147,7 @@ def test_captions_describe_what_was_drawn():
 
 
 def test_grounding_questions_ask_about_a_prompt_drawn_or_missed():
-    from rdance.data.world.pairs import WorldCaptions
+    from rdance.world.pairs import WorldCaptions
     source = WorldCaptions(60, seed=2, question_share=1.0)
     labels = []
     for i in range(60):
@@ -158,7 +160,7 @@ def test_grounding_questions_ask_about_a_prompt_drawn_or_missed():
 
 
 def _scene_of_seed(prompt, index, seed):
-    from rdance.data.world.prompts import sample_scene
+    from rdance.world.prompts import sample_scene
     scene = sample_scene(np.random.default_rng([seed, index]))
     assert scene.prompt == prompt
     return scene

@@ -32,6 +32,6 @@ def run_module(module: str, *args, cache: str | None = None, timeout: int = 600)
 def demo(tmp_path_factory, compile_cache):
     """The CI variant of the demo, run once: (workdir, console output)."""
     workdir = tmp_path_factory.mktemp("demo")
-    result = run_module("rdance.demo", "--config=experiments/demo.py:ci", f"--workdir={workdir}", cache=compile_cache)
+    result = run_module("rdance.run.demo", "--config=experiments/demo.py:ci", f"--workdir={workdir}", cache=compile_cache)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return workdir, result.stdout

@@ -1,4 +1,4 @@
-"""`python -m rdance.ablate` on its CI variant: one ablation, two arms, one seed, end to end, reusing
+"""`python -m rdance.run.ablate` on its CI variant: one ablation, two arms, one seed, end to end, reusing
 the CI demo's generator and VLM (same settings, hence the same hashes)."""
 import json
 
@@ -7,7 +7,7 @@ from tests.demo.conftest import run_module
 
 def test_tiny_ablation_runs_and_tabulates(tmp_path, compile_cache, demo):
     args = (f"--workdir={tmp_path}", "--variant=ci", "--only=paradigm", "--arms=pointwise,pairwise")
-    result = run_module("rdance.ablate", *args, f"--reuse={demo[0]}", cache=compile_cache)
+    result = run_module("rdance.run.ablate", *args, f"--reuse={demo[0]}", cache=compile_cache)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     out = result.stdout
     assert "2 arm-seeds, 6 distinct stages, 6 to run" in out
@@ -25,7 +25,7 @@ def test_tiny_ablation_runs_and_tabulates(tmp_path, compile_cache, demo):
     assert banks == ["finetune"] and len(list(tmp_path.glob("stages/finetune-*"))) == 2
     assert len(list(tmp_path.glob("stages/generator-*"))) == 1 and len(list(tmp_path.glob("stages/vlm-*"))) == 1
 
-    planned = run_module("rdance.ablate", *args, "--plan")
+    planned = run_module("rdance.run.ablate", *args, "--plan")
     assert planned.returncode == 0 and "6 distinct stages, 0 to run" in planned.stdout
-    bad = run_module("rdance.ablate", f"--workdir={tmp_path}", "--only=nope")
+    bad = run_module("rdance.run.ablate", f"--workdir={tmp_path}", "--only=nope")
     assert bad.returncode != 0 and "no ablation" in bad.stderr

@@ -1,4 +1,4 @@
-"""`python -m rdance.demo` end to end on its CI variant (tiny models, a few steps of every stage):
+"""`python -m rdance.run.demo` end to end on its CI variant (tiny models, a few steps of every stage):
 the report with its grids, curves and tables; a rerun that skips every stage; clear errors."""
 import json
 
@@ -43,7 +43,7 @@ def test_demo_runs_every_stage_and_writes_the_report(demo):
 def test_a_rerun_skips_every_stage(demo, compile_cache):
     workdir, _ = demo
     logs = {p: p.stat().st_size for p in (workdir / "logs").iterdir()}
-    again = run_module("rdance.demo", "--config=experiments/demo.py:ci", f"--workdir={workdir}", cache=compile_cache)
+    again = run_module("rdance.run.demo", "--config=experiments/demo.py:ci", f"--workdir={workdir}", cache=compile_cache)
     assert again.returncode == 0, again.stderr[-3000:]
     for i, name in enumerate(STAGES, 1):
         assert f"stage {i}/8 {name}: finished earlier in" in again.stdout
@@ -53,17 +53,17 @@ def test_a_rerun_skips_every_stage(demo, compile_cache):
 
 def test_changed_settings_and_bad_flags_are_clear_errors(demo, tmp_path):
     workdir, _ = demo
-    changed = run_module("rdance.demo", "--config=experiments/demo.py:ci", f"--workdir={workdir}",
+    changed = run_module("rdance.run.demo", "--config=experiments/demo.py:ci", f"--workdir={workdir}",
                          "--config.rm.set.train.steps=11")
     assert changed.returncode != 0
     assert f"{workdir}/rm holds a finished 'rm' stage made with other settings" in changed.stderr
-    typo = run_module("rdance.demo", f"--workdir={tmp_path}", "--config.rm.set.train.stepz=3")
+    typo = run_module("rdance.run.demo", f"--workdir={tmp_path}", "--config.rm.set.train.stepz=3")
     assert typo.returncode != 0 and "unknown config key 'rm.set.train.stepz'" in typo.stderr
-    extra = run_module("rdance.demo", f"--workdir={tmp_path}", "--config.rm.extra=optim.lr=1")
+    extra = run_module("rdance.run.demo", f"--workdir={tmp_path}", "--config.rm.extra=optim.lr=1")
     assert extra.returncode != 0 and "unknown config key 'optim.lr'" in extra.stderr
     (tmp_path / "file").write_text("")
-    not_dir = run_module("rdance.demo", f"--workdir={tmp_path / 'file'}")
+    not_dir = run_module("rdance.run.demo", f"--workdir={tmp_path / 'file'}")
     assert not_dir.returncode != 0 and "is a file, not a folder" in not_dir.stderr
-    missing = run_module("rdance.demo")
+    missing = run_module("rdance.run.demo")
     assert missing.returncode != 0 and "--workdir is required" in missing.stderr
     assert not list(tmp_path.glob("generator"))

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rdance import ablate, report
-from rdance.stages import Stage, StageRun
+from rdance.run import ablate
+
+from rdance.jobs import report
+from rdance.jobs.stages import Stage, StageRun
 
 
 def write_metrics(folder, records):

@@ -1,4 +1,4 @@
-"""The stage runner (rdance.stages) with a stand-in entrypoint: stages run in order with the
+"""The stage runner (rdance.jobs.stages) with a stand-in entrypoint: stages run in order with the
 folders they name, a rerun skips finished stages, a failed or preempted stage resumes where it
 stopped (its log and time line telling the attempts apart), the ETA is a range until this
 machine's speed is measured, a second job in a workdir in use stops at once, and settings that
@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from rdance import stages as st
+from rdance.jobs import stages as st
 
 FAKE = "tests.demo.fake_stage"
 CONFIG = "tests/demo/fake_config.py"
@@ -131,7 +131,7 @@ HOLD_LOCK = ("import sys, filelock\nlock = filelock.FileLock(sys.argv[1])\nlock.
 
 
 def test_a_second_job_in_a_workdir_stops_at_once_and_a_killed_one_blocks_nothing(tmp_path):
-    from rdance import demo
+    from rdance.run import demo
     lock = tmp_path / "JOB.lock"
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(lock)], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
@@ -213,8 +213,8 @@ def test_clock_scales_the_estimates_by_the_speed_so_far():
 
 
 def test_demo_stages_follow_the_rm_paradigm_and_data():
-    from rdance import demo
-    from rdance.stages import load_config
+    from rdance.run import demo
+    from rdance.jobs.stages import load_config
     config = load_config("experiments/demo.py:ci")
     names = [s.name for s in demo.build_stages(config)]
     assert names == ["generator", "pairs", "vlm", "rm", "bank", "finetune", "evaluate"]

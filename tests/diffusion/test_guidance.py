@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rdance import sharding
+from rdance.core import sharding
 from rdance.diffusion import generator as genlib
-from rdance.diffusion.world_generator import WorldGenerator
-from rdance.judge_generators import open_generator
+from rdance.world.generator import WorldGenerator
+from rdance.run.judge_generators import open_generator
 from tests.finetune.conftest import TINY_GENERATOR
 
 pytest.importorskip("transformers")   # the word tokenizer's files load through AutoTokenizer

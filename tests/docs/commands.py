@@ -16,7 +16,7 @@ MODULE = re.compile(r"^rdance(\.\w+)+$")      # not a placeholder such as rdance
 
 @dataclasses.dataclass(frozen=True)
 class Command:
-    """One documented invocation: what runs (``rdance.demo``, ``rdance-score``, ``launch/tpu.py run``)
+    """One documented invocation: what runs (``rdance.run.demo``, ``rdance-score``, ``launch/tpu.py run``)
     and the flags the docs give it."""
     entry: str
     flags: tuple[str, ...]

@@ -17,17 +17,17 @@ from tests.docs.commands import REPO, doc_files, documented_commands
 # `python -m ...`, the console script, or launch/tpu.py). "demo" means a stage of the demo's CI
 # variant runs it (tests/demo/test_demo.py, and .ci/run in a fresh venv).
 RUN_BY = {
-    "rdance.demo": "tests/demo/test_demo.py",
-    "rdance.ablate": "tests/demo/test_ablate.py",
-    "rdance.train_toy": "tests/train/test_entrypoint.py",
-    "rdance.fit_check": "tests/train/test_entrypoint.py",
-    "rdance.train_reward": "tests/reward/test_train_reward.py",
-    "rdance.score": "tests/reward/test_score_cli.py",
-    "rdance.data.preference_set": "tests/data/test_preference_set.py",
-    "rdance.generate": "tests/models/flux/test_generate.py",
-    "rdance.finetune": "tests/finetune/conftest.py",
-    "rdance.pretrain_generator": "demo",
-    "rdance.judge_generators": "demo",
+    "rdance.run.demo": "tests/demo/test_demo.py",
+    "rdance.run.ablate": "tests/demo/test_ablate.py",
+    "rdance.run.train_toy": "tests/train/test_entrypoint.py",
+    "rdance.run.fit_check": "tests/train/test_entrypoint.py",
+    "rdance.run.train_reward": "tests/reward/test_train_reward.py",
+    "rdance.run.score": "tests/reward/test_score_cli.py",
+    "rdance.run.preference_set": "tests/data/test_preference_set.py",
+    "rdance.run.generate": "tests/models/flux/test_generate.py",
+    "rdance.run.finetune": "tests/finetune/conftest.py",
+    "rdance.run.pretrain_generator": "demo",
+    "rdance.run.judge_generators": "demo",
     "rdance-score": "tests/reward/test_console_scripts.py",
     "rdance-generate": "tests/reward/test_console_scripts.py",
     "rdance-fit": "tests/reward/test_console_scripts.py",
@@ -39,7 +39,7 @@ ENTRIES = sorted({c.entry for c in COMMANDS})
 
 def demo_stage_modules() -> set[str]:
     from ml_collections import config_flags
-    from rdance import demo
+    from rdance.run import demo
     config = config_flags.config_flags._LoadConfigModule("demo", os.path.join(REPO, "experiments/demo.py")).get_config("ci")
     return {stage.module for stage in demo.build_stages(config)}
 

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from experiments import finetune_smoke
-from rdance.diffusion.world_generator import WorldGenerator
+from rdance.world.generator import WorldGenerator
 from tests.reward.conftest import make_rm_folder
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -69,7 +69,7 @@ def environment(devices=8, cache=None) -> dict:
 
 
 def command(workdir, flags) -> list[str]:
-    return [sys.executable, "-m", "rdance.finetune", "--config=experiments/finetune_smoke.py",
+    return [sys.executable, "-m", "rdance.run.finetune", "--config=experiments/finetune_smoke.py",
             f"--workdir={workdir}", *flags]
 
 

@@ -1,4 +1,4 @@
-"""rdance.finetune as a user runs it: kill -9 and resume (the same reward curve, the bank built
+"""rdance.run.finetune as a user runs it: kill -9 and resume (the same reward curve, the bank built
 once), two processes against one, and a short RWR run with LoRA, the anchor and accumulation."""
 import os
 import shutil
@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import portpicker
 
-from rdance.diffusion.world_generator import WorldGenerator
+from rdance.world.generator import WorldGenerator
 from rdance.train.finetune_loop import finetune
 from rdance.train.host import to_host
 from tests.finetune.conftest import (REFERENCE, REPO, command, curve, environment, records, tiny_config,

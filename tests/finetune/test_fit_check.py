@@ -53,7 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def fit_check(*flags):
-    return subprocess.run([sys.executable, "-m", "rdance.fit_check", "--entry=rdance.finetune", *flags],
+    return subprocess.run([sys.executable, "-m", "rdance.run.fit_check", "--entry=rdance.run.finetune", *flags],
                           cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
                           timeout=600)
 

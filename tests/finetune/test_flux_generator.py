@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rdance import sharding as sh
+from rdance.core import sharding as sh
 from rdance.diffusion import generator as genlib
 from rdance.diffusion.flux_generator import FluxGenerator
 from rdance.diffusion.sampler import sample

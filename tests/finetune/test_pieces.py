@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rdance import sharding as sh
+from rdance.core import sharding as sh
 from rdance.train import bank as banklib, ema, lora, monitors
 from rdance.train.finetune_step import StepSettings, random_shift, rwr_weights
 

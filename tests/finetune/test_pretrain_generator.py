@@ -6,15 +6,15 @@ import pytest
 from flax import nnx
 
 from experiments import gen_smoke
-from rdance import sharding as sh
+from rdance.core import sharding as sh
 from rdance.data.records import JsonlRecords
-from rdance.data.world.prompts import prompt_set
-from rdance.diffusion.world_generator import WorldGenerator, patchify, unpatchify
-from rdance.pretrain_generator import make_evaluator, make_generator, make_task
+from rdance.world.prompts import prompt_set
+from rdance.world.generator import WorldGenerator, patchify, unpatchify
+from rdance.run.pretrain_generator import make_evaluator, make_generator, make_task
 from rdance.train.generator_eval import JudgeEval, Sampler, judge_scores
 from rdance.train.host import to_host
 from rdance.train.loop import train
-from rdance.train.sample_pairs import write_pairs
+from rdance.world.sampled_pairs import write_pairs
 from tests.finetune.conftest import TINY_GENERATOR, curve
 
 torch = pytest.importorskip("torch")

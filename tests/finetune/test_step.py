@@ -8,12 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rdance import sharding as sh
-from rdance.data.world.prompts import prompt_set
-from rdance.data.world.render import render
+from rdance.core import sharding as sh
+from rdance.world.prompts import prompt_set
+from rdance.world.render import render
 from rdance.diffusion import generator as genlib
 from rdance.diffusion.sampler import euler_step, sample
-from rdance.diffusion.world_generator import WorldGenerator
+from rdance.world.generator import WorldGenerator
 from rdance.reward.api import RewardModel
 from rdance.train.finetune_loop import finetune
 from rdance.train.finetune_step import StepSettings, make_micro, step_keys

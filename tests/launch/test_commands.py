@@ -9,7 +9,7 @@ PROJECT, ZONE, NAME = "rdance-test", "us-east5-a", "rd-v5p"
 SLICE = [f"--name={NAME}", f"--project={PROJECT}", f"--zone={ZONE}", "--accelerator=v5p-64"]
 WHERE = [f"--zone={ZONE}", f"--project={PROJECT}"]
 REPO_URL = "https://github.com/example/rdance.git"
-ENTRY = ["rdance.train_toy", "--config=experiments/toy.py", "--workdir=gs://rdance-test/toy",
+ENTRY = ["rdance.run.train_toy", "--config=experiments/toy.py", "--workdir=gs://rdance-test/toy",
          "--config.train.steps=1000", "--config.mesh.shape=(1,-1,1)"]
 SSH_ALL = ["compute", "tpus", "tpu-vm", "ssh", NAME, *WHERE, "--worker=all"]
 
@@ -53,7 +53,7 @@ def test_a_v5p_64_run_issues_these_gcloud_commands(gcloud, launch):
 
     # Eight workers, one process each: --distributed is added; the overrides pass through quoted.
     [run] = calls["run"]
-    assert ('  "$HOME/rdance-venv/bin/python" -m rdance.train_toy --config=experiments/toy.py '
+    assert ('  "$HOME/rdance-venv/bin/python" -m rdance.run.train_toy --config=experiments/toy.py '
             "--workdir=gs://rdance-test/toy --config.train.steps=1000 '--config.mesh.shape=(1,-1,1)' "
             "--distributed &") in script_of(run).splitlines()
     assert ') > "$HOME/rdance_logs/train_toy.log" 2>&1 < /dev/null &' in script_of(run).splitlines()
@@ -92,11 +92,11 @@ def test_queued_resource_commands(gcloud, launch):
 def test_single_host_run_is_not_distributed_and_on_demand_has_no_spot(gcloud, launch):
     one_host = [f"--name={NAME}", f"--project={PROJECT}", "--zone=us-central2-b", "--accelerator=v4-8"]
     assert launch("create", *one_host, env=gcloud.env).returncode == 0
-    assert launch("run", *one_host, "--job=toy", "--", "rdance.train_toy", "--config=experiments/toy.py",
+    assert launch("run", *one_host, "--job=toy", "--", "rdance.run.train_toy", "--config=experiments/toy.py",
                   "--workdir=/home/me/toy", env=gcloud.env).returncode == 0
     create, run = gcloud.calls()
     assert create[-2:] == ["--accelerator-type=v4-8", "--version=tpu-ubuntu2204-base"]
-    assert ('  "$HOME/rdance-venv/bin/python" -m rdance.train_toy --config=experiments/toy.py '
+    assert ('  "$HOME/rdance-venv/bin/python" -m rdance.run.train_toy --config=experiments/toy.py '
             "--workdir=/home/me/toy &") in run[-1].splitlines()
     assert 'echo $? > "$HOME/rdance_logs/toy.exit"' in run[-1]
 
@@ -116,7 +116,7 @@ def test_dry_run_prints_the_commands_it_would_run(gcloud, launch, tmp_path, name
         assert kinds == [["tpu-vm", "describe"], ["tpu-vm", "create"], ["tpu-vm", "delete"],
                          ["tpu-vm", "ssh"], ["tpu-vm", "ssh"], ["tpu-vm", "ssh"], ["tpu-vm", "ssh"]]
         assert "rdance-job" in printed[3][-1] and "install -q -e '.[tpu]'" in printed[4][-1]
-        assert "-m rdance.train_toy" in printed[5][-1] and "kill -TERM" in printed[6][-1]
+        assert "-m rdance.run.train_toy" in printed[5][-1] and "kill -TERM" in printed[6][-1]
         return
     gcloud.clear()
     if name == "status":  # status only reads the job once the slice answers READY
@@ -129,7 +129,7 @@ def test_fit_check_runs_rdance_fit_check_for_the_slice_topology(launch, gcloud):
     result = launch("fit-check", "--accelerator=v5p-64", "--dry-run", "--", *ENTRY, env=gcloud.env)
     assert result.returncode == 0, result.stderr
     assert shlex.split(result.stdout)[1:] == [
-        "-m", "rdance.fit_check", "--entry=rdance.train_toy", "--topology=v5p:2x4x4",
+        "-m", "rdance.run.fit_check", "--entry=rdance.run.train_toy", "--topology=v5p:2x4x4",
         "--config=experiments/toy.py", "--config.train.steps=1000", "--config.mesh.shape=(1,-1,1)"]
 
 
@@ -153,17 +153,17 @@ BAD = [
     (["run", *SLICE], "name the entrypoint and its flags after '--'"),
     (["run", *SLICE, "--", "rdance.train_toi", "--config=experiments/toy.py"],
      "entrypoint rdance.train_toi not found"),
-    (["run", *SLICE, "--", "rdance.train_toy", "--config=experiments/nope.py"],
+    (["run", *SLICE, "--", "rdance.run.train_toy", "--config=experiments/nope.py"],
      "--config=experiments/nope.py: experiments/nope.py does not exist"),
-    (["run", *SLICE, "--", "rdance.train_toy", "--config=experiments/toy.py", "--workdir=/tmp/toy"],
+    (["run", *SLICE, "--", "rdance.run.train_toy", "--config=experiments/toy.py", "--workdir=/tmp/toy"],
      "--workdir=/tmp/toy: the 8 workers of a v5p-64 must share it; use a bucket"),
     (["run", *SLICE, "--", *ENTRY, "--process_id=0"], "--process_id is for CPU processes"),
     (["keep-running", *SLICE[:3], "--accelerator=v5p-8", f"--repo={REPO_URL}", "--",
-      "rdance.train_toy", "--config=experiments/toy.py", "--workdir=/tmp/toy"],
+      "rdance.run.train_toy", "--config=experiments/toy.py", "--workdir=/tmp/toy"],
      "--workdir=/tmp/toy: a preempted VM's disk is lost with it"),
     (["logs", *SLICE, "--job=train_toy", "--worker=8"], "--worker=8: a v5p-64 has workers 0..7"),
     (["status", *SLICE], "--job is missing"),
-    (["delete", *SLICE, "--", "rdance.train_toy"], "delete takes no entrypoint"),
+    (["delete", *SLICE, "--", "rdance.run.train_toy"], "delete takes no entrypoint"),
     (["run", *SLICE, "--", *ENTRY, "--dry-run"], "--dry-run after '--' would go to the entrypoint"),
 ]
 

@@ -5,7 +5,7 @@ import os
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SLICE = ["--name=rd", "--project=rdance-test", "--zone=us-east5-a", "--accelerator=v5p-16"]
 ARGS = ["keep-running", *SLICE, "--spot", "--repo=https://github.com/example/rdance.git",
-        "--poll-seconds=0", "--", "rdance.train_toy", "--config=experiments/toy.py",
+        "--poll-seconds=0", "--", "rdance.run.train_toy", "--config=experiments/toy.py",
         "--workdir=gs://rdance-test/toy"]
 
 NOT_FOUND = {"rc": 1, "stderr": "ERROR: (gcloud.compute.tpus.tpu-vm.describe) NOT_FOUND: Resource "
@@ -21,7 +21,7 @@ def workers(*states):
 
 
 SCRIPT_KINDS = [("rdance-job", "status"), ("install -q -e '.[tpu]'", "bootstrap"),
-                ("-m rdance.train_toy", "run"), ("kill -TERM", "stop")]
+                ("-m rdance.run.train_toy", "run"), ("kill -TERM", "stop")]
 
 
 def kinds(calls):

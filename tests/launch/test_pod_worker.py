@@ -50,7 +50,7 @@ def worker_home(root, env_script):
 def test_two_pod_workers_match_one_process(tpu, gcloud, launch, tmp_path):
     assert launch("bootstrap", *SLICE, "--repo=https://github.com/example/rdance.git",
                   env=gcloud.env).returncode == 0
-    run = launch("run", *SLICE, "--", "rdance.train_toy", f"--workdir={BUCKET}", *FLAGS, env=gcloud.env)
+    run = launch("run", *SLICE, "--", "rdance.run.train_toy", f"--workdir={BUCKET}", *FLAGS, env=gcloud.env)
     assert run.returncode == 0, run.stderr
     [(*_, bootstrap), (*_, run_command)] = gcloud.calls()
     env_script = tpu.env_file_script({})
@@ -60,7 +60,7 @@ def test_two_pod_workers_match_one_process(tpu, gcloud, launch, tmp_path):
 
     # The one-process reference runs while the two workers start.
     single = str(tmp_path / "single")
-    reference = subprocess.Popen([sys.executable, "-m", "rdance.train_toy", f"--workdir={single}", *FLAGS],
+    reference = subprocess.Popen([sys.executable, "-m", "rdance.run.train_toy", f"--workdir={single}", *FLAGS],
                                  cwd=REPO, env=cpu_env(8), stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True)
 

@@ -70,7 +70,7 @@ def status(tpu, home):
 
 
 def test_run_status_stop_on_a_worker(tpu, worker):
-    entry = tpu.Entry("rdance.train_toy", ("--config=experiments/toy.py", "--workdir=gs://b/run"))
+    entry = tpu.Entry("rdance.run.train_toy", ("--config=experiments/toy.py", "--workdir=gs://b/run"))
     run = tpu.run_script("train_toy", entry)
     logs = worker / "rdance_logs"
 

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rdance.data.world.pairs import PreferencePairs
+from rdance.world.pairs import PreferencePairs
 from rdance.reward import losses
 from rdance.reward.api import RewardModel
 from tests.reward.conftest import make_rm_folder

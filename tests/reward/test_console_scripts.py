@@ -8,7 +8,7 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCRIPTS = {"rdance-score": "rdance.score", "rdance-generate": "rdance.generate", "rdance-fit": "rdance.fit_check"}
+SCRIPTS = {"rdance-score": "rdance.run.score", "rdance-generate": "rdance.run.generate", "rdance-fit": "rdance.run.fit_check"}
 
 
 def module_help(module: str) -> tuple[str, set[str]]:

@@ -10,7 +10,7 @@ from absl import flags
 from absl.testing import flagsaver
 from PIL import Image
 
-from rdance import score
+from rdance.run import score
 from rdance.models.internvl import ConfigError
 from rdance.reward.api import RewardModel
 
@@ -96,7 +96,7 @@ def test_score_shows_the_damage_in_one_line(copy, tmp_path, capsys):
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "a.png")
     (tmp_path / "in.jsonl").write_text('{"prompt": "x", "images": ["a.png"], "label": 1}\n')
     with flagsaver.flagsaver():
-        flags.FLAGS(["rdance.score", f"--rm={copy}", f"--input={tmp_path}/in.jsonl"])
+        flags.FLAGS(["rdance.run.score", f"--rm={copy}", f"--input={tmp_path}/in.jsonl"])
         with pytest.raises(SystemExit) as stopped:
             score.main([])
     assert re.fullmatch(r"error: .*rm/config.json: vision_config.num_attention_heads must be a positive integer, "

@@ -1,4 +1,4 @@
-"""rdance.score on bad inputs: one line naming the file (or JSONL line) and the fix, or with
+"""rdance.run.score on bad inputs: one line naming the file (or JSONL line) and the fix, or with
 --skip_bad the good inputs scored and the bad ones listed; --out written whole or not at all."""
 import json
 import os
@@ -10,7 +10,7 @@ from absl import flags
 from absl.testing import flagsaver
 from PIL import Image
 
-from rdance import score
+from rdance.run import score
 
 OLD_OUT = '{"name": "from an earlier run"}\n'
 
@@ -43,7 +43,7 @@ def out(tmp_path):
 def run(capsys, **options):
     """score.main on this command line; (exit message or None, stdout, stderr)."""
     with flagsaver.flagsaver():
-        flags.FLAGS(["rdance.score", *(f"--{k}={v}" for k, v in options.items())])
+        flags.FLAGS(["rdance.run.score", *(f"--{k}={v}" for k, v in options.items())])
         try:
             score.main([])
             code = None

@@ -7,14 +7,14 @@ import numpy as np
 from PIL import Image
 
 from rdance.data.records import PreferenceRecord, write_jsonl
-from rdance.data.world.pairs import PreferencePairs
+from rdance.world.pairs import PreferencePairs
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def run(*args):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, "-m", "rdance.score", *args], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "rdance.run.score", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
 
 

@@ -7,7 +7,7 @@ from flax import nnx
 from experiments import rm_smoke
 from rdance.reward.model import to_pixels
 from rdance.reward.task import forward_rows
-from rdance.train_reward import make_task
+from rdance.run.train_reward import make_task
 
 
 def tiny_task(tmp_path):

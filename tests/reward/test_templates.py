@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from rdance.data.world.pairs import PreferencePairs
+from rdance.world.pairs import PreferencePairs
 from rdance.reward import templates as T
 from rdance.reward.rows import RowBuilder, RowSpec
 from rdance.reward.scratch import load_tokenizer
@@ -72,7 +72,7 @@ def test_yes_must_be_one_known_token(tmp_path):
 
 
 def test_caption_rows_answer_with_the_prompt(template):
-    from rdance.data.world.pairs import WorldCaptions
+    from rdance.world.pairs import WorldCaptions
     spec = RowSpec(paradigm="caption", image_size=32, tokens_per_tile=4, max_prompt_tokens=40,
                    max_answer_tokens=16)
     record = WorldCaptions(1, seed=0)[0]
@@ -83,7 +83,7 @@ def test_caption_rows_answer_with_the_prompt(template):
 
 
 def test_grounding_question_rows_answer_yes_for_what_was_drawn_and_no_for_a_near_miss(template):
-    from rdance.data.world.pairs import WorldCaptions
+    from rdance.world.pairs import WorldCaptions
     spec = RowSpec(paradigm="caption", image_size=32, tokens_per_tile=4, max_prompt_tokens=48,
                    max_answer_tokens=16)
     source = WorldCaptions(40, seed=0, question_share=0.5)

@@ -23,7 +23,7 @@ TINY = ["--config=experiments/rm_smoke.py", "--config.model.patch_size=8", "--co
 
 
 def command(workdir, *extra):
-    return [sys.executable, "-m", "rdance.train_reward", f"--workdir={workdir}", *TINY, *extra]
+    return [sys.executable, "-m", "rdance.run.train_reward", f"--workdir={workdir}", *TINY, *extra]
 
 
 def env():
@@ -75,7 +75,7 @@ def test_kill_9_and_resume_matches(tmp_path, uninterrupted):
 
 def test_mistake_weights_shape_the_training_pairs_only():
     from experiments import rm_smoke
-    from rdance.train_reward import open_source
+    from rdance.run.train_reward import open_source
     data = rm_smoke.get_config().data
     source = lambda train: open_source("world", data, seed=0, size=4, noise=0.0, train=train)
     data.mistake_weights.shape = 1.0
@@ -87,7 +87,7 @@ def test_mistake_weights_shape_the_training_pairs_only():
 
 def test_jsonl_training_names_its_own_settings_for_a_path_outside_the_folder(tmp_path):
     """The records' errors name the config keys that loosen them, not the converter's flags."""
-    from rdance import train_reward
+    from rdance.run import train_reward
     from rdance.data import records
     from experiments import rm_smoke
     folder = tmp_path / "data"

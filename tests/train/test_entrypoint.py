@@ -17,7 +17,7 @@ COMMON = ["--config=experiments/toy.py", "--config.train.log_every=1",
           "--config.train.checkpoint_every=10", "--config.optim.schedule=constant"]
 
 
-def command(workdir, *extra, module="rdance.train_toy"):
+def command(workdir, *extra, module="rdance.run.train_toy"):
     return [sys.executable, "-m", module, f"--workdir={workdir}", *COMMON, *extra]
 
 
@@ -134,7 +134,7 @@ def test_two_processes_match_one(tmp_path, uninterrupted):
 
 
 def test_fit_check_reports_tpu_memory():
-    result = run([sys.executable, "-m", "rdance.fit_check", "--config=experiments/toy.py",
+    result = run([sys.executable, "-m", "rdance.run.fit_check", "--config=experiments/toy.py",
                   "--topology=v5e:2x2", "--config.mesh.shape=(1,-1,1)"])
     assert result.returncode == 0, result.stderr[-3000:]
     print(result.stdout)
@@ -147,6 +147,6 @@ def test_fit_check_reports_tpu_memory():
 
 
 def test_fit_check_rejects_unknown_topology():
-    result = run([sys.executable, "-m", "rdance.fit_check", "--config=experiments/toy.py",
+    result = run([sys.executable, "-m", "rdance.run.fit_check", "--config=experiments/toy.py",
                   "--topology=v9x:2x2"])
     assert result.returncode != 0 and "--topology='v9x:2x2'" in result.stderr

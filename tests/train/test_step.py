@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from experiments import toy
-from rdance import sharding as sh
+from rdance.core import sharding as sh
 from rdance.data.pipeline import host_batches
 from rdance.models.mlp import MLP, TeacherRegression, mse_loss
 from rdance.train import loop

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from experiments import toy
-from rdance import config_checks
+from rdance.core import config_checks
 from rdance.train import loop, workdir as workdirlib
 from tests.train.test_entrypoint import REPO, command, run
 
@@ -58,7 +58,7 @@ def test_every_shipped_config_is_in_range():
 
 def test_bad_config_stops_the_entrypoint_in_one_line(tmp_path):
     workdir = str(tmp_path / "w")
-    missing = run([sys.executable, "-m", "rdance.train_toy", f"--workdir={workdir}", "--config=experiments/tyo.py"])
+    missing = run([sys.executable, "-m", "rdance.run.train_toy", f"--workdir={workdir}", "--config=experiments/tyo.py"])
     assert error_line(missing) == ("error: config file experiments/tyo.py does not exist; pass "
                                    "--config=experiments/NAME.py (the files in experiments/), with a path relative "
                                    "to where you run the command")

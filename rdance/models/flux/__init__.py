@@ -14,7 +14,7 @@ from pathlib import Path
 
 from flax import nnx
 
-from rdance import sharding
+from rdance.core import sharding
 from rdance.diffusion.flow_match import ScheduleConfig
 from rdance.models.flux import clip, config, convert, t5, transformer, vae
 from rdance.models.flux.pipeline import FluxPipeline

@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from rdance import sharding
+from rdance.core import sharding
 
 WEIGHT_STEMS = ("diffusion_pytorch_model", "model")
 TorchKey = Callable[[tuple[str, ...]], str]

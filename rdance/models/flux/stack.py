@@ -10,7 +10,7 @@ from typing import Callable
 import jax
 from flax import nnx
 
-from rdance import sharding
+from rdance.core import sharding
 
 # Remat policies by name, so configs and CLIs can pick one with a string.
 REMAT_POLICIES = {

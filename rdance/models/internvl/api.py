@@ -10,7 +10,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from rdance import sharding as sh
+from rdance.core import sharding as sh
 
 from . import convert, generate as gen
 from .config import InternVLConfig, load_config

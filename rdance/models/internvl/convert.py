@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rdance import sharding as sh
+from rdance.core import sharding as sh
 
 from .config import InternVLConfig
 from .safetensors_io import CorruptCheckpointError, SafetensorsFile, write

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rdance import sharding
+from rdance.core import sharding
 from rdance.models.layers import Embed, Linear, RMSNorm
 
 from .config import TextConfig, rope_frequencies

@@ -10,8 +10,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rdance.models.layers import LayerNorm, Linear, RMSNorm
-from rdance import sharding
-from rdance.sharding import param
+from rdance.core import sharding
+from rdance.core.sharding import param
 
 from .config import VisionConfig
 

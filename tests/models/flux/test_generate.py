@@ -10,7 +10,7 @@ from PIL import Image
 
 def run(*args):
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
-    return subprocess.run([sys.executable, "-m", "rdance.generate", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "rdance.run.generate", *args], capture_output=True, text=True,
                           env=env, timeout=300)
 
 

@@ -3,7 +3,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from rdance import sharding
+from rdance.core import sharding
 from rdance.models.flux import load_t5, load_transformer
 from .test_convert import inputs
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from rdance import sharding as sh
+from rdance.core import sharding as sh
 from rdance.models import internvl
 
 

@@ -1,6 +1,6 @@
 """Train a generative reward model (or the regressive baseline) on preference pairs.
 
-    python -m rdance.train_reward --config=experiments/rm_smoke.py --workdir=/tmp/rm
+    python -m rdance.run.train_reward --config=experiments/rm_smoke.py --workdir=/tmp/rm
 
 The RM starts from an InternVL Hugging Face folder (``rm.pretrained``) or, for the smoke
 config, from scratch with a word-level tokenizer built for the synthetic world. At the end the
@@ -17,11 +17,13 @@ import jax
 from absl import flags, logging
 from flax import nnx
 
-from rdance import cli, console
+from rdance.run import cli
+
+from rdance.core import console
 from rdance.data import records
 from rdance.data.records import JsonlRecords
-from rdance.data.world.pairs import PreferencePairs, WorldCaptions
-from rdance.data.world.prompts import KINDS
+from rdance.world.pairs import PreferencePairs, WorldCaptions
+from rdance.world.prompts import KINDS
 from rdance.reward import scratch
 from rdance.reward.task import Evaluator, LossSpec, make_loss_fn, row_spec_from_config
 from rdance.reward.templates import TokenTemplate
@@ -40,9 +42,9 @@ def open_source(spec: str, data, *, seed: int, size: int, noise: float, train: b
     'world' or 'world:relation+count' (synthetic pairs, by prompt kinds); 'world_captions'
     (images and what they show, to pretrain a from-scratch VLM); a .jsonl file (see
     rdance.data.records); 'tfds:DATA_DIR:FORMAT[:SPLIT]', a set converted by
-    ``python -m rdance.data.preference_set`` (Pick-a-Pic v2, HPDv2, ImageRewardDB, JSONL)."""
+    ``python -m rdance.run.preference_set`` (Pick-a-Pic v2, HPDv2, ImageRewardDB, JSONL)."""
     if spec.startswith("tfds:"):
-        from rdance.data.preference_set import PreferenceSource
+        from rdance.run.preference_set import PreferenceSource
         parts = spec.split(":")
         if len(parts) not in (3, 4):
             raise ValueError(f"data source {spec!r}: use tfds:DATA_DIR:FORMAT[:SPLIT]")
@@ -122,7 +124,7 @@ def run(config, workdir: str) -> None:
     task = make_task(config, workdir)
     builder, loss_spec, eval_sets = task.evaluator_args
     if eval_sets:
-        from rdance import sharding
+        from rdance.core import sharding
         graphdef = nnx.split(nnx.eval_shape(task.make_model), nnx.Param)[0]
         mesh = sharding.make_mesh(config.mesh.shape)
         task.evaluate = Evaluator(graphdef, builder, loss_spec, eval_sets, mesh, config.data.eval_batch_size)

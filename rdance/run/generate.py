@@ -1,6 +1,6 @@
 r"""Text to image with a FLUX pipeline folder: PNGs plus a JSONL of prompts, seeds and settings.
 
-    python -m rdance.generate --pipeline=/ckpt/FLUX.1-dev --out_dir=/tmp/out \
+    python -m rdance.run.generate --pipeline=/ckpt/FLUX.1-dev --out_dir=/tmp/out \
         --prompts="a red cube" --prompts="two cats" --height=1024 --width=1024 --batch_size=2
 
 Image i uses seed ``--seed + i``, so any single image can be regenerated from its JSONL line.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
-from rdance import console
+from rdance.core import console
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("pipeline", None, "FluxPipeline folder (model_index.json layout).", required=True)
@@ -92,7 +92,7 @@ def main(argv):
 
 
 def run():
-    """Console-script entry point (setup.py: rdance-generate=rdance.generate:run)."""
+    """Console-script entry point (setup.py: rdance-generate=rdance.run.generate:run)."""
     console.run(main)
 
 

@@ -1,18 +1,18 @@
 """The whole RewardDance job on the synthetic world, from nothing to a report, in one command.
 
-    python -m rdance.demo --workdir=/tmp/demo
-    python -m rdance.demo --workdir=/tmp/demo_ci --config=experiments/demo.py:ci   # ~3 minutes
+    python -m rdance.run.demo --workdir=/tmp/demo
+    python -m rdance.run.demo --workdir=/tmp/demo_ci --config=experiments/demo.py:ci   # ~3 minutes
 
 Stages (each an rdance entrypoint run as a child process in WORKDIR/<stage>; see
 experiments/demo.py for what each runs and its budget):
 
-1. ``generator``  pretrain the world generator                  (rdance.pretrain_generator)
-2. ``pairs``      judge-labelled preference pairs of its samples (rdance.make_pairs)
-3. ``vlm``        caption-pretrain the small VLM                 (rdance.train_reward, caption)
-4. ``rm``         train the generative reward model from it      (rdance.train_reward)
-5. ``bank``       the Best-of-N reference bank (pairwise RMs)    (rdance.finetune, 0 steps)
-6. ``finetune``   ReFL against the RM                            (rdance.finetune)
-7. ``evaluate``   the judge on held-out prompts, before vs after (rdance.judge_generators)
+1. ``generator``  pretrain the world generator                  (rdance.run.pretrain_generator)
+2. ``pairs``      judge-labelled preference pairs of its samples (rdance.run.make_pairs)
+3. ``vlm``        caption-pretrain the small VLM                 (rdance.run.train_reward, caption)
+4. ``rm``         train the generative reward model from it      (rdance.run.train_reward)
+5. ``bank``       the Best-of-N reference bank (pairwise RMs)    (rdance.run.finetune, 0 steps)
+6. ``finetune``   ReFL against the RM                            (rdance.run.finetune)
+7. ``evaluate``   the judge on held-out prompts, before vs after (rdance.run.judge_generators)
 8. ``report``     WORKDIR/report/report.md and report.html
 
 A finished stage leaves ``DONE.json`` in its folder and a rerun skips it; an interrupted stage
@@ -32,8 +32,12 @@ import time
 
 from absl import flags
 
-from rdance import cli, console, report as reportlib, stages
-from rdance.stages import (REPO, REUSE, VERBOSE, Runner, Stage, StageError, apply_overrides, flatten, job_lock,
+from rdance.run import cli
+
+from rdance.core import console
+
+from rdance.jobs import report as reportlib, stages
+from rdance.jobs.stages import (REPO, REUSE, VERBOSE, Runner, Stage, StageError, apply_overrides, flatten, job_lock,
                            load_config, parse_assignments, resolve)
 from rdance.train.metrics import format_seconds
 
@@ -62,12 +66,12 @@ def build_stages(config) -> list[Stage]:
     rm_cfg, rm_set, rm_s = section(config, "rm")
     ft_cfg, ft_set, ft_s = section(config, "finetune")
     stages = [
-        Stage("generator", "pretrain the world generator", "rdance.pretrain_generator", gen_cfg, gen_set,
+        Stage("generator", "pretrain the world generator", "rdance.run.pretrain_generator", gen_cfg, gen_set,
               marker="export/generator.json", estimate_s=gen_s),
-        Stage("pairs", "judge-labelled preference pairs over the generator's samples", "rdance.make_pairs",
+        Stage("pairs", "judge-labelled preference pairs over the generator's samples", "rdance.run.make_pairs",
               pairs_cfg, pairs_set, flags={"generator": "{stage:generator}/export"}, marker="pairs.json",
               estimate_s=pairs_s),
-        Stage("vlm", "caption-pretrain the VLM", "rdance.train_reward", vlm_cfg, vlm_set,
+        Stage("vlm", "caption-pretrain the VLM", "rdance.run.train_reward", vlm_cfg, vlm_set,
               marker="export/reward_config.json", estimate_s=vlm_s),
     ]
     pairs = resolved(pairs_cfg, pairs_set).pairs
@@ -82,21 +86,21 @@ def build_stages(config) -> list[Stage]:
         rm["data.train"] = "{stage:pairs}/train.jsonl"
     elif config.rm.train_data != "recipe":
         raise StageError(f"rm.train_data={config.rm.train_data!r}: use 'recipe' (rm_smoke's data.train) or 'pairs'")
-    stages.append(Stage("rm", f"train the {rm_config.rm.paradigm} reward model", "rdance.train_reward", rm_cfg, rm,
+    stages.append(Stage("rm", f"train the {rm_config.rm.paradigm} reward model", "rdance.run.train_reward", rm_cfg, rm,
                         marker="export/reward_config.json", estimate_s=rm_s))
     models = {"generator.path": "{stage:generator}/export", "reward.path": "{stage:rm}/export"}
     pairwise = rm_config.rm.paradigm == "pairwise"
     if pairwise:   # pointwise and regressive RMs score without references: no bank
         bank = {**ft_set, **models, "train.steps": 0, "monitor.eval_every": 0, "monitor.grid_every": 0}
-        stages.append(Stage("bank", "build the Best-of-N reference bank", "rdance.finetune", ft_cfg, bank,
+        stages.append(Stage("bank", "build the Best-of-N reference bank", "rdance.run.finetune", ft_cfg, bank,
                             marker="bank/bank.json", estimate_s=float(config.bank.estimate_s)))
-    stages.append(Stage("finetune", f"fine-tune the generator ({resolved(ft_cfg, ft_set).algo})", "rdance.finetune",
+    stages.append(Stage("finetune", f"fine-tune the generator ({resolved(ft_cfg, ft_set).algo})", "rdance.run.finetune",
                         ft_cfg, {**ft_set, **models}, copy={"bank": ("bank", "bank")} if pairwise else {},
                         marker="export/generator.json", estimate_s=ft_s))
     e = config.evaluate
     stages.append(Stage(
         "evaluate", "judge the generator before and after on the same held-out prompts and noise",
-        "rdance.judge_generators", ft_cfg, ft_set, marker="scores.json", estimate_s=float(e.estimate_s),
+        "rdance.run.judge_generators", ft_cfg, ft_set, marker="scores.json", estimate_s=float(e.estimate_s),
         flags={"generators": "before={stage:generator}/export,after={stage:finetune}/export",
                "samples_per_prompt": e.samples_per_prompt, "grid_prompts": e.grid_prompts,
                "grid_samples": e.grid_samples, "scale": e.scale}))

@@ -5,7 +5,7 @@ import dataclasses
 
 import numpy as np
 
-from rdance.data.world.prompts import COLOURS, SHAPES, ObjectSpec, Scene
+from rdance.world.prompts import COLOURS, SHAPES, ObjectSpec, Scene
 
 BACKGROUND = (16, 16, 16)
 MISTAKES = ("colour", "shape", "count", "missing", "relation")

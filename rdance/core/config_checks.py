@@ -75,3 +75,21 @@ def _lookup(config, dotted: str):
             return None
         node = node[part]
     return node
+
+
+class ConfigKeyError(ValueError):
+    pass
+
+
+def check_override(config: ml_collections.ConfigDict, dotted: str) -> None:
+    """Raise ConfigKeyError naming ``dotted`` and the keys valid where it went wrong."""
+    node, walked = config, []
+    for part in dotted.split("."):
+        name = part.split("[")[0]
+        if not isinstance(node, (ml_collections.ConfigDict, dict)) or name not in node:
+            where = ".".join(walked) or "the top level"
+            valid = sorted(node.keys()) if isinstance(node, (ml_collections.ConfigDict, dict)) else []
+            raise ConfigKeyError(
+                f"unknown config key '{dotted}': '{name}' is not in {where}; valid keys there: "
+                f"{', '.join(valid) or '(none: it is a value, not a section)'}")
+        node, walked = node[name], walked + [name]

@@ -1,13 +1,15 @@
 """Train the toy MLP regressor: the foundation's proof that the harness works end to end.
 
-    python -m rdance.train_toy --config=experiments/toy.py --workdir=/tmp/rdance_toy
+    python -m rdance.run.train_toy --config=experiments/toy.py --workdir=/tmp/rdance_toy
 """
 from __future__ import annotations
 
 from absl import flags, logging
 from flax import nnx
 
-from rdance import cli, console
+from rdance.run import cli
+
+from rdance.core import console
 from rdance.models.mlp import MLP, TeacherRegression, mse_loss
 from rdance.train.loop import Task, train
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 
 from rdance.data.records import PreferenceRecord
-from rdance.data.world.judge import judge
-from rdance.data.world.prompts import KINDS, sample_scene
-from rdance.data.world.render import MISTAKES, mistaken_scene, possible_mistakes, render, render_variant
+from rdance.world.judge import judge
+from rdance.world.prompts import KINDS, sample_scene
+from rdance.world.render import MISTAKES, mistaken_scene, possible_mistakes, render, render_variant
 
 ALIGNMENT_CRITERIA = ("Image-text alignment: every object in the prompt is present with the right "
                       "colour, shape and count, and stated positions are respected.")

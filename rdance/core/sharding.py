@@ -122,7 +122,7 @@ def _axes_of(path: tuple, var: nnx.Variable) -> tuple | None:
     if axes is None and isinstance(var, nnx.Param):
         raise ShardingError(
             f"parameter {path_str(path)} has no logical axes; create it with "
-            "rdance.sharding.param(value, axes)")
+            "rdance.core.sharding.param(value, axes)")
     return axes
 
 

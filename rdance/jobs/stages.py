@@ -45,10 +45,10 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from rdance.cli import check_override
+from rdance.core.config_checks import check_override
 from rdance.train.metrics import format_seconds
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # rdance/jobs/ -> the checkout
 DONE_FILE = "DONE.json"
 PARTIAL_FILE = "PARTIAL.json"     # wall time and count of unfinished attempts, added to the finished one's
 # A job's lock in its workdir; a training run's own lock (LOCK, in a stage's folder) is one level below.
@@ -69,7 +69,7 @@ CHILD_ETA = re.compile(r"ETA (\d+):(\d\d):(\d\d)")
 FRACTION = re.compile(r"^(?:step|reference bank:) (\d+)/(\d+)")
 
 
-# Flags of the entrypoints that run stages (rdance.demo, rdance.ablate), defined once here.
+# Flags of the entrypoints that run stages (rdance.run.demo, rdance.run.ablate), defined once here.
 VERBOSE = flags.DEFINE_bool("verbose", False, "echo every line the stages print, not only their progress")
 REUSE = flags.DEFINE_list("reuse", [], "workdirs (of a demo or an ablation run) whose finished stages are reused "
                                        "when their settings hash matches, instead of running them again")

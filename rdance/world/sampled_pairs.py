@@ -3,9 +3,9 @@
 RewardDance's reward models learn from people comparing images that generators made. In the
 synthetic world the judge stands in for the raters: for random prompts it scores several
 samples of the pretrained generator, and two samples of one prompt with different scores become
-a pair whose label is the better one. Optionally, rendered pairs from rdance.data.world.pairs (a
+a pair whose label is the better one. Optionally, rendered pairs from rdance.world.pairs (a
 faithful render against near misses) are mixed in. The output is the JSONL + PNG layout of
-rdance.data.records, so ``python -m rdance.train_reward --config.data.train=.../train.jsonl``
+rdance.data.records, so ``python -m rdance.run.train_reward --config.data.train=.../train.jsonl``
 trains a reward model on it.
 """
 from __future__ import annotations
@@ -16,8 +16,8 @@ import os
 import numpy as np
 from absl import logging
 
-from rdance.data.world.pairs import ALIGNMENT_CRITERIA, PreferencePairs
-from rdance.data.world.prompts import sample_scene
+from rdance.world.pairs import ALIGNMENT_CRITERIA, PreferencePairs
+from rdance.world.prompts import sample_scene
 from rdance.train.generator_eval import Sampler, judge_scores
 
 

@@ -1,5 +1,5 @@
 """``app.run`` for the console scripts (setup.py), so that ``rdance-score --help`` shows what
-``python -m rdance.score --help`` shows: the module's description and its flags, exit status 0.
+``python -m rdance.run.score --help`` shows: the module's description and its flags, exit status 0.
 
 absl's ``--help`` prints the ``__main__`` module's docstring and the key flags of the module it
 names by ``sys.argv[0]``. Under ``python -m`` both are the entry module; under a console script

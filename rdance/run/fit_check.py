@@ -1,10 +1,10 @@
 r"""Does a config fit on a TPU slice? Compile its train step for the slice's topology on this
 machine (through libtpu, no TPU needed) and compare per-chip memory with the chip's HBM.
 
-    python -m rdance.fit_check --config=experiments/toy.py --topology=v5p:2x2x2
-    python -m rdance.fit_check --entry=rdance.train_toy --config=... --topology=v5e:4x4 \
+    python -m rdance.run.fit_check --config=experiments/toy.py --topology=v5p:2x2x2
+    python -m rdance.run.fit_check --entry=rdance.run.train_toy --config=... --topology=v5e:4x4 \
         --config.mesh.shape="(1,-1,4)"
-    python -m rdance.fit_check --entry=rdance.finetune --config=experiments/finetune_flux_dev.py:8b \
+    python -m rdance.run.fit_check --entry=rdance.run.finetune --config=experiments/finetune_flux_dev.py:8b \
         --topology=v5p:4x4x4 --config.mesh.shape="(1,-1,4)"
 
 ``--entry`` names the entrypoint module whose ``make_task(config)`` defines the model, loss and
@@ -24,15 +24,17 @@ import jax
 import numpy as np
 from absl import flags
 
-from rdance import cli, console, sharding
+from rdance.run import cli
+
+from rdance.core import console, sharding
 from rdance.train.loop import batch_spec
 from rdance.train.optim import make_optimizer
 from rdance.train.state import StateFactory
 from rdance.train.step import compile_train_step, make_train_step, memory_per_device
 
 TOPOLOGY = flags.DEFINE_string("topology", None, "TPU topology, e.g. v5p:2x2x2, v5e:4x4, v6e:2x2")
-ENTRY = flags.DEFINE_string("entry", "rdance.train_toy", "entrypoint module defining make_task(config)")
-flags.declare_key_flag("config")  # defined by rdance.cli; --help lists it with this module's own
+ENTRY = flags.DEFINE_string("entry", "rdance.run.train_toy", "entrypoint module defining make_task(config)")
+flags.declare_key_flag("config")  # defined by rdance.run.cli; --help lists it with this module's own
 
 # HBM per chip in GiB, by the generation prefix of the topology name.
 HBM_PER_CHIP_GIB = {"v4": 32, "v5e": 16, "v5p": 95, "v6e": 32}
@@ -67,7 +69,7 @@ def fit_report(config, task, topology: str) -> dict:
 
 
 def finetune_fit_report(config, topology: str) -> dict:
-    """The fine-tuning step (rdance.finetune) of ``config``, built from shapes for ``topology``."""
+    """The fine-tuning step (rdance.run.finetune) of ``config``, built from shapes for ``topology``."""
     from rdance.train import finetune_fit
     devices, hbm = topology_devices(topology)
     started = time.perf_counter()
@@ -94,7 +96,7 @@ def fits(r: dict) -> bool:
 
 
 # Entrypoints whose step is not a Task's train step, and how to measure theirs.
-STEP_REPORTS = {"rdance.finetune": finetune_fit_report}
+STEP_REPORTS = {"rdance.run.finetune": finetune_fit_report}
 
 
 def _element(task):

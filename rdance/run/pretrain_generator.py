@@ -1,17 +1,17 @@
 """Pretrain the synthetic world's generator: flow matching on rendered caption-image pairs.
 
-    python -m rdance.pretrain_generator --config=experiments/gen_smoke.py --workdir=/tmp/gen
+    python -m rdance.run.pretrain_generator --config=experiments/gen_smoke.py --workdir=/tmp/gen
 
 The text encoder (a small T5 over the world's word tokenizer) and the pixel-space FLUX
-transformer train jointly on random world scenes (rdance.diffusion.world_generator). Every
+transformer train jointly on random world scenes (rdance.world.generator). Every
 ``train.eval_every`` steps the programmatic judge scores one sample per held-out prompt
 (``eval/judge``; ``eval/check/*``: which kinds of check pass, see docs/finetune.md). At the end
 the generator is exported to ``WORKDIR/export`` (generator.json, tokenizer/, text_encoder/ in
-transformers' T5 layout, transformer/ in diffusers' layout), the folder ``rdance.finetune``
+transformers' T5 layout, transformer/ in diffusers' layout), the folder ``rdance.run.finetune``
 starts from (``--config.generator.path=WORKDIR/export``).
 
 With ``pairs.num_prompts > 0`` it also writes ``WORKDIR/pairs/{train,eval}.jsonl``: preference
-pairs over the trained generator's samples labelled by the judge (rdance.train.sample_pairs),
+pairs over the trained generator's samples labelled by the judge (rdance.world.sampled_pairs),
 for a reward model that has seen this generator's images. Rerunning the command on a finished
 workdir only exports and writes the pairs again.
 """
@@ -24,14 +24,16 @@ import jax.numpy as jnp
 from absl import flags, logging
 from flax import nnx
 
-from rdance import cli, console, sharding
+from rdance.run import cli
+
+from rdance.core import console, sharding
 from rdance.diffusion import generator as genlib
-from rdance.diffusion.world_generator import WorldGenerator
+from rdance.world.generator import WorldGenerator
 from rdance.train.finetune_data import RenderedCaptions, world_prompt_split
 from rdance.train.generator_eval import JudgeEval, Sampler
 from rdance.train.host import sync, to_host
 from rdance.train.loop import Task, train
-from rdance.train.sample_pairs import write_pairs
+from rdance.world.sampled_pairs import write_pairs
 
 # --help lists the shared flags (--config, --workdir, ...) with this module's own.
 flags.adopt_module_key_flags(cli)

@@ -1,6 +1,6 @@
 """Preference sets converted once to ArrayRecord through a TFDS builder, read back by grain.
 
-    python -m rdance.data.preference_set --format=pickapic_v2 --manual_dir=/data/pickapic \
+    python -m rdance.run.preference_set --format=pickapic_v2 --manual_dir=/data/pickapic \
         --data_dir=/data/tfds [--skip_bad_records] [--allow_outside_paths] [--max_image_pixels=N]
 
 ``manual_dir`` holds the raw files: for parquet formats ``train/`` and ``test/`` folders (or the
@@ -20,8 +20,9 @@ import tempfile
 from absl import flags
 from PIL import Image
 
-from rdance import console
-from rdance.data import record_flags, sources
+from rdance.core import console
+from rdance.run import record_flags
+from rdance.data import sources
 from rdance.data.preference_builder import builder_class, from_example, tfds
 from rdance.data.records import BadRecord, PreferenceRecord, pixel_limit
 
@@ -36,7 +37,7 @@ class PreferenceSource:
         builder = builder_class()(config=fmt, data_dir=data_dir)
         if not builder.is_prepared():
             raise FileNotFoundError(f"no converted {fmt} preference set in {data_dir}; run "
-                                    f"python -m rdance.data.preference_set --format={fmt} ...")
+                                    f"python -m rdance.run.preference_set --format={fmt} ...")
         self.source = builder.as_data_source(split=split)
 
     def __len__(self) -> int:

@@ -1,7 +1,7 @@
 """Judge world generators side by side: the same held-out prompts and the same noise for each, scored
 by the synthetic world's programmatic judge, with sample grids.
 
-    python -m rdance.judge_generators --config=experiments/finetune_smoke.py --workdir=/tmp/judged \\
+    python -m rdance.run.judge_generators --config=experiments/finetune_smoke.py --workdir=/tmp/judged \\
         --generators=before=/tmp/gen_smoke/export,after=/tmp/ft_refl/export --samples_per_prompt=4
 
 The held-out prompts, the sampler's steps and the noise seed come from the fine-tuning config
@@ -10,7 +10,7 @@ The held-out prompts, the sampler's steps and the noise seed come from the fine-
 what that run's ``eval/judge`` scored. Sample s of prompt p has noise id ``s * P + p``.
 
 Writes ``WORKDIR/scores.json`` (mean judge score of every generator, overall and per prompt
-kind, the pass rate of each kind of check (rdance.data.world.judge.check_rates: is an asked
+kind, the pass rate of each kind of check (rdance.world.judge.check_rates: is an asked
 object there in its colour at all, and in its shape?), and every sample's score),
 ``WORKDIR/grid_<label>.png`` (the first ``--grid_prompts`` prompts, one row each,
 ``--grid_samples`` samples per row) and ``WORKDIR/comparison.png`` (a faithful render, then each
@@ -27,10 +27,12 @@ import numpy as np
 from absl import flags, logging
 from flax import nnx
 
-from rdance import cli, console, sharding
-from rdance.data.world.render import render
-from rdance.diffusion.world_generator import WorldGenerator
-from rdance.report import comparison_image, grid_image
+from rdance.run import cli
+
+from rdance.core import console, sharding
+from rdance.world.render import render
+from rdance.world.generator import WorldGenerator
+from rdance.jobs.report import comparison_image, grid_image
 from rdance.train.finetune_data import world_prompt_split
 from rdance.train.generator_eval import Sampler, judge_scores, judge_with_checks
 
@@ -68,7 +70,7 @@ def parse_generators(spec: str | None) -> dict[str, str]:
             raise ValueError(f"--generators names {label!r} twice")
         if not os.path.isfile(os.path.join(folder, "generator.json")):
             raise ValueError(f"--generators {label}={folder}: not a world generator folder (no generator.json); "
-                             "python -m rdance.pretrain_generator and rdance.finetune write one to WORKDIR/export")
+                             "python -m rdance.run.pretrain_generator and rdance.run.finetune write one to WORKDIR/export")
         out[label] = folder
     return out
 

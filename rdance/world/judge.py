@@ -16,8 +16,8 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-from rdance.data.world.prompts import COLOURS, NUMBER_WORDS, SHAPES, Scene
-from rdance.data.world.render import BACKGROUND, relation_holds, shape_mask
+from rdance.world.prompts import COLOURS, NUMBER_WORDS, SHAPES, Scene
+from rdance.world.render import BACKGROUND, relation_holds, shape_mask
 
 _PALETTE = np.array([BACKGROUND] + list(COLOURS.values()), np.float32)
 _NAMES = ["background"] + list(COLOURS)

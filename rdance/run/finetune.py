@@ -1,7 +1,7 @@
 """Fine-tune a generator against a frozen generative reward model: ReFL or reward-weighted
 flow matching, with a Best-of-N reference bank, EMA, a pretraining anchor and hacking monitors.
 
-    python -m rdance.finetune --config=experiments/finetune_smoke.py --workdir=/tmp/ft \\
+    python -m rdance.run.finetune --config=experiments/finetune_smoke.py --workdir=/tmp/ft \\
         --config.generator.path=/tmp/gen_smoke/export --config.reward.path=/tmp/rm_smoke/export
 
 ``--config.algo=refl|rwr`` picks the algorithm. Rerunning the same command resumes (the
@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from absl import flags, logging
 
-from rdance import cli, console
+from rdance.run import cli
+
+from rdance.core import console
 from rdance.train.finetune_loop import finetune
 
 # --help lists the shared flags (--config, --workdir, ...) with this module's own.

@@ -1,5 +1,5 @@
 """The flags that loosen the checks on preference records, defined once for every command that
-reads records (rdance.data.preference_set, rdance.score): absl keeps one flag per name per
+reads records (rdance.run.preference_set, rdance.run.score): absl keeps one flag per name per
 process, and the same flag must mean the same thing wherever it is given."""
 from absl import flags
 from PIL import Image

@@ -1,8 +1,8 @@
 """The paper's ablations at small scale on the synthetic world, 3 seeds each, as tables of mean ± std.
 
-    python -m rdance.ablate --workdir=/tmp/ablate                         # all four, 76 min on 2 cores
-    python -m rdance.ablate --workdir=/tmp/ablate --only=paradigm,cot --seeds=1
-    python -m rdance.ablate --workdir=/tmp/ablate --plan                  # what would run, and how long
+    python -m rdance.run.ablate --workdir=/tmp/ablate                         # all four, 76 min on 2 cores
+    python -m rdance.run.ablate --workdir=/tmp/ablate --only=paradigm,cot --seeds=1
+    python -m rdance.run.ablate --workdir=/tmp/ablate --plan                  # what would run, and how long
 
 Ablations (one config each in experiments/ablations/, on the shared scale of base.py):
 
@@ -13,7 +13,7 @@ Ablations (one config each in experiments/ablations/, on the shared scale of bas
 - ``cot``        Table 9: RM trained without vs with chain-of-thought rationales
 
 Every arm and seed is a chain of stages (world generator -> VLM -> RM -> ReFL fine-tuning), run as
-child processes by rdance.stages. A stage lives in ``WORKDIR/stages/<kind>-<settings hash>``, so
+child processes by rdance.jobs.stages. A stage lives in ``WORKDIR/stages/<kind>-<settings hash>``, so
 work identical across arms and ablations (the generator, a VLM size, the pairwise RM of a seed)
 runs once, a rerun skips what is finished and resumes what was interrupted, and a changed recipe
 makes new stages rather than reusing stale ones. The results go to ``WORKDIR/results.md`` (the
@@ -30,8 +30,12 @@ import time
 
 from absl import flags
 
-from rdance import cli, console, report as reportlib, stages
-from rdance.stages import (BUDGET_MACHINE, REPO, REUSE, VERBOSE, Runner, Stage, StageError, apply_overrides, flatten,
+from rdance.run import cli
+
+from rdance.core import console
+
+from rdance.jobs import report as reportlib, stages
+from rdance.jobs.stages import (BUDGET_MACHINE, REPO, REUSE, VERBOSE, Runner, Stage, StageError, apply_overrides, flatten,
                            job_lock, load_config, parse_assignments, read_done, resolve)
 from rdance.train.metrics import format_seconds
 
@@ -40,7 +44,7 @@ flags.adopt_module_key_flags(cli)
 flags.adopt_module_key_flags(stages)
 
 ABLATIONS = ("paradigm", "rm_size", "references", "cot")
-# --workdir is rdance.cli's flag (rdance.stages imports cli for its config-key check).
+# --workdir is rdance.run.cli's flag (rdance.jobs.stages imports cli for its config-key check).
 ONLY = flags.DEFINE_list("only", list(ABLATIONS), "ablations to run (files in experiments/ablations/)")
 ARMS = flags.DEFINE_list("arms", [], "run only these arms of the chosen ablations (default: all)")
 VARIANT = flags.DEFINE_string("variant", "", "config variant, e.g. 'ci' (tiny models, a few steps)")
@@ -106,13 +110,13 @@ def cell_stages(config, arm_name: str, seed: int, seed_keys: dict) -> tuple[list
     models = {"generator.path": f"{{stage:generator.{tag}}}/export", "reward.path": f"{{stage:rm.{tag}}}/export"}
     ft_set = _seeded(ft_cfg, {**ft_set, **models}, seed_keys["finetune"], seed, f"{tag} finetune")
     stages = [
-        Stage(f"generator.{tag}", "pretrain the world generator", "rdance.pretrain_generator", gen_cfg, gen_set,
+        Stage(f"generator.{tag}", "pretrain the world generator", "rdance.run.pretrain_generator", gen_cfg, gen_set,
               marker="export/generator.json", estimate_s=gen_s),
-        Stage(f"vlm.{tag}", "caption-pretrain the VLM", "rdance.train_reward", vlm_cfg, vlm_set,
+        Stage(f"vlm.{tag}", "caption-pretrain the VLM", "rdance.run.train_reward", vlm_cfg, vlm_set,
               marker="export/reward_config.json", estimate_s=vlm_s),
-        Stage(f"rm.{tag}", "train the reward model", "rdance.train_reward", rm_cfg, rm_set,
+        Stage(f"rm.{tag}", "train the reward model", "rdance.run.train_reward", rm_cfg, rm_set,
               marker="export/reward_config.json", estimate_s=rm_s),
-        Stage(f"finetune.{tag}", "build the bank and fine-tune with ReFL", "rdance.finetune", ft_cfg, ft_set,
+        Stage(f"finetune.{tag}", "build the bank and fine-tune with ReFL", "rdance.run.finetune", ft_cfg, ft_set,
               marker="export/generator.json", estimate_s=ft_s),
     ]
     return stages, Cell(config.name, arm_name, seed, {s.name.split(".")[0]: s.name for s in stages})
@@ -224,7 +228,7 @@ def _run_locked(workdir: str, configs: dict, cells: list[Cell], distinct: list[S
     with open(path, "w") as f:
         json.dump(saved, f, indent=1)
     with open(os.path.join(workdir, "results.md"), "w") as f:
-        f.write("## Ablations at small scale (rdance.ablate)\n\n" + tables(saved))
+        f.write("## Ablations at small scale (rdance.run.ablate)\n\n" + tables(saved))
     print("\n" + text, file=out)
     print(f"ablations done in {format_seconds(time.perf_counter() - started)}; tables in "
           f"{os.path.join(workdir, 'results.md')}", file=out, flush=True)

@@ -1,15 +1,15 @@
 """Preference data over a trained world generator's own samples, labelled by the programmatic judge.
 
-    python -m rdance.make_pairs --config=experiments/gen_smoke.py --workdir=/tmp/pairs \\
+    python -m rdance.run.make_pairs --config=experiments/gen_smoke.py --workdir=/tmp/pairs \\
         --generator=/tmp/gen_smoke/export --config.pairs.num_prompts=1000
 
 The config's ``pairs`` section says how many (``num_prompts`` / ``eval_prompts`` random world
 prompts, ``samples_per_prompt`` samples each, ``pairs_per_prompt`` pairs of samples the judge
 scores differently, ``rendered_pairs`` / ``eval_rendered_pairs`` rendered pairs mixed in) and
-``eval.num_steps`` / ``eval.chunk`` how to sample: the same as ``rdance.pretrain_generator``
+``eval.num_steps`` / ``eval.chunk`` how to sample: the same as ``rdance.run.pretrain_generator``
 writes at the end of pretraining, for a generator folder that already exists. Writes
 ``WORKDIR/{train,eval}.jsonl`` next to their PNGs (a split with nothing in it is not written),
-which ``rdance.train_reward --config.data.train=WORKDIR/train.jsonl`` reads, and
+which ``rdance.run.train_reward --config.data.train=WORKDIR/train.jsonl`` reads, and
 ``WORKDIR/pairs.json`` with the counts once both are complete.
 """
 from __future__ import annotations
@@ -21,9 +21,11 @@ import sys
 import jax
 from absl import flags, logging
 
-from rdance import cli, console, sharding
-from rdance.judge_generators import open_generator
-from rdance.train.sample_pairs import write_pairs
+from rdance.run import cli
+
+from rdance.core import console, sharding
+from rdance.run.judge_generators import open_generator
+from rdance.world.sampled_pairs import write_pairs
 
 # --help lists the shared flags (--config, --workdir, ...) with this module's own.
 flags.adopt_module_key_flags(cli)
@@ -36,7 +38,7 @@ def main(argv):
     config, workdir = cli.start()
     if not GENERATOR.value or not os.path.isfile(os.path.join(GENERATOR.value, "generator.json")):
         sys.exit(f"error: --generator={GENERATOR.value}: not a world generator folder (no generator.json); "
-                 "python -m rdance.pretrain_generator writes one to WORKDIR/export")
+                 "python -m rdance.run.pretrain_generator writes one to WORKDIR/export")
     p = config.pairs
     mesh = sharding.make_mesh((1, -1, 1), jax.local_devices())   # sampling only: this host's devices
     gen, sampler, params = open_generator(GENERATOR.value, mesh, config.mesh.rules, config.eval.num_steps,

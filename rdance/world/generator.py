@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rdance.data.world.prompts import COLOURS, NUMBER_WORDS, RELATIONS, SHAPES
+from rdance.world.prompts import COLOURS, NUMBER_WORDS, RELATIONS, SHAPES
 from rdance.diffusion import flow_match, generator as genlib
 from rdance.models.flux import config as flux_config_lib, convert, export_transformer, load_t5, load_transformer
 from rdance.models.flux.t5 import T5Config, T5Encoder, torch_key as t5_torch_key
@@ -154,7 +154,7 @@ class WorldGenerator:
         path = os.path.join(folder, CONFIG_FILE)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path} not found: {folder} is not a world generator folder "
-                                    "(python -m rdance.pretrain_generator writes one to WORKDIR/export)")
+                                    "(python -m rdance.run.pretrain_generator writes one to WORKDIR/export)")
         raw = json.load(open(path))
         if raw.pop("kind", None) != cls.kind:
             raise ValueError(f"{path} describes a {raw.get('kind')!r} generator, not 'world'")

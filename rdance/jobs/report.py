@@ -340,7 +340,7 @@ def demo_report(workdir: str, stages: dict, runs: Sequence, config: dict, with_h
     the Markdown file's path. ``stages``: name -> Stage; ``runs``: the Runner's StageRuns."""
     doc = Document(os.path.join(workdir, "report"))
     doc.heading("RewardDance demo on the synthetic world", 1)
-    doc.paragraph(f"`python -m rdance.demo --workdir={workdir}` (config variant `{config.get('variant')}`), "
+    doc.paragraph(f"`python -m rdance.run.demo --workdir={workdir}` (config variant `{config.get('variant')}`), "
                   f"report written {time.strftime('%Y-%m-%d %H:%M')}. A world generator is pretrained, a "
                   "generative reward model (P(\"yes\") of a VLM) is trained, and the generator is fine-tuned "
                   "with ReFL against it; the programmatic judge, which trains nothing, measures the result.")
@@ -464,7 +464,7 @@ def _stages_section(doc: Document, stages: dict, runs: Sequence) -> None:
     budget = sum(stages[r.name].estimate_s for r in runs)
     rows.append(["total", "", _clock(sum(r.wall_s for r in runs)), _clock(budget), ""])
     doc.table(["stage", "what", "wall time (all attempts)", "budget", "folder"], rows)
-    from rdance.stages import BUDGET_MACHINE, cpu_model   # here: rdance.stages defines the job runners' flags
+    from rdance.jobs.stages import BUDGET_MACHINE, cpu_model   # here: rdance.jobs.stages defines the job runners' flags
     doc.paragraph(f"The budgets were timed on {BUDGET_MACHINE}; this report was written on {cpu_model()}. Each "
                   "folder holds the stage's metrics.jsonl, TensorBoard events (`tensorboard --logdir` the workdir), "
                   "checkpoints and export; the stages' whole logs are in logs/.")

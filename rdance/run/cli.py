@@ -16,7 +16,8 @@ import ml_collections
 from absl import flags, logging
 from ml_collections import config_flags
 
-from rdance import config_checks, sharding
+from rdance.core import config_checks, sharding
+from rdance.core.config_checks import ConfigKeyError, check_override
 from rdance.data.records import BadRecord
 from rdance.models.internvl.config import ConfigError as CheckpointConfigError
 from rdance.train import workdir as workdirlib
@@ -29,24 +30,6 @@ DISTRIBUTED = flags.DEFINE_bool(
 COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (not on TPU)")
 NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "number of processes (not on TPU)")
 PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index (not on TPU)")
-
-
-class ConfigKeyError(ValueError):
-    pass
-
-
-def check_override(config: ml_collections.ConfigDict, dotted: str) -> None:
-    """Raise ConfigKeyError naming ``dotted`` and the keys valid where it went wrong."""
-    node, walked = config, []
-    for part in dotted.split("."):
-        name = part.split("[")[0]
-        if not isinstance(node, (ml_collections.ConfigDict, dict)) or name not in node:
-            where = ".".join(walked) or "the top level"
-            valid = sorted(node.keys()) if isinstance(node, (ml_collections.ConfigDict, dict)) else []
-            raise ConfigKeyError(
-                f"unknown config key '{dotted}': '{name}' is not in {where}; valid keys there: "
-                f"{', '.join(valid) or '(none: it is a value, not a section)'}")
-        node, walked = node[name], walked + [name]
 
 
 def _config_path(argv: list[str]) -> str | None:

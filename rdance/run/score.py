@@ -1,7 +1,7 @@
 """Score images or pairs with a reward model; print a table and write JSONL.
 
-    python -m rdance.score --rm=/tmp/rm/export --input=pairs.jsonl --out=scores.jsonl [--explain]
-    python -m rdance.score --rm=/tmp/rm/export --input=images/ --prompt="two red circles"
+    python -m rdance.run.score --rm=/tmp/rm/export --input=pairs.jsonl --out=scores.jsonl [--explain]
+    python -m rdance.run.score --rm=/tmp/rm/export --input=images/ --prompt="two red circles"
 
 A JSONL input uses the preference-record format (rdance.data.records): a record with two images
 is scored pairwise (image 1 = reference, P("yes": image 2 is better)), one with a single image
@@ -24,8 +24,8 @@ import numpy as np
 from absl import flags
 from PIL import Image
 
-from rdance import console
-from rdance.data import record_flags
+from rdance.core import console
+from rdance.run import record_flags
 from rdance.data.records import BadRecord, JsonlRecords, _read_image, pixel_limit, too_many_pixels
 
 RM = flags.DEFINE_string("rm", None, "reward model folder (train_reward's export or an InternVL -hf folder)")
