@@ -52,9 +52,10 @@ def random_folders(tmp, tiny: bool = False):
 
     from experiments import gen_smoke, rm_smoke
     from experiments.demo import TINY_GENERATOR, TINY_VLM
+    from rdance.world import vlm
     from rdance.world.generator import WorldGenerator
     from rdance.models.internvl.config import load_config
-    from rdance.reward import scratch
+    from rdance.reward import folder as rm_folder
     from rdance.reward.model import RewardNet
     sizes = dict(gen_smoke.get_config().model, **(TINY_GENERATOR if tiny else {}))
     sizes["dtype"] = sizes["dtype"] or None
@@ -64,9 +65,9 @@ def random_folders(tmp, tiny: bool = False):
     config = rm_smoke.get_config()
     if tiny:
         config.model.update(TINY_VLM)
-    base = scratch.write_model_folder(config.model, config.data.image_size, f"{tmp}/rm_base")
+    base = vlm.write_model_folder(config.model, config.data.image_size, f"{tmp}/rm_base")
     net = RewardNet(load_config(base), regression_head=False, rngs=nnx.Rngs(0))
-    scratch.export(nnx.to_pure_dict(nnx.state(net, nnx.Param)), base, f"{tmp}/rm", config)
+    rm_folder.export(nnx.to_pure_dict(nnx.state(net, nnx.Param)), base, f"{tmp}/rm", config)
     return f"{tmp}/generator", f"{tmp}/rm"
 
 
@@ -83,6 +84,7 @@ def main(argv):
     from rdance.world.prompts import prompt_set
     from rdance.diffusion import generator as genlib
     from rdance.diffusion.sampler import rollout_then_step, sample
+    from rdance.world import vlm
     from rdance.world.generator import WorldGenerator
     from rdance.reward.api import RewardModel
     from rdance.train.finetune_data import FinetuneExamples

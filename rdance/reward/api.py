@@ -27,7 +27,7 @@ from rdance.models.internvl.config import (BOOL, POSITIVE_INT, STRING, ConfigErr
 from rdance.reward import losses, templates as T
 from rdance.reward.model import RewardNet, to_pixels
 from rdance.reward.rows import ANSWER_FORMATS, PARADIGMS, RowBuilder, RowSpec
-from rdance.reward.scratch import HEAD_FILE, RM_CONFIG_FILE
+from rdance.reward.folder import HEAD_FILE, RM_CONFIG_FILE
 
 
 class RewardModel:

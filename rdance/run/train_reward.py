@@ -24,7 +24,8 @@ from rdance.data import records
 from rdance.data.records import JsonlRecords
 from rdance.world.pairs import PreferencePairs, WorldCaptions
 from rdance.world.prompts import KINDS
-from rdance.reward import scratch
+from rdance.reward import folder as rm_folder
+from rdance.world import vlm
 from rdance.reward.task import Evaluator, LossSpec, make_loss_fn, row_spec_from_config
 from rdance.reward.templates import TokenTemplate
 from rdance.reward.rows import RowBuilder
@@ -72,7 +73,7 @@ def model_folder(config, workdir: str | None) -> str:
         return config.rm.pretrained
     folder = os.path.join(workdir or tempfile.mkdtemp(), "base_model")
     if jax.process_index() == 0 or workdir is None:
-        scratch.write_model_folder(config.model, config.data.image_size, folder)
+        vlm.write_model_folder(config.model, config.data.image_size, folder)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices("base_model_written")
@@ -82,7 +83,7 @@ def model_folder(config, workdir: str | None) -> str:
 def make_task(config, workdir: str | None = None) -> Task:
     folder = model_folder(config, workdir)
     vlm_config = load_config(folder)
-    template = TokenTemplate(scratch.load_tokenizer(folder))
+    template = TokenTemplate(rm_folder.load_tokenizer(folder))
     spec = row_spec_from_config(config.rm, vlm_config.vision.image_size, vlm_config.tokens_per_tile)
     builder = RowBuilder(template, spec)
     d = config.data
@@ -101,7 +102,7 @@ def make_task(config, workdir: str | None = None) -> Task:
         name, _, source = entry.partition("=")
         eval_sets[name] = open_source(source, d, seed=d.seed + 1000 + i, size=d.eval_pairs, noise=0.0)
     if config.rm.pretrained:
-        task.initial_params = lambda shardings: scratch.pretrained_params(folder, vlm_config, shardings, spec.paradigm)
+        task.initial_params = lambda shardings: rm_folder.pretrained_params(folder, vlm_config, shardings, spec.paradigm)
     task.evaluator_args = (builder, loss_spec, eval_sets)
     return task
 
@@ -132,7 +133,7 @@ def run(config, workdir: str) -> None:
     if result.preempted:
         return
     export_dir = os.path.join(workdir, "export")
-    scratch.export(result.state.params, model_folder(config, workdir), export_dir, config)
+    rm_folder.export(result.state.params, model_folder(config, workdir), export_dir, config)
     logging.info("exported the reward model to %s", export_dir)
 
 

@@ -36,7 +36,7 @@ from rdance.models.flux.transformer import FluxConfig
 from rdance.models.flux.vae import AutoencoderKL, VAEConfig
 from rdance.models.internvl.api import InternVL, abstract_model, checkpoint_policy
 from rdance.models.internvl.config import load_config
-from rdance.reward import scratch
+from rdance.reward import folder as rm_folder
 from rdance.reward.api import RewardModel, check_settings, read_settings
 from rdance.train import finetune_loop as ft
 from rdance.train.finetune_data import FinetuneExamples
@@ -153,8 +153,8 @@ def reward_shapes(config, mesh, rules, workdir: str) -> RewardModel:
         if "config" not in architecture:
             raise ValueError("reward.architecture needs 'config' (the InternVL config.json fields) and "
                              "optionally 'reward_config' (the RM settings)")
-        folder = scratch.write_model_folder(ml_collections.ConfigDict({"architecture": architecture["config"]}),
-                                            image_size=0, folder=os.path.join(workdir, "rm"))  # size: the config's
+        folder = rm_folder.write_model_folder(ml_collections.ConfigDict({"architecture": architecture["config"]}),
+                                               image_size=0, folder=os.path.join(workdir, "rm"))  # size: the config's
         settings = dict(architecture.get("reward_config") or {})
         check_settings(settings, "reward.architecture.reward_config", "correct it in the config")
     else:

@@ -6,8 +6,9 @@ from flax import nnx
 
 from experiments import rm_smoke
 from rdance.models.internvl.config import load_config
-from rdance.reward import scratch
+from rdance.reward.folder import export
 from rdance.reward.model import RewardNet
+from rdance.world import vlm
 
 
 def tiny_config(paradigm="pairwise"):
@@ -20,13 +21,13 @@ def tiny_config(paradigm="pairwise"):
 
 def make_rm_folder(path, paradigm="pairwise"):
     config = tiny_config(paradigm)
-    base = scratch.write_model_folder(config.model, config.data.image_size, str(path / "base"))
+    base = vlm.write_model_folder(config.model, config.data.image_size, str(path / "base"))
     vlm_config = load_config(base)
     net = RewardNet(vlm_config, regression_head=paradigm == "regressive", rngs=nnx.Rngs(3))
     params = nnx.to_pure_dict(nnx.state(net, nnx.Param))
     if paradigm == "regressive":  # a zero head would make every score equal
         params["head"]["kernel"] = jax.random.normal(jax.random.key(1), params["head"]["kernel"].shape)
-    return scratch.export(params, base, str(path / "export"), config)
+    return export(params, base, str(path / "export"), config)
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ import pytest
 from rdance.world.pairs import PreferencePairs
 from rdance.reward import templates as T
 from rdance.reward.rows import RowBuilder, RowSpec
-from rdance.reward.scratch import load_tokenizer
+from rdance.reward.folder import load_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,14 @@
-"""Reward-model folders in the Hugging Face InternVL layout: a small one to train from scratch
-(word-level tokenizer for the synthetic world), pretrained weights in, trained weights out."""
+"""Reward-model folders in the Hugging Face InternVL layout: an untrained one to train from
+scratch (a word-level tokenizer for a given corpus), pretrained weights in, trained weights out.
+
+The corpus of a from-scratch model is the caller's: :func:`template_corpus` holds the words the
+reward templates write; the synthetic world adds its own (rdance.world.vlm)."""
 from __future__ import annotations
 
 import json
 import os
 import shutil
+from typing import Iterable
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +16,6 @@ import numpy as np
 from flax import nnx
 
 from rdance.data.tokenizer import build_word_tokenizer
-from rdance.world.pairs import ALIGNMENT_CRITERIA, PreferencePairs
 from rdance.models.internvl import convert
 from rdance.models.internvl.api import abstract_model
 from rdance.models.internvl.config import InternVLConfig, load_config
@@ -22,15 +25,13 @@ HEAD_FILE = "reward_head.npz"
 RM_CONFIG_FILE = "reward_config.json"
 
 
-def world_corpus() -> list[str]:
-    """Every word the smoke RM will read or write: templates, criteria, prompts, rationales."""
+def template_corpus() -> list[str]:
+    """Every word the reward templates write: questions, answers, caption and grounding rows."""
     texts = [T.pairwise_question("p", c, f, "i", "i") + T.pointwise_question("p", c, f, "i")
              for c in T.CRITERIA for f in T.FORMATS]
     texts += [T.answer(y, "r", f) for y in (True, False) for f in T.FORMATS]
     texts += [rows.CAPTION_QUESTION.format(image="i"), rows.GROUNDING_QUESTION.format(image="i", prompt="p")]
-    texts += [ALIGNMENT_CRITERIA, "image 1 image 2", " ".join(f"Frame{i}" for i in range(1, 65))]
-    pairs = PreferencePairs(400, seed=12345, size=32)
-    texts += [pairs[i].prompt + " " + pairs[i].rationale for i in range(len(pairs))]
+    texts += ["image 1 image 2", " ".join(f"Frame{i}" for i in range(1, 65))]
     texts += [str(i) for i in range(10)]
     return texts
 
@@ -42,10 +43,12 @@ def padded_vocab(words: int) -> int:
     return -(-words // 64) * 64
 
 
-def write_model_folder(model, image_size: int, folder: str) -> str:
-    """config.json + tokenizer of an InternVL-shaped model: ``model.architecture`` (a real
-    checkpoint's config.json fields, e.g. for a fit check) or the small sizes in ``model``."""
-    build_word_tokenizer(world_corpus(), folder)
+def write_model_folder(model, image_size: int, folder: str, corpus: Iterable[str] | None = None) -> str:
+    """config.json + tokenizer of an untrained InternVL-shaped model: ``model.architecture`` (a
+    real checkpoint's config.json fields, e.g. for a fit check) or the small sizes in ``model``.
+    The word-level tokenizer knows every word of ``corpus`` (default :func:`template_corpus`;
+    with ``model.architecture`` the vocabulary size is the config's, the corpus only names ids)."""
+    build_word_tokenizer(template_corpus() if corpus is None else corpus, folder)
     tokenizer = load_tokenizer(folder)
     image_token_id = tokenizer.convert_tokens_to_ids(tokenizer.context_image_token)
     if "architecture" in model:
