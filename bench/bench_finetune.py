@@ -85,28 +85,22 @@ def main(argv):
     from rdance.diffusion import generator as genlib
     from rdance.diffusion.sampler import rollout_then_step, sample
     from rdance.world import vlm
-    from rdance.world.generator import WorldGenerator
-    from rdance.reward.api import RewardModel
     from rdance.train.finetune_data import FinetuneExamples
-    from rdance.train.finetune_loop import (anchor_source, lower_step, sharded_shapes, state_layout,
-                                            step_settings)
+    from rdance.train.finetune_loop import anchor_source
+    from rdance.train.finetune_setup import build
     from rdance.data.pipeline import host_batches
     from rdance.train.loop import batch_spec
-    from rdance.train.optim import make_optimizer
 
     tmp = tempfile.mkdtemp()
     gen_path, rm_path = (FLAGS.generator, FLAGS.rm) if FLAGS.generator and FLAGS.rm else random_folders(tmp, FLAGS.tiny)
     config = finetune_smoke.get_config()
     config.refl.grad_steps = FLAGS.grad_steps
     config.refl.window = max(config.refl.window, FLAGS.grad_steps)
+    config.generator.path, config.reward.path = gen_path, rm_path
     mesh = sh.make_mesh((1, -1, 1))
-    gen = WorldGenerator.from_pretrained(gen_path)
-    rm = RewardModel.from_pretrained(rm_path, mesh=mesh, rules=config.mesh.rules)
-    # Placed as the loop places them, so the compiled step's input shardings are the loop's.
-    graphdef, base_spec = sharded_shapes(gen.make_model, mesh, config.mesh.rules)
-    base_shardings = sh.shardings_of(base_spec)
-    params = jax.device_put(gen.initial_params(mesh, config.mesh.rules), base_shardings)
-    s = step_settings(config, "pairwise")
+    # Built as the loop builds it, so the compiled step (and its input shardings) is the loop's.
+    setup = build(config, mesh, config.mesh.rules)
+    gen, rm, graphdef, params, s = setup.gen, setup.rm, setup.graphdef, setup.trainable, setup.settings
     b, g = config.data.global_batch_size, s.samples_per_prompt
     n = b * g
     prompts = [scene.prompt for scene in prompt_set(3, b)]
@@ -135,9 +129,7 @@ def main(argv):
     def rm_forward(images):
         return rm.pairwise_fn(rm.params, per_sample(rm_tokens), jnp.repeat(refs[:, 0], g, 0), images).sum()
 
-    tx, schedule = make_optimizer(config.optim, config.train.steps)
-    init_state, state_shardings, state_spec = state_layout(config, tx, params, base_shardings, mesh)
-    state = jax.jit(init_state, out_shardings=state_shardings)(params)
+    state = jax.jit(setup.init_state, out_shardings=setup.state_shardings)(params)
     # The batch the loop's data source makes (anchor pairs included), so the bench follows the step.
     examples = FinetuneExamples(b, tokens, rm_tokens, refs, anchor_source(config, gen, b), gen.tokenize)
     host_batch = next(iter(host_batches(examples, global_batch_size=b, num_steps=1, seed=0)))
@@ -171,8 +163,7 @@ def main(argv):
             flops = fn.lower(*args).compile().cost_analysis().get("flops", float("nan"))
         seconds = median_time(lambda: jax.block_until_ready(fn(*args)), FLAGS.reps)
         rows.append((name, seconds, flops))
-    compiled = lower_step(gen, graphdef, rm, s, tx, schedule, mesh, state_spec, batch_spec(host_batch, mesh),
-                          {}, sh.spec_of(rm.params)).compile()
+    compiled = setup.lower(batch_spec(host_batch, mesh)).compile()
     flops = compiled.cost_analysis().get("flops", float("nan")) + (k - 1) * forward_flops
     flops += (grad_steps - 1) * graded_flops
     holder = [state]

@@ -169,6 +169,14 @@ def create_sharded(make_model: Callable[[], nnx.Module], mesh: Mesh, rules: Rule
     return nnx.merge(graphdef, init())
 
 
+def sharded_shapes(make_model: Callable[[], nnx.Module], mesh: Mesh, rules: Rules):
+    """(graphdef, parameters as a pure dict of ShapeDtypeStructs sharded on ``mesh`` by ``rules``)
+    of the module ``make_model()`` builds; shapes only, nothing is allocated."""
+    graphdef, abstract = nnx.split(nnx.eval_shape(make_model), nnx.Param)
+    shardings = nnx.to_pure_dict(state_shardings(abstract, mesh, rules))
+    return graphdef, with_shardings(nnx.to_pure_dict(abstract), shardings)
+
+
 def with_shardings(tree: Any, shardings: Any) -> Any:
     """ShapeDtypeStructs of ``tree``'s arrays (or structs) placed by ``shardings``: what an
     ahead-of-time compile or a checkpoint restore takes, with nothing allocated."""

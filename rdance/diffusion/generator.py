@@ -10,13 +10,20 @@ a pure function of those two, so the loops can jit, shard and differentiate it:
     images = gen.decode(frozen, latents)           # packed latents -> [B, H, W, 3] float in [0, 1]
     latents = gen.encode(frozen, images)           # uint8 [B, H, W, 3] -> packed latents
 
-Two implementations: :class:`rdance.world.generator.WorldGenerator` (a small pixel-space
-FLUX transformer for the synthetic world) and :class:`rdance.diffusion.flux_generator.FluxGenerator`
-(a FLUX diffusers folder). :func:`load_generator` opens either from a config section.
+What the fine-tuning loop needs beyond the model itself is asked of the generator too, so no
+loop branches on its kind: its built-in prompt split (``prompts``), caption-image pairs for the
+pretraining anchor (``caption_images``) and an evaluator of held-out prompts (``heldout_evaluator``).
+
+Implementations register an opener by kind (:func:`register_generator`) and
+:func:`open_generator` opens a config's ``generator`` section, real or abstract (shapes only, no
+weights read). :class:`rdance.diffusion.flux_generator.FluxGenerator` (a FLUX diffusers folder)
+registers 'flux' when ``rdance.diffusion`` is imported; the synthetic world's
+:class:`rdance.world.generator.WorldGenerator` (a small pixel-space FLUX transformer) registers
+'world' when ``rdance.world`` is imported, which its entrypoints do.
 """
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -60,6 +67,17 @@ class Generator(Protocol):
 
     def export(self, params, folder: str) -> str:
         """Write the generator with trainable parameters ``params`` to ``folder``."""
+
+    def prompts(self, data) -> tuple[list[str], list]:
+        """(training prompts, held-out prompts) when the config's ``data`` section names no prompt
+        file (the world: its own prompt split; held-out items may be richer than strings, with a
+        ``prompt`` attribute); raises when the generator has no prompts of its own."""
+
+    def caption_images(self, length: int, seed: int) -> Sequence | None:
+        """``length`` caption-image pairs for the anchor loss, or None (then anchor.path is needed)."""
+
+    def heldout_evaluator(self, sampler, heldout: Sequence, samples_per_prompt: int):
+        """``evaluate(trainable, frozen) -> (scalars, images)`` over the held-out prompts, or None."""
 
 
 def sigmas(gen: Generator, num_steps: int) -> np.ndarray:
@@ -110,16 +128,19 @@ def to_uint8(images) -> np.ndarray:
     return np.asarray(np.clip(np.round(np.asarray(images, np.float32) * 255.0), 0, 255), np.uint8)
 
 
-def load_generator(cfg: Any, mesh, rules) -> Generator:
-    """Open the generator a config's ``generator`` section names: ``kind`` 'world' (a folder from
-    ``rdance.run.pretrain_generator``) or 'flux' (a diffusers FluxPipeline folder)."""
-    if cfg.kind == "world":
-        from rdance.world.generator import WorldGenerator
-        return WorldGenerator.from_pretrained(cfg.path)
-    if cfg.kind == "flux":
-        from rdance.diffusion.flux_generator import FluxGenerator
-        return FluxGenerator(cfg.path, mesh=mesh, rules=rules, height=cfg.height, width=cfg.width,
-                             guidance_scale=cfg.guidance_scale,
-                             max_sequence_length=cfg.max_sequence_length, dtype=cfg.dtype or None,
-                             remat=cfg.remat, transformer_path=cfg.transformer_path or None)
-    raise ValueError(f"generator.kind={cfg.kind!r}: use 'world' or 'flux'")
+Opener = Callable[..., Generator]   # opener(cfg, mesh, rules, abstract=False) -> Generator
+_OPENERS: dict[str, Opener] = {}
+
+
+def register_generator(kind: str, opener: Opener) -> None:
+    """Make ``open_generator`` open config sections of ``kind`` with ``opener(cfg, mesh, rules,
+    abstract)``; abstract: shapes only, no weights read (the fit check)."""
+    _OPENERS[kind] = opener
+
+
+def open_generator(cfg: Any, mesh, rules, abstract: bool = False) -> Generator:
+    """Open the generator a config's ``generator`` section names by its ``kind``."""
+    if cfg.kind not in _OPENERS:
+        raise ValueError(f"generator.kind={cfg.kind!r}: the registered kinds are {sorted(_OPENERS)} "
+                         "(import rdance.world to register 'world')")
+    return _OPENERS[cfg.kind](cfg, mesh, rules, abstract=abstract)

@@ -70,6 +70,23 @@ class RewardModel:
         policy = getattr(jax.checkpoint_policies, remat_policy) if remat_policy else None
         return cls(vlm, settings, head, remat_policy=policy)
 
+    @classmethod
+    def abstract(cls, path: str, mesh=None, dtype=jnp.float32, *, rules=None, remat_policy=None,
+                 settings: dict | None = None) -> "RewardModel":
+        """The RM with sharded ShapeDtypeStructs for parameters, for lowering a step from shapes
+        alone: reads ``path``'s config.json, tokenizer and (unless ``settings`` are given)
+        reward_config.json, never its weights. Generative RMs only (a regressive head's weights
+        are not shapes)."""
+        settings = read_settings(path, {}) if settings is None else settings
+        if settings.get("paradigm") == "regressive":
+            raise ValueError(f"{path} is a regressive RM: only generative RMs (pairwise or pointwise P(yes)) "
+                             "have an abstract form")
+        vlm_config = internvl.load_config(path)
+        graphdef, state = internvl.api.abstract_model(vlm_config, jnp.dtype(dtype))
+        state = sharding.with_shardings(state, sharding.state_shardings(state, mesh, rules or sharding.DEFAULT_RULES))
+        policy = getattr(jax.checkpoint_policies, remat_policy) if remat_policy else None
+        return cls(internvl.InternVL(graphdef, state, vlm_config, mesh, path), settings, remat_policy=policy)
+
     # ----- tokens: depend on prompts and image shapes only, so they are built on the host once
     def tokens(self, prompts: Sequence[str], image_shape: tuple, *, pairwise: bool,
                criteria: str | None = None) -> dict[str, np.ndarray]:

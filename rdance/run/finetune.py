@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from absl import flags, logging
 
+import rdance.world  # noqa: F401  (registers the 'world' generator kind)
 from rdance.run import cli
 
 from rdance.core import console

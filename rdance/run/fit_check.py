@@ -24,6 +24,7 @@ import jax
 import numpy as np
 from absl import flags
 
+import rdance.world  # noqa: F401  (registers the 'world' generator kind a fine-tuning config may name)
 from rdance.run import cli
 
 from rdance.core import console, sharding
@@ -70,8 +71,14 @@ def fit_report(config, task, topology: str) -> dict:
 
 def finetune_fit_report(config, topology: str) -> dict:
     """The fine-tuning step (rdance.run.finetune) of ``config``, built from shapes for ``topology``."""
-    from rdance.train import finetune_fit
     devices, hbm = topology_devices(topology)
+    return finetune_step_report(config, devices, hbm, topology)
+
+
+def finetune_step_report(config, devices, hbm: float, topology: str = "") -> dict:
+    """The fine-tuning step of ``config`` built from shapes for ``devices``, measured against
+    ``hbm`` bytes per device."""
+    from rdance.train import finetune_fit
     started = time.perf_counter()
     step = finetune_fit.lower_step(config, devices)
     memory = compiled_memory(lambda: step.lowered.compile(compiler_options=step.compiler_options))
@@ -118,7 +125,7 @@ def format_report(r: dict) -> str:
                  ("outputs", gib(r["output"])), ("aliased (donated)", gib(r["alias"])),
                  ("temporaries", gib(r["temp"])), ("code", gib(r["generated_code"])),
                  ("peak per device", gib(r["peak"])), ("HBM per device", gib(r["hbm"])),
-                 ("fits", f"{'yes' if fits(r) else 'NO'} ({100 * r['peak'] / r['hbm']:.2f}% of HBM)")]
+                 ("fits", f"{'yes' if fits(r) else 'NO, it does not fit'} ({100 * r['peak'] / r['hbm']:.2f}% of HBM)")]
     rows += [("compile", f"{r['compile_seconds']:.1f} s")]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

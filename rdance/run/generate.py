@@ -62,7 +62,7 @@ def main(argv):
     del argv
     from PIL import Image
 
-    from rdance.models.flux import load_pipeline
+    from rdance.diffusion.flux_generator import FluxGenerator
     prompts = read_prompts()
     if FLAGS.batch_size < 1:
         raise app.UsageError("--batch_size must be at least 1")
@@ -71,7 +71,9 @@ def main(argv):
     out_dir = Path(FLAGS.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    pipe = load_pipeline(FLAGS.pipeline, **({"dtype": FLAGS.dtype} if FLAGS.dtype else {}))
+    pipe = FluxGenerator.from_pretrained(FLAGS.pipeline, height=FLAGS.height, width=FLAGS.width,
+                                         guidance_scale=FLAGS.guidance, max_sequence_length=FLAGS.max_sequence_length,
+                                         dtype=FLAGS.dtype or None, vae_remat="none")
     settings = dict(height=FLAGS.height, width=FLAGS.width, num_steps=FLAGS.steps, guidance_scale=FLAGS.guidance,
                     true_cfg_scale=FLAGS.true_cfg, max_sequence_length=FLAGS.max_sequence_length,
                     on_overflow=FLAGS.on_overflow)

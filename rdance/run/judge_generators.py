@@ -33,8 +33,9 @@ from rdance.core import console, sharding
 from rdance.world.render import render
 from rdance.world.generator import WorldGenerator
 from rdance.jobs.report import comparison_image, grid_image
-from rdance.train.finetune_data import world_prompt_split
-from rdance.train.generator_eval import Sampler, judge_scores, judge_with_checks
+from rdance.train.generator_eval import Sampler
+from rdance.world.captions import world_prompt_split
+from rdance.world.evaluate import judge_scores, judge_with_checks
 
 # --help lists the shared flags (--config, --workdir, ...) with this module's own.
 flags.adopt_module_key_flags(cli)

@@ -29,8 +29,9 @@ from rdance.run import cli
 from rdance.core import console, sharding
 from rdance.diffusion import generator as genlib
 from rdance.world.generator import WorldGenerator
-from rdance.train.finetune_data import RenderedCaptions, world_prompt_split
-from rdance.train.generator_eval import JudgeEval, Sampler
+from rdance.train.generator_eval import Sampler
+from rdance.world.captions import RenderedCaptions, world_prompt_split
+from rdance.world.evaluate import JudgeEval
 from rdance.train.host import sync, to_host
 from rdance.train.loop import Task, train
 from rdance.world.sampled_pairs import write_pairs

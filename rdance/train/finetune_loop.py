@@ -1,8 +1,9 @@
 """The fine-tuning loop: generator and frozen RM on one mesh, the Best-of-N reference bank, the
 compiled ReFL/RWR step, monitors and evals, checkpoints with EMA, resume, export.
 
-It reads top to bottom like the job it runs: build the mesh and load both models onto it; pick
-the prompts; load or build the reference bank; build the examples and the abstract state;
+It reads top to bottom like the job it runs: build the mesh and the setup (both models on it,
+the step settings, the state layout and the step: ``finetune_setup.build``, which the fit check
+builds abstract); pick the prompts; load or build the reference bank; build the examples;
 restore the latest checkpoint or start from the pretrained generator; compile the step ahead of
 time; then step, log, evaluate and checkpoint until done or preempted; export the generator.
 """
@@ -13,30 +14,23 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 import orbax.checkpoint as ocp
 from absl import logging
-from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rdance.core import config_checks, sharding
 from rdance.data.pipeline import host_batches
-from rdance.diffusion import generator as genlib
-from rdance.reward.api import RewardModel
 from rdance.train import bank as banklib, lora
 from rdance.train.checkpoint import Checkpointer, PreemptionWatch
-from rdance.train.finetune_data import (CaptionImages, FinetuneExamples, RenderedCaptions, read_prompts,
-                                        world_prompt_split)
-from rdance.train.finetune_step import FinetuneState, StepSettings, make_step
-from rdance.train.generator_eval import JudgeEval, Sampler, place
+from rdance.train.finetune_data import CaptionImages, FinetuneExamples, read_prompts
+from rdance.train.finetune_step import FinetuneState, StepSettings
+from rdance.train.finetune_setup import build, compiler_options
+from rdance.train.generator_eval import Sampler, place
 from rdance.train.host import agree, sync, to_host
 from rdance.train.loop import batch_spec, raise_on_non_finite
 from rdance.train.metrics import MetricWriter, format_seconds
 from rdance.train.monitors import image_grid
-from rdance.train.optim import make_optimizer
 from rdance.train.step import log_memory, memory_per_device
 
 
@@ -58,46 +52,21 @@ class Result:
 @dataclasses.dataclass
 class Prompts:
     train: list[str]
-    heldout: list              # world Scenes (judged) or prompt strings
-    judged: bool               # whether the held-out prompts are world scenes the judge can score
+    heldout: list              # prompt strings, or the generator's own held-out items (world scenes)
+
+    @property
+    def heldout_text(self) -> list[str]:
+        return [h if isinstance(h, str) else h.prompt for h in self.heldout]
 
 
-def load_prompts(config) -> Prompts:
+def load_prompts(config, gen) -> Prompts:
+    """The prompt file's prompts (data.prompt_file, data.eval_prompt_file), else the generator's own."""
     d = config.data
-    if config.generator.kind == "world" and not d.prompt_file:
-        train, heldout = world_prompt_split(d.prompt_seed, d.train_prompts, d.eval_prompts)
-        return Prompts([s.prompt for s in train], heldout, True)
     if not d.prompt_file:
-        raise ValueError("data.prompt_file is required for a non-world generator (a text file, one prompt per line)")
+        return Prompts(*gen.prompts(d))
     train = read_prompts(d.prompt_file)
     heldout = read_prompts(d.eval_prompt_file) if d.eval_prompt_file else train[: d.eval_prompts]
-    return Prompts(train, heldout, False)
-
-
-def step_settings(config, paradigm: str) -> StepSettings:
-    r, w = config.refl, config.rwr
-    return StepSettings(
-        algo=config.algo, paradigm=paradigm, num_steps=config.sampler.num_steps, window=r.window,
-        grad_steps=r.grad_steps,
-        samples_per_prompt=config.data.samples_per_prompt, grad_accum=config.optim.grad_accum_steps,
-        reward_scale=r.scale, refl_loss=r.loss, hinge_margin=r.hinge_margin, references=r.references,
-        shift=r.shift,
-        rwr_temperature=w.temperature, anchor_weight=config.anchor.weight,
-        t_sampling=config.sampler.t_sampling, collapse_eps=config.monitor.collapse_eps,
-        ema_decay=config.ema.decay, ema_warmup=config.ema.warmup,
-        lora_scale=config.lora.alpha / config.lora.rank if config.lora.rank else None)
-
-
-def check_batch(config, mesh) -> None:
-    """Batch sizes that the mesh, the hosts and the accumulation can split, or a clear error."""
-    b, m = config.data.global_batch_size, config.optim.grad_accum_steps
-    ways = int(np.prod([mesh.shape[a] for a in sharding.BATCH_AXES]))
-    if m < 1 or b % m:
-        raise ValueError(f"data.global_batch_size={b} does not split into optim.grad_accum_steps={m} micro-batches")
-    if (b // m) % ways:
-        raise ValueError(f"micro-batches of {b // m} prompts do not split over the {ways} data-parallel "
-                         f"devices of mesh {dict(mesh.shape)}; make global_batch_size / grad_accum_steps "
-                         f"a multiple of {ways}")
+    return Prompts(train, heldout)
 
 
 def anchor_source(config, gen, length: int):
@@ -106,9 +75,10 @@ def anchor_source(config, gen, length: int):
         return None
     if a.path:
         return CaptionImages(a.path, *gen.image_shape[:2])
-    if config.generator.kind != "world":
+    pairs = gen.caption_images(length, a.seed)
+    if pairs is None:
         raise ValueError("anchor.weight > 0 needs anchor.path (a JSONL of prompt/image pairs) for this generator")
-    return RenderedCaptions(length, seed=a.seed, image_size=gen.image_shape[0])
+    return pairs
 
 
 def reference_bank(config, workdir, prompts, gen, sampler: Sampler, start, frozen, rm, rm_tokens,
@@ -152,19 +122,6 @@ def reference_bank(config, workdir, prompts, gen, sampler: Sampler, start, froze
     return bank
 
 
-def compiler_options(spec: str) -> dict:
-    """'name=value,name=value' (XLA options for the step's compile) -> a dict; '' -> {}."""
-    options = {}
-    for item in filter(None, (part.strip() for part in spec.split(","))):
-        name, sep, value = (x.strip() for x in item.partition("="))
-        if not sep or not name:
-            raise ValueError(f"train.compiler_options item {item!r}: write name=value")
-        lowered = value.lower()
-        options[name] = lowered == "true" if lowered in ("true", "false") else \
-            int(value) if value.lstrip("-").isdigit() else value
-    return options
-
-
 def save_arrays_from_one_replica() -> None:
     """Orbax writes a replicated array from all its replicas at once by slicing it with a program
     compiled per shape and sharding. On a CPU host, where every "device" shares one process,
@@ -175,103 +132,21 @@ def save_arrays_from_one_replica() -> None:
             jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
 
 
-def reward_paradigm(rm: RewardModel) -> str:
-    """How the step calls the RM: 'pairwise' (against references) or 'pointwise'."""
-    return "pairwise" if rm.paradigm == "pairwise" else "pointwise"
-
-
-def sharded_shapes(make_model, mesh, rules):
-    """(graphdef, parameters as a pure dict of ShapeDtypeStructs sharded on ``mesh`` by ``rules``)
-    of the module ``make_model()`` builds; shapes only, nothing is allocated."""
-    graphdef, abstract = nnx.split(nnx.eval_shape(make_model), nnx.Param)
-    shardings = nnx.to_pure_dict(sharding.state_shardings(abstract, mesh, rules))
-    return graphdef, sharding.with_shardings(nnx.to_pure_dict(abstract), shardings)
-
-
-def lora_layout(config, base, base_shardings):
-    """LoRA's initialiser ``base -> factors`` (zero B: the starting generator) and the factors'
-    shardings; ``base`` may be arrays or ShapeDtypeStructs."""
-    def init_lora(base):
-        return lora.init(base, config.lora.rank, config.lora.targets, jax.random.key(config.seed))
-    return init_lora, lora.shardings(base_shardings, jax.eval_shape(init_lora, base))
-
-
-def state_layout(config, tx, trainable, trainable_shardings, mesh):
-    """The fine-tuning state of ``trainable`` (arrays or ShapeDtypeStructs): its initialiser
-    ``params -> FinetuneState``, its shardings and its sharded ShapeDtypeStructs."""
-    samples = config.data.global_batch_size * config.data.samples_per_prompt
-
-    def init_state(params) -> FinetuneState:
-        return FinetuneState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                             ema=jax.tree.map(jnp.copy, params),
-                             rng=jax.random.key_data(jax.random.key(config.seed)),
-                             rewards=jnp.zeros((config.monitor.window, samples), jnp.float32))
-
-    abstract_state = jax.eval_shape(init_state, trainable)
-    replicated = NamedSharding(mesh, P())
-    opt_shardings = optax.tree_utils.tree_map_params(
-        tx, lambda _, s: s, abstract_state.opt_state, trainable_shardings,
-        transform_non_params=lambda _: replicated)
-    state_shardings = FinetuneState(step=replicated, params=trainable_shardings, opt_state=opt_shardings,
-                                    ema=trainable_shardings, rng=replicated, rewards=replicated)
-    state_spec = sharding.with_shardings(abstract_state, state_shardings)
-    return init_state, state_shardings, state_spec
-
-
-def lower_step(gen, graphdef, rm: RewardModel, settings: StepSettings, tx, schedule, mesh,
-               state_spec, batch, frozen, rm_params) -> jax.stages.Lowered:
-    """The fine-tuning step lowered for the sharded ShapeDtypeStructs of its arguments (state
-    donated, metrics replicated), ready to compile ahead of time."""
-    step_fn = make_step(gen, graphdef, rm.pairwise_fn if reward_paradigm(rm) == "pairwise" else rm.pointwise_fn,
-                        settings, tx, schedule, mesh)
-    in_shardings = sharding.shardings_of((state_spec, batch, frozen, rm_params))
-    jitted = jax.jit(step_fn, in_shardings=in_shardings, out_shardings=(in_shardings[0], NamedSharding(mesh, P())),
-                     donate_argnums=0)
-    with sharding.activations_on(mesh):   # activations keep the batch split (FSDP)
-        return jitted.lower(state_spec, batch, frozen, rm_params)
-
-
 def finetune(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Result:
     """Run (or resume) the fine-tuning job of ``config`` in ``workdir``; ``devices`` defaults to all."""
     config_checks.check_bounds(config)
     tc = config.train
     mesh = sharding.make_mesh(config.mesh.shape, devices)
-    rules = config.mesh.rules
     logging.info("mesh %s over %d devices, %d process(es)", dict(mesh.shape), mesh.size, jax.process_count())
-    check_batch(config, mesh)
-    if not config.generator.path or not config.reward.path:
-        raise ValueError("set generator.path (a generator folder) and reward.path (a reward model folder)")
-
-    # Both models on the one mesh: the generator's trainable and frozen parts, and the frozen RM.
-    gen = genlib.load_generator(config.generator, mesh, rules)
-    rm = RewardModel.from_pretrained(config.reward.path, mesh=mesh, dtype=jnp.dtype(config.reward.dtype),
-                                     rules=rules, remat_policy=config.reward.remat_policy or None)
-    paradigm = reward_paradigm(rm)
-    settings = step_settings(config, paradigm)
-    graphdef, base_spec = sharded_shapes(gen.make_model, mesh, rules)
-    base_shardings = sharding.shardings_of(base_spec)
-    base = gen.initial_params(mesh, rules)
-    if base is None:
-        raise ValueError(f"{config.generator.path} holds no trained generator to fine-tune")
-    base = jax.device_put(base, base_shardings)
-    frozen = dict(gen.frozen)
-    if settings.lora_scale is not None:
-        frozen["base"] = base
-
-    # What trains: the generator's parameters, or LoRA factors (zero B: the starting generator).
-    if settings.lora_scale is None:
-        trainable, trainable_shardings = base, base_shardings
-    else:
-        init_lora, trainable_shardings = lora_layout(config, base, base_shardings)
-        trainable = jax.jit(init_lora, out_shardings=trainable_shardings)(base)
-        logging.info("LoRA rank %d on %d kernels: %d trainable parameters", config.lora.rank,
-                     len(lora.targets(base, config.lora.targets)),
-                     sum(x.size for x in jax.tree.leaves(trainable)))
+    # Both models on the one mesh, the step settings, what trains, the state layout and the step.
+    setup = build(config, mesh, config.mesh.rules)
+    gen, rm, paradigm, settings, graphdef = setup.gen, setup.rm, setup.paradigm, setup.settings, setup.graphdef
+    trainable, frozen = setup.trainable, setup.frozen
 
     # One compiled sampler serves the reference bank, the judge evals and the sample grids.
     sampler = Sampler(gen, graphdef, mesh, config.sampler.num_steps, config.monitor.eval_chunk,
                       config.monitor.eval_seed, effective=effective_params(settings))
-    prompts = load_prompts(config)
+    prompts = load_prompts(config, gen)
     rm_tokens = rm.tokens(prompts.train, gen.image_shape, pairwise=paradigm == "pairwise",
                           criteria=config.reward.criteria or None)
     bank = None
@@ -288,26 +163,22 @@ def finetune(config: ml_collections.ConfigDict, workdir: str, devices=None) -> R
     data = host_batches(source, global_batch_size=b, num_steps=tc.steps, seed=config.data.seed)
     data_iter = iter(data)
 
-    # The state: trainable parameters, optimizer, EMA, reward window.
-    tx, schedule = make_optimizer(config.optim, tc.steps)
-    init_state, state_shardings, state_spec = state_layout(config, tx, trainable, trainable_shardings, mesh)
-
     save_arrays_from_one_replica()
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=tc.keep_checkpoints,
                         async_save=tc.async_checkpoints, remedy=NON_FINITE_REMEDY)
     writer = MetricWriter(workdir)
-    restored = ckpt.restore_latest(state_spec, data_iter, config.to_dict())
+    restored = ckpt.restore_latest(setup.state_spec, data_iter, config.to_dict())
     if restored is None:
-        state = jax.jit(init_state, out_shardings=state_shardings)(trainable)
+        state = jax.jit(setup.init_state, out_shardings=setup.state_shardings)(trainable)
         start = 0
     else:
         start, state = restored
         logging.info("resuming from %s", ckpt.path_of(start))
     writer.truncate_after(start if restored else None)
     del trainable
+    setup.trainable = None
 
-    lowered = lower_step(gen, graphdef, rm, settings, tx, schedule, mesh, state_spec,
-                         batch_spec(next(iter(data)), mesh), sharding.spec_of(frozen), sharding.spec_of(rm.params))
+    lowered = setup.lower(batch_spec(next(iter(data)), mesh))
     compiled = lowered.compile(compiler_options=compiler_options(tc.compiler_options))
     log_memory(compiled, "finetune_step")
     memory = memory_per_device(compiled)
@@ -371,14 +242,15 @@ def export(config, workdir: str, gen, state: FinetuneState, frozen, settings: St
 
 
 class Monitor:
-    """Evals during fine-tuning: the judge's alignment on held-out world prompts (current and EMA
-    parameters) every ``monitor.eval_every`` steps, and a grid of samples every ``grid_every``."""
+    """Evals during fine-tuning: the generator's held-out evaluator (the world's: the judge's
+    alignment on held-out scenes), current and EMA parameters, every ``monitor.eval_every``
+    steps, and a grid of samples every ``grid_every``."""
 
     def __init__(self, config, gen, sampler: Sampler, prompts: Prompts, writer: MetricWriter):
         m = config.monitor
         self.config, self.writer, self.sampler = config, writer, sampler
-        self.judge = JudgeEval(self.sampler, gen, prompts.heldout, m.eval_samples) if prompts.judged else None
-        grid_prompts = [s.prompt if prompts.judged else s for s in prompts.heldout][: m.grid_size]
+        self.judge = gen.heldout_evaluator(self.sampler, prompts.heldout, m.eval_samples)
+        grid_prompts = prompts.heldout_text[: m.grid_size]
         self.grid_tokens, self.grid_ids = gen.tokenize(grid_prompts), np.arange(len(grid_prompts))
         self.which = {"current": ("params",), "ema": ("ema",), "both": ("params", "ema")}[m.eval_params]
 

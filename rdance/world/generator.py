@@ -23,7 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rdance.world.prompts import COLOURS, NUMBER_WORDS, RELATIONS, SHAPES
+from rdance.world.captions import RenderedCaptions, world_prompt_split
+from rdance.world.evaluate import JudgeEval
+from rdance.world.prompts import COLOURS, NUMBER_WORDS, RELATIONS, SHAPES, Scene
 from rdance.diffusion import flow_match, generator as genlib
 from rdance.models.flux import config as flux_config_lib, convert, export_transformer, load_t5, load_transformer
 from rdance.models.flux.t5 import T5Config, T5Encoder, torch_key as t5_torch_key
@@ -162,6 +164,21 @@ class WorldGenerator:
         cfg = WorldGeneratorConfig(**dict(raw, **runtime))
         return cls(cfg, _load_tokenizer(os.path.join(folder, "tokenizer")), folder)
 
+    @classmethod
+    def abstract(cls, folder: str, **runtime) -> "WorldGenerator":
+        """Shapes only: a generator folder's config and tokenizer are all it reads (its weights
+        are read by :meth:`initial_params` alone), so this is :meth:`from_pretrained`."""
+        return cls.from_pretrained(folder, **runtime)
+
+    @classmethod
+    def open(cls, cfg, mesh, rules, abstract: bool = False) -> "WorldGenerator":
+        """A config's ``generator`` section (kind 'world'): ``path`` a generator folder."""
+        del mesh, rules   # the world's parameters are placed by initial_params
+        if not cfg.path:
+            raise ValueError(f"generator.kind={cfg.kind!r} needs generator.path (a folder from "
+                             "python -m rdance.run.pretrain_generator; the fit check reads only its config)")
+        return cls.abstract(cfg.path) if abstract else cls.from_pretrained(cfg.path)
+
     def make_model(self) -> WorldGeneratorNet:
         return WorldGeneratorNet(self.cfg, rngs=nnx.Rngs(self.seed))
 
@@ -247,6 +264,22 @@ class WorldGenerator:
     def encode(self, frozen, images) -> jax.Array:
         del frozen
         return patchify(jnp.asarray(images, jnp.float32) / 127.5 - 1.0, self.cfg.patch_size)
+
+    def prompts(self, data) -> tuple[list[str], list[Scene]]:
+        """The world's own split (``data.prompt_seed``, ``train_prompts``, ``eval_prompts``):
+        training prompts, and held-out scenes the judge can score."""
+        train, heldout = world_prompt_split(data.prompt_seed, data.train_prompts, data.eval_prompts)
+        return [s.prompt for s in train], heldout
+
+    def caption_images(self, length: int, seed: int) -> RenderedCaptions:
+        """Faithful renders of random scenes: the anchor's caption-image pairs."""
+        return RenderedCaptions(length, seed=seed, image_size=self.image_shape[0])
+
+    def heldout_evaluator(self, sampler, heldout, samples_per_prompt: int) -> JudgeEval | None:
+        """The judge's alignment on held-out scenes; None for held-out prompt strings (a prompt file)."""
+        if not heldout or not all(isinstance(s, Scene) for s in heldout):
+            return None
+        return JudgeEval(sampler, self, heldout, samples_per_prompt)
 
     def export(self, params, folder: str) -> str:
         """generator.json, tokenizer/, text_encoder/ (transformers T5) and transformer/ (diffusers).

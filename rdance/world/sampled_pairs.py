@@ -18,7 +18,8 @@ from absl import logging
 
 from rdance.world.pairs import ALIGNMENT_CRITERIA, PreferencePairs
 from rdance.world.prompts import sample_scene
-from rdance.train.generator_eval import Sampler, judge_scores
+from rdance.train.generator_eval import Sampler
+from rdance.world.evaluate import judge_scores
 
 
 def _save(folder: str, name: str, image: np.ndarray) -> str:

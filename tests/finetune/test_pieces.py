@@ -164,7 +164,8 @@ def test_collapse_and_diversity():
 def test_prompt_files_caption_images_and_examples(tmp_path):
     from PIL import Image
 
-    from rdance.train.finetune_data import CaptionImages, FinetuneExamples, read_prompts, world_prompt_split
+    from rdance.train.finetune_data import CaptionImages, FinetuneExamples, read_prompts
+    from rdance.world.captions import world_prompt_split
     (tmp_path / "prompts.txt").write_text("a red circle\ntwo blue squares\n")
     assert read_prompts(str(tmp_path / "prompts.txt")) == ["a red circle", "two blue squares"]
     (tmp_path / "bad.txt").write_text("a red circle\n\ntwo blue squares\n")

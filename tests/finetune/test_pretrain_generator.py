@@ -11,7 +11,8 @@ from rdance.data.records import JsonlRecords
 from rdance.world.prompts import prompt_set
 from rdance.world.generator import WorldGenerator, patchify, unpatchify
 from rdance.run.pretrain_generator import make_evaluator, make_generator, make_task
-from rdance.train.generator_eval import JudgeEval, Sampler, judge_scores
+from rdance.train.generator_eval import Sampler
+from rdance.world.evaluate import JudgeEval, judge_scores
 from rdance.train.host import to_host
 from rdance.train.loop import train
 from rdance.world.sampled_pairs import write_pairs

@@ -104,11 +104,11 @@ def test_score_shows_the_damage_in_one_line(copy, tmp_path, capsys):
 
 
 def test_the_fine_tuning_fit_check_reads_the_rm_folder_as_checked(copy):
-    """finetune_fit builds the RM from its folder's configs alone: a bad reward_config.json is the
+    """The fit check builds the RM from its folder's configs alone: a bad reward_config.json is the
     same ConfigError there, before any shape is built."""
     import ml_collections
-    from rdance.train import finetune_fit
+    from rdance.train import finetune_setup
     edit_json("reward_config.json", set_key(None, "paradigm", "pairwize"))(copy)
     config = ml_collections.ConfigDict({"reward": {"path": str(copy), "dtype": "float32", "remat_policy": ""}})
     with pytest.raises(ConfigError, match=r"reward_config.json: paradigm must be one of .* got \"pairwize\""):
-        finetune_fit.reward_shapes(config, mesh=None, rules=None, workdir=str(copy))
+        finetune_setup.open_reward(config, mesh=None, rules=None, scratch=str(copy))

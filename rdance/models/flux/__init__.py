@@ -1,12 +1,14 @@
 """FLUX (text to image) in Flax NNX, loaded from diffusers-layout folders.
 
-    pipe = load_pipeline("/ckpt/FLUX.1-dev")          # model_index.json folder
+    configs = pipeline_configs("/ckpt/FLUX.1-dev")     # model_index.json folder: config dicts
     transformer = load_transformer("/ckpt/FLUX.1-dev/transformer")
     vae = load_vae("/ckpt/FLUX.1-dev/vae")             # .encode / .decode on NCHW arrays
     export_transformer(transformer, "/out/transformer")  # diffusers loads it back
 
 Every loader takes ``mesh``/``rules`` to place parameters directly on their shards, and
-``param_dtype``/``dtype``/``remat`` overrides for the runtime-only config fields.
+``param_dtype``/``dtype``/``remat`` overrides for the runtime-only config fields. This package
+holds the modules and their conversion only; the whole pipeline (sampling, the scheduler's
+settings, fine-tuning) is :class:`rdance.diffusion.flux_generator.FluxGenerator`.
 """
 from __future__ import annotations
 
@@ -15,13 +17,17 @@ from pathlib import Path
 from flax import nnx
 
 from rdance.core import sharding
-from rdance.diffusion.flow_match import ScheduleConfig
 from rdance.models.flux import clip, config, convert, t5, transformer, vae
-from rdance.models.flux.pipeline import FluxPipeline
 from rdance.models.flux.text import TextEncoders
 
-__all__ = ["load_transformer", "load_vae", "load_text_encoders", "load_pipeline", "export_transformer",
-           "export_vae", "FluxPipeline", "TextEncoders"]
+__all__ = ["load_transformer", "load_vae", "load_text_encoders", "pipeline_configs", "export_transformer",
+           "export_vae", "TextEncoders", "PIPELINE_FILES"]
+
+# A FluxPipeline folder's component config files, by component.
+PIPELINE_FILES = {"transformer": "transformer/config.json", "vae": "vae/config.json",
+                  "scheduler": "scheduler/scheduler_config.json", "text_encoder": "text_encoder/config.json",
+                  "text_encoder_2": "text_encoder_2/config.json"}
+PIPELINE_CLASSES = ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline")
 
 
 def _load(path, cfg_cls, model_cls, torch_key, check, mesh, rules, runtime, **convert_kw):
@@ -62,16 +68,19 @@ def load_text_encoders(path, *, mesh=None, rules=sharding.DEFAULT_RULES, **runti
                         AutoTokenizer.from_pretrained(path / "tokenizer_2"))
 
 
-def load_pipeline(path, *, mesh=None, rules=sharding.DEFAULT_RULES, **runtime) -> FluxPipeline:
-    """A FluxPipeline folder (model_index.json, transformer/, vae/, text encoders, scheduler/)."""
+def pipeline_configs(path, transformer_path=None) -> dict[str, dict]:
+    """A FluxPipeline folder's component configs (``PIPELINE_FILES``' keys, the scheduler's
+    settings included), read after checking its model_index.json; ``transformer_path`` is a
+    fine-tuned transformer folder to use in place of the pipeline's."""
     path = Path(path)
     index = config.read_json(path, "model_index.json")
-    if index.get("_class_name") not in ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline"):
+    if index.get("_class_name") not in PIPELINE_CLASSES:
         raise config.CheckpointTypeError(f"{path} is a {index.get('_class_name')} folder, not a FluxPipeline")
-    schedule = ScheduleConfig.from_dict(config.read_json(path / "scheduler", "scheduler_config.json"))
-    return FluxPipeline(load_transformer(path / "transformer", mesh=mesh, rules=rules, **runtime),
-                        load_vae(path / "vae", mesh=mesh, rules=rules, **runtime),
-                        load_text_encoders(path, mesh=mesh, rules=rules, **runtime), schedule)
+    configs = {key: config.read_json(path / Path(name).parent, Path(name).name)
+               for key, name in PIPELINE_FILES.items()}
+    if transformer_path:
+        configs["transformer"] = config.read_json(transformer_path)
+    return configs
 
 
 def export_transformer(model: transformer.FluxTransformer, path, **kw) -> Path:

@@ -72,8 +72,8 @@ def flux_pipe(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def rd_pipe(flux_pipe):
-    from rdance.models.flux import load_pipeline
-    return load_pipeline(flux_pipe[0])
+    from rdance.diffusion.flux_generator import FluxGenerator
+    return FluxGenerator.from_pretrained(flux_pipe[0], height=16, width=16, vae_remat="none")
 
 
 @pytest.fixture

@@ -44,7 +44,7 @@ def test_decode_matches_diffusers_images(flux_pipe, rd_pipe, rng):
         unpacked = pipe._unpack_latents(torch.tensor(latents), 16, 16, pipe.vae_scale_factor)
         ref = pipe.vae.decode(unpacked / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor).sample
     with jax.default_matmul_precision("highest"):
-        ours = rd_pipe.decode(latents, 16, 16)
+        ours = rd_pipe.decode_latents(latents, 16, 16)
     print(f"max abs diff: {np.abs(np.asarray(ours) - ref.clamp(-1, 1).numpy()).max():.2e}")
     assert np.abs(np.asarray(ours) - ref.clamp(-1, 1).numpy()).max() < 1e-4
 
