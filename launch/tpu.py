@@ -38,9 +38,11 @@ import time
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 LOGS = "$HOME/rdance_logs"
-# What rdance's training loop logs when SIGTERM (a preemption, or `stop`) made it checkpoint and
-# exit 0 before the last step; keep-running reads it to tell "preempted" from "finished".
-PREEMPTED_MARKER = "preempted: saved"
+# The exit status of an rdance entrypoint that SIGTERM (a preemption, or `stop`) made checkpoint
+# and stop before its last step (EX_TEMPFAIL: rerun to resume); `status` reports such a job as
+# "preempted", which keep-running starts again. The same as rdance.core.status.EXIT_PREEMPTED:
+# this script uses the standard library only, so it repeats the value (a test keeps them equal).
+PREEMPTED_EXIT = 75
 # A pod worker finds its peers itself; these flags are for CPU processes only.
 CPU_ONLY_FLAGS = ("--coordinator_address", "--num_processes", "--process_id")
 
@@ -329,7 +331,7 @@ def status_script(job: str) -> str:
 alive() {{ [ -f "$d/$j.pid" ] && kill -0 "$(cat "$d/$j.pid")" 2>/dev/null; }}
 if ! [ -f "$d/$j.exit" ] && ! alive && [ -f "$d/$j.pid" ]; then sleep 2; fi
 if [ -f "$d/$j.exit" ]; then code=$(cat "$d/$j.exit")
-  if [ "$code" = 0 ] && grep -q {shlex.quote(PREEMPTED_MARKER)} "$d/$j.log"; then s=preempted
+  if [ "$code" = {PREEMPTED_EXIT} ]; then s=preempted
   else s="exited $code"; fi
 elif alive; then s=running
 elif [ -f "$d/$j.pid" ]; then s=vanished

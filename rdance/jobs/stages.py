@@ -14,14 +14,17 @@ a changed stage), its other flags, and the hashes of the stages it names in plac
   this process's environment (JAX_PLATFORMS and all) and a persistent XLA compilation cache, so a
   rerun or a second seed reuses compiled steps. The entrypoints resume from their own checkpoints,
   so rerunning an interrupted stage continues it;
-- it is finished when the child exits 0, its marker file exists and it did not log a preemption:
-  then ``DONE.json`` records the hash, the wall time (of every attempt), the attempts and the command.
+- it is finished when the child exits 0 and its marker file exists: then ``DONE.json`` records the
+  hash, the wall time (of every attempt), the attempts and the command. A child that exits
+  ``status.EXIT_PREEMPTED`` (75) was stopped by SIGTERM after saving a checkpoint (its
+  ``WORKDIR/PREEMPTED`` says where): the job stops, and rerunning it resumes the stage.
 
 The child's whole output goes to ``LOGS/<stage>.log``, each attempt under a header line; its
-progress lines are echoed with the stage's name and the job's overall ETA (the child's own ETA
-plus the estimates of the stages left, scaled by how fast this run has gone against its
-estimates so far; until a stage has finished on this machine, a range from the budgets of the
-machine they were timed on). :func:`job_lock` keeps a second job out of a workdir in use.
+progress lines are echoed with the stage's name and the job's overall ETA (the child's own ETA,
+read from its ``WORKDIR/progress.json``, plus the estimates of the stages left, scaled by how
+fast this run has gone against its estimates so far; until a stage has finished on this machine,
+a range from the budgets of the machine they were timed on). :func:`job_lock` keeps a second job
+out of a workdir in use.
 """
 from __future__ import annotations
 
@@ -45,6 +48,7 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
+from rdance.core import status
 from rdance.core.config_checks import check_override
 from rdance.train.metrics import format_seconds
 
@@ -65,8 +69,9 @@ SHOWN = re.compile(r"^step \d+/\d+|^eval at step|^exported|^reference bank|^reus
                    r"^building the reference|^resuming from|^preempted|^wrote |^judge |^train_step compiled|"
                    r"^finetune_step compiled")
 QUIET = re.compile(r"Type handler registry")   # orbax's note on rdance's CPU checkpoint handler
-CHILD_ETA = re.compile(r"ETA (\d+):(\d\d):(\d\d)")
-FRACTION = re.compile(r"^(?:step|reference bank:) (\d+)/(\d+)")
+# The reference bank is built before the training loop starts writing progress.json: its log
+# lines ("reference bank: 3/16 prompts") are the only progress there is until then.
+BANK_FRACTION = re.compile(r"^reference bank: (\d+)/(\d+)")
 
 
 # Flags of the entrypoints that run stages (rdance.run.demo, rdance.run.ablate), defined once here.
@@ -427,6 +432,7 @@ class Runner:
             self.env.update(JAX_COMPILATION_CACHE_DIR=compile_cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="1")
         self.env.pop("PYTEST_CURRENT_TEST", None)
         self._child: subprocess.Popen | None = None
+        self._since = 0.0   # when the running attempt started (Unix time)
         self._terminated = False
 
     def say(self, text: str) -> None:
@@ -503,20 +509,22 @@ class Runner:
         before, earlier = read_partial(partial)
         started = time.perf_counter()
         try:
-            code, preempted, tail = self._attempt(index, stage, clock, cmd, log_path, started, earlier + 1)
+            code, tail = self._attempt(index, stage, clock, cmd, log_path, started, earlier + 1)
         finally:
             this = time.perf_counter() - started
             wall = before + this
             with open(partial, "w") as f:
                 json.dump({"wall_s": wall, "attempts": earlier + 1}, f)
         spent = time_spent(this, wall, earlier)
+        if code == status.EXIT_PREEMPTED:
+            saved = status.read_preempted(stage.workdir)
+            where = f" ({saved['checkpoint']}, step {saved['step']})" if saved else ""
+            raise StageError(f"stage {stage.name} was stopped by SIGTERM and saved a checkpoint{where}: rerun the "
+                             "same command to resume it")
         if code != 0:
             self.out.write("".join(tail[-40:]))
             raise StageError(f"stage {stage.name} failed (exit status {code}) after {spent}; "
                              f"its whole output is in {log_path}. Rerunning the same command resumes it.")
-        if preempted:
-            raise StageError(f"stage {stage.name} was stopped by SIGTERM and saved a checkpoint: rerun the "
-                             "same command to resume it")
         if not os.path.exists(os.path.join(stage.workdir, stage.marker)):
             raise StageError(f"stage {stage.name} exited 0 but did not write {stage.marker} in {stage.workdir}; "
                              f"see {log_path}")
@@ -535,9 +543,9 @@ class Runner:
 
     def _attempt(self, index: int, stage: Stage, clock: Clock, cmd: list[str], log_path: str, started: float,
                  attempt: int):
-        """Run the child once: (exit status, whether it logged a preemption, its last lines)."""
-        preempted = False
+        """Run the child once: (exit status, its last lines)."""
         tail: list[str] = []
+        self._since = time.time()   # progress.json written before this attempt is an earlier one's
         with open(log_path, "a") as log:
             log.write(attempt_header(stage.name, attempt, cmd, first_in_log=log.tell() == 0))
             self._child = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdout=subprocess.PIPE,
@@ -546,7 +554,6 @@ class Runner:
                 for line in self._child.stdout:
                     log.write(line)
                     tail = (tail + [line])[-60:]
-                    preempted |= "preempted: saved" in line
                     self._echo(index, stage, line.rstrip("\n"), clock, time.perf_counter() - started)
                 code = self._child.wait()
             except KeyboardInterrupt:
@@ -556,7 +563,7 @@ class Runner:
                 raise StageError(f"interrupted in stage {stage.name}: rerun the same command to resume it")
             finally:
                 self._child = None
-        return code, preempted, tail
+        return code, tail
 
     def _echo(self, index: int, stage: Stage, line: str, clock: Clock, elapsed: float) -> None:
         match = ABSL_LINE.match(line)
@@ -567,13 +574,12 @@ class Runner:
             return
         message = match[2]
         remaining = None
-        eta = CHILD_ETA.search(message)
-        if eta:
-            remaining = int(eta[1]) * 3600 + int(eta[2]) * 60 + int(eta[3])
-        else:
-            fraction = FRACTION.search(message)
-            if fraction and int(fraction[1]) > 0:
-                remaining = elapsed * (int(fraction[2]) - int(fraction[1])) / int(fraction[1])
+        progress = status.read_progress(stage.workdir, since=self._since)
+        fraction = BANK_FRACTION.search(message)
+        if progress is not None and progress.get("eta_s") is not None:
+            remaining = float(progress["eta_s"])
+        elif fraction and int(fraction[1]) > 0:
+            remaining = elapsed * (int(fraction[2]) - int(fraction[1])) / int(fraction[1])
         suffix = ""
         if remaining is not None:
             suffix = f"  | {self.label}s ETA {clock.eta_text(index, remaining, elapsed)}"

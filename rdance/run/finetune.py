@@ -5,8 +5,9 @@ flow matching, with a Best-of-N reference bank, EMA, a pretraining anchor and ha
         --config.generator.path=/tmp/gen_smoke/export --config.reward.path=/tmp/rm_smoke/export
 
 ``--config.algo=refl|rwr`` picks the algorithm. Rerunning the same command resumes (the
-reference bank in WORKDIR/bank is reused); SIGTERM checkpoints and exits 0. The fine-tuned
-generator is exported to WORKDIR/export in the starting generator's layout. See docs/finetune.md.
+reference bank in WORKDIR/bank is reused); SIGTERM checkpoints, writes WORKDIR/PREEMPTED and
+exits 75 (rdance.core.status). The fine-tuned generator is exported to WORKDIR/export in the
+starting generator's layout. See docs/finetune.md.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from absl import flags, logging
 import rdance.world  # noqa: F401  (registers the 'world' generator kind)
 from rdance.run import cli
 
-from rdance.core import console
+from rdance.core import console, status
 from rdance.train.finetune_loop import finetune
 
 # --help lists the shared flags (--config, --workdir, ...) with this module's own.
@@ -27,6 +28,7 @@ def main(argv):
     config, workdir = cli.start()
     result = finetune(config, workdir)
     logging.info("done at step %d%s", result.step, " (preempted)" if result.preempted else "")
+    status.exit_if_preempted(result.preempted)
 
 
 if __name__ == "__main__":

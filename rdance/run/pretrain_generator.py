@@ -26,7 +26,7 @@ from flax import nnx
 
 from rdance.run import cli
 
-from rdance.core import console, sharding
+from rdance.core import console, sharding, status
 from rdance.diffusion import generator as genlib
 from rdance.world.generator import WorldGenerator
 from rdance.train.generator_eval import Sampler
@@ -85,8 +85,7 @@ def main(argv):
     if config.eval.prompts:
         task.evaluate = make_evaluator(config, gen)
     result = train(config, workdir, task)
-    if result.preempted:
-        return
+    status.exit_if_preempted(result.preempted)
     params = to_host(result.state.params)
     export_dir = os.path.join(workdir, "export")
     if jax.process_index() == 0:

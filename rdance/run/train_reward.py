@@ -19,7 +19,7 @@ from flax import nnx
 
 from rdance.run import cli
 
-from rdance.core import console
+from rdance.core import console, status
 from rdance.data import records
 from rdance.data.records import JsonlRecords
 from rdance.world.pairs import PreferencePairs, WorldCaptions
@@ -130,8 +130,7 @@ def run(config, workdir: str) -> None:
         mesh = sharding.make_mesh(config.mesh.shape)
         task.evaluate = Evaluator(graphdef, builder, loss_spec, eval_sets, mesh, config.data.eval_batch_size)
     result = train(config, workdir, task)
-    if result.preempted:
-        return
+    status.exit_if_preempted(result.preempted)
     export_dir = os.path.join(workdir, "export")
     rm_folder.export(result.state.params, model_folder(config, workdir), export_dir, config)
     logging.info("exported the reward model to %s", export_dir)

@@ -9,7 +9,7 @@ from flax import nnx
 
 from rdance.run import cli
 
-from rdance.core import console
+from rdance.core import console, status
 from rdance.models.mlp import MLP, TeacherRegression, mse_loss
 from rdance.train.loop import Task, train
 
@@ -32,6 +32,7 @@ def main(argv):
     config, workdir = cli.start()
     result = train(config, workdir, make_task(config))
     logging.info("done at step %d%s", result.step, " (preempted)" if result.preempted else "")
+    status.exit_if_preempted(result.preempted)
 
 
 if __name__ == "__main__":

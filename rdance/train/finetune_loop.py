@@ -22,14 +22,14 @@ from absl import logging
 from rdance.core import config_checks, sharding
 from rdance.data.pipeline import host_batches
 from rdance.train import bank as banklib, lora
-from rdance.train.checkpoint import Checkpointer, PreemptionWatch
+from rdance.train.checkpoint import Checkpointer
 from rdance.train.finetune_data import CaptionImages, FinetuneExamples, read_prompts
 from rdance.train.finetune_step import FinetuneState, StepSettings
 from rdance.train.finetune_setup import build, compiler_options
 from rdance.train.generator_eval import Sampler, place
 from rdance.train.host import agree, sync, to_host
-from rdance.train.loop import batch_spec, raise_on_non_finite
-from rdance.train.metrics import MetricWriter, format_seconds
+from rdance.train.loop import Progress, batch_spec, due, run_loop
+from rdance.train.metrics import MetricWriter
 from rdance.train.monitors import image_grid
 from rdance.train.step import log_memory, memory_per_device
 
@@ -183,43 +183,17 @@ def finetune(config: ml_collections.ConfigDict, workdir: str, devices=None) -> R
     log_memory(compiled, "finetune_step")
     memory = memory_per_device(compiled)
 
-    monitor = Monitor(config, gen, sampler, prompts, writer)
-    if start == 0:  # the starting generator's numbers, for the curves
-        monitor.evaluate(0, state, frozen, *monitor.due(0, True))
-    preemption = PreemptionWatch()
-    pending: list[tuple[int, dict]] = []
-    last_saved = start if start else None
-    step, clock = start, (start, time.perf_counter())
-    try:
-        while step < tc.steps:
-            if preemption.should_stop(step):
-                clock = _flush(pending, writer, ckpt, last_saved, clock, tc.steps)
-                ckpt.save(step, state, data_iter, config.to_dict())
-                ckpt.wait()
-                logging.info("preempted: saved %s; rerun the same command to resume", ckpt.path_of(step))
-                return Result(state, step, True, memory, bank)
-            batch = sharding.global_batch(next(data_iter), mesh)
-            state, metrics = compiled(state, batch, frozen, rm.params)
-            step += 1
-            pending.append((step, metrics))
-            is_last = step == tc.steps
-            if step % tc.log_every == 0 or is_last:
-                clock = _flush(pending, writer, ckpt, last_saved, clock, tc.steps)
-            grid, judge = monitor.due(step, is_last)
-            if grid or judge:
-                clock = _flush(pending, writer, ckpt, last_saved, clock, tc.steps)
-                monitor.evaluate(step, state, frozen, grid=grid, judge=judge)
-                clock = (clock[0], time.perf_counter())  # evals do not count against steps/s
-            if step % tc.checkpoint_every == 0 or is_last:
-                clock = _flush(pending, writer, ckpt, last_saved, clock, tc.steps)
-                ckpt.save(step, state, data_iter, config.to_dict())
-                last_saved = step
-        export(config, workdir, gen, state, frozen, settings)
-        return Result(state, step, False, memory, bank)
-    finally:
-        preemption.close()
-        ckpt.close()
-        writer.close()
+    monitor = Monitor(config, gen, sampler, prompts, writer, frozen)
+    progress = Progress(workdir, writer, ckpt, config.to_dict(), total=tc.steps, start=start, per_step=True,
+                        describe=lambda m: f"reward {m['reward/mean']:.4f} (std {m['reward/std']:.4f}, "
+                                           f"window std {m['reward/window_std']:.4f})")
+    if start == 0 and monitor.due(0, 0):  # the starting generator's numbers, for the curves
+        progress.evaluate(0, lambda: monitor(state, 0))
+    out = run_loop(lambda state, batch: compiled(state, batch, frozen, rm.params), state, data_iter, mesh,
+                   progress, [monitor], log_every=tc.log_every, checkpoint_every=tc.checkpoint_every)
+    if not out.preempted:
+        export(config, workdir, gen, out.state, frozen, settings)
+    return Result(out.state, out.step, out.preempted, memory, bank)
 
 
 def effective_params(settings: StepSettings):
@@ -243,54 +217,38 @@ def export(config, workdir: str, gen, state: FinetuneState, frozen, settings: St
 
 class Monitor:
     """Evals during fine-tuning: the generator's held-out evaluator (the world's: the judge's
-    alignment on held-out scenes), current and EMA parameters, every ``monitor.eval_every``
-    steps, and a grid of samples every ``grid_every``."""
+    alignment on held-out scenes), current and EMA parameters, every ``monitor.eval_every`` steps,
+    and a grid of samples every ``grid_every`` (0: never); both also after the last step when they
+    run at all. An evaluator of the loop."""
 
-    def __init__(self, config, gen, sampler: Sampler, prompts: Prompts, writer: MetricWriter):
+    def __init__(self, config, gen, sampler: Sampler, prompts: Prompts, writer: MetricWriter, frozen):
         m = config.monitor
-        self.config, self.writer, self.sampler = config, writer, sampler
+        self.config, self.writer, self.sampler, self.frozen = config, writer, sampler, frozen
         self.judge = gen.heldout_evaluator(self.sampler, prompts.heldout, m.eval_samples)
         grid_prompts = prompts.heldout_text[: m.grid_size]
         self.grid_tokens, self.grid_ids = gen.tokenize(grid_prompts), np.arange(len(grid_prompts))
         self.which = {"current": ("params",), "ema": ("ema",), "both": ("params", "ema")}[m.eval_params]
 
-    def due(self, step: int, is_last: bool) -> tuple[bool, bool]:
-        """(grid, judge): what is due after ``step``; both run at the end when they run at all."""
+    def _due(self, step: int, last_step: int) -> tuple[bool, bool]:
+        """(grid, judge): what is due after ``step``."""
         m = self.config.monitor
-        return (bool(m.grid_every) and (step % m.grid_every == 0 or is_last),
-                bool(m.eval_every) and (step % m.eval_every == 0 or is_last))
+        return (due(step, m.grid_every, last_step, zero_is_never=True),
+                due(step, m.eval_every, last_step, zero_is_never=True))
 
-    def evaluate(self, step: int, state: FinetuneState, frozen, grid: bool = True, judge: bool = True) -> None:
+    def due(self, step: int, last_step: int) -> bool:
+        return any(self._due(step, last_step))
+
+    def __call__(self, state: FinetuneState, step: int) -> dict[str, float]:
+        """Write the grids due at ``step``; return the judge's scalars."""
+        grid, judge = self._due(step, self.config.train.steps)
         scalars = {}
         for which in self.which:
             suffix = "" if which == "params" else "_ema"
             trainable = getattr(state, which)
             if judge and self.judge is not None:
-                values, _ = self.judge(trainable, frozen)
+                values, _ = self.judge(trainable, self.frozen)
                 scalars.update({f"eval/{k}{suffix}": v for k, v in values.items()})
             if grid:
-                images = self.sampler(trainable, frozen, self.grid_tokens, self.grid_ids)
+                images = self.sampler(trainable, self.frozen, self.grid_tokens, self.grid_ids)
                 self.writer.write_image(step, f"samples{suffix}", image_grid(images, self.config.monitor.grid_columns))
-        if scalars:
-            self.writer.write(step, scalars)
-            logging.info("eval at step %d: %s", step, "  ".join(f"{k}={v:.4f}" for k, v in sorted(scalars.items())))
-
-
-def _flush(pending, writer: MetricWriter, ckpt: Checkpointer, last_saved, clock, total: int):
-    """Fetch the metrics of the steps since the last flush, stop on a non-finite step, write each
-    step's scalars, and log one line; returns the new (step, time) clock."""
-    if not pending:
-        return clock
-    fetched = jax.device_get([m for _, m in pending])
-    steps = [s for s, _ in pending]
-    pending.clear()
-    raise_on_non_finite(steps, fetched, ckpt.path_of(last_saved), NON_FINITE_REMEDY)
-    for step, metrics in zip(steps, fetched):
-        writer.write(step, {k: float(v) for k, v in metrics.items() if k != "finite"})
-    step, now = steps[-1], time.perf_counter()
-    rate = (step - clock[0]) / max(now - clock[1], 1e-9)
-    last = fetched[-1]
-    logging.info("step %d/%d  loss %.5f  reward %.4f (std %.4f, window std %.4f)  %.2f steps/s  ETA %s",
-                 step, total, float(last["loss"]), float(last["reward/mean"]), float(last["reward/std"]),
-                 float(last["reward/window_std"]), rate, format_seconds((total - step) / rate if rate > 0 else float("nan")))
-    return step, now
+        return dict(sorted(scalars.items()))

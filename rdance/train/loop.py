@@ -1,14 +1,18 @@
-"""The training loop shared by every entrypoint: mesh, data, state, compile, steps, checkpoints.
+"""The one training loop every trainer runs, and ``train``, the setup of the single-model ones.
 
-It reads top to bottom like the job it runs: build the mesh, the data iterator and the abstract
-state; restore the latest checkpoint or create fresh parameters on their shards; compile the step
-ahead of time; then step, log and checkpoint until done or preempted.
+``run_loop`` steps a compiled step function over a batch iterator, keeping one step's metrics in
+flight; logs, stops at a non-finite step, evaluates, checkpoints and stops on preemption, all
+timed by ``due``. Its bookkeeping (metric writer, checkpointer, last step saved, steps/s clock,
+WORKDIR/progress.json and the PREEMPTED marker of rdance.core.status) is a ``Progress``.
+Reward training, generator pretraining and the toy run it through ``train`` (mesh, data,
+state, restore, compile); fine-tuning (rdance.train.finetune_loop) through its own setup.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Callable
+import time
+from typing import Any, Callable, Protocol
 
 import jax
 import ml_collections
@@ -16,10 +20,10 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from rdance.core import config_checks, sharding
+from rdance.core import config_checks, sharding, status
 from rdance.data.pipeline import RandomAccess, host_batches
 from rdance.train.checkpoint import Checkpointer, NonFiniteLoss, PreemptionWatch, last_good
-from rdance.train.metrics import MetricWriter, Progress
+from rdance.train.metrics import MetricWriter, format_seconds
 from rdance.train.optim import make_optimizer
 from rdance.train.state import StateFactory, TrainState
 from rdance.train.step import LossFn, compile_train_step, make_train_step, memory_per_device
@@ -30,7 +34,7 @@ class Task:
     """What a training job trains: a model, its loss and its examples.
 
     ``evaluate(params, step)`` returns scalars logged under ``eval/`` every ``train.eval_every``
-    steps and at the end. ``initial_params(shardings)`` returns starting parameters (e.g. a
+    steps and at the end (0: at the end only). ``initial_params(shardings)`` returns starting parameters (e.g. a
     pretrained checkpoint) placed on the given shardings; without it parameters are random.
     """
     make_model: Callable[[], nnx.Module]
@@ -72,6 +76,173 @@ def batch_spec(local_batch, mesh) -> Any:
                                        sharding=sharding.batch_sharding(mesh, x.ndim)), local_batch)
 
 
+def due(step: int, every: int, last_step: int, *, zero_is_never: bool = False) -> bool:
+    """Whether something done every ``every`` steps (a log line, an eval, a checkpoint, a sample
+    grid) runs after ``step``: at each multiple of ``every`` and after ``last_step``. ``every=0``
+    means after the last step only, or, with ``zero_is_never``, not at all."""
+    if every <= 0:
+        return not zero_is_never and step == last_step
+    return step % every == 0 or step == last_step
+
+
+class Evaluator(Protocol):
+    """Run between steps when ``due``; returns the scalars the loop writes and logs (images and
+    other outputs it writes itself)."""
+
+    def due(self, step: int, last_step: int) -> bool: ...
+
+    def __call__(self, state: Any, step: int) -> dict[str, float]: ...
+
+
+@dataclasses.dataclass
+class Every:
+    """The evaluator ``fn(state, step) -> scalars``, every ``every`` steps and after the last."""
+    every: int
+    fn: Callable[[Any, int], dict[str, float]]
+
+    def due(self, step: int, last_step: int) -> bool:
+        return due(step, self.every, last_step)
+
+    def __call__(self, state: Any, step: int) -> dict[str, float]:
+        return self.fn(state, step)
+
+
+class Progress:
+    """The loop's bookkeeping: the metric writer, the checkpointer and the last step it saved, the
+    steps/s clock (evals do not count against it), the totals, WORKDIR/progress.json and the
+    PREEMPTED marker (rdance.core.status; process 0 writes them).
+
+    ``per_step``: write every step's scalars (else one record per log line: the mean of the steps
+    since the last, with steps/s and, given ``batch_size``, examples/s). ``describe(scalars)``:
+    more text for the log line, after the loss.
+    """
+
+    def __init__(self, workdir: str, writer: MetricWriter, ckpt: Checkpointer, config: dict, *, total: int,
+                 start: int, batch_size: int | None = None, per_step: bool = False,
+                 describe: Callable[[dict], str] | None = None):
+        self.workdir, self.writer, self.ckpt, self.config = workdir, writer, ckpt, config
+        self.total, self.start, self.batch_size = total, start, batch_size
+        self.per_step, self.describe = per_step, describe
+        self.last_saved = start or None
+        self.rate: float | None = None
+        self.reset_clock(start)
+
+    def reset_clock(self, step: int) -> None:
+        self._clock = (step, time.perf_counter())
+
+    def _report(self, phase: str, step: int) -> None:
+        if self.writer.enabled:
+            status.write_progress(self.workdir, phase, step, self.total, self.rate)
+
+    def started(self) -> None:
+        """A run steps in the workdir: an earlier preemption's marker is stale."""
+        if self.writer.enabled:
+            status.clear_preempted(self.workdir)
+
+    def flush(self, pending: list[tuple[int, Any]]) -> None:
+        """Fetch the metrics of the steps since the last flush, stop at a non-finite step, write
+        them and log one line."""
+        if not pending:
+            return
+        steps = [s for s, _ in pending]
+        fetched = jax.device_get([m for _, m in pending])
+        pending.clear()
+        raise_on_non_finite(steps, fetched, self.ckpt.path_of(self.last_saved), self.ckpt.remedy)
+        step, now = steps[-1], time.perf_counter()
+        self.rate = (step - self._clock[0]) / max(now - self._clock[1], 1e-9)
+        self._clock = (step, now)
+        if self.per_step:
+            for s, metrics in zip(steps, fetched):
+                self.writer.write(s, {k: float(v) for k, v in metrics.items() if k != "finite"})
+            shown = {k: float(v) for k, v in fetched[-1].items() if k != "finite"}
+        else:
+            shown = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0] if k != "finite"}
+            shown["steps_per_s"] = self.rate
+            if self.batch_size:
+                shown["examples_per_s"] = self.rate * self.batch_size
+            self.writer.write(step, shown)
+        self._report("train", step)
+        eta = (self.total - step) / self.rate if self.rate > 0 else float("nan")
+        examples = f"{self.rate * self.batch_size:.1f} examples/s  " if self.batch_size else ""
+        more = f"{self.describe(shown)}  " if self.describe else ""
+        logging.info("step %d/%d  loss %.5f  %s%.2f steps/s  %sETA %s", step, self.total, shown["loss"], more,
+                     self.rate, examples, format_seconds(eta))
+
+    def evaluate(self, step: int, evaluator: Callable[[], dict[str, float]]) -> None:
+        """Run ``evaluator``; write and log its scalars. Its time does not count against steps/s."""
+        self._report("eval", step)
+        scalars = evaluator()
+        if scalars:
+            self.writer.write(step, scalars)
+            logging.info("eval at step %d: %s", step, "  ".join(f"{k}={v:.4f}" for k, v in scalars.items()))
+        self.reset_clock(step)
+
+    def save(self, step: int, state: Any, data_iter: Any) -> None:
+        self.ckpt.save(step, state, data_iter, self.config)
+        self.last_saved = step
+
+    def preempted(self, step: int, state: Any, data_iter: Any) -> None:
+        """Save ``step``, wait for it to be written, and say so: a log line for people, the
+        PREEMPTED marker and progress.json for programs (the entrypoint exits EXIT_PREEMPTED)."""
+        self.save(step, state, data_iter)
+        self.ckpt.wait()
+        logging.info("preempted: saved %s; rerun the same command to resume", self.ckpt.path_of(step))
+        if self.writer.enabled:
+            status.mark_preempted(self.workdir, step, self.ckpt.path_of(step))
+        self._report("preempted", step)
+
+    def finished(self, step: int) -> None:
+        self._report("done", step)
+
+    def close(self) -> None:
+        self.ckpt.close()
+        self.writer.close()
+
+
+@dataclasses.dataclass
+class Outcome:
+    state: Any
+    step: int
+    preempted: bool
+
+
+def run_loop(step_fn: Callable[[Any, Any], tuple[Any, dict]], state: Any, data_iter: Any, mesh,
+             progress: Progress, evaluators: list[Evaluator], *, log_every: int,
+             checkpoint_every: int) -> Outcome:
+    """Step ``state`` from ``progress.start`` to ``progress.total`` with ``step_fn(state,
+    global batch)`` over ``data_iter`` (host batches placed on ``mesh``); log every ``log_every``
+    steps, run the evaluators when due, checkpoint every ``checkpoint_every`` steps and at the
+    end. On SIGTERM, checkpoint and stop (``preempted``). Metrics are fetched only when a log,
+    eval or checkpoint needs them, so the device runs ahead. Closes ``progress`` at the end."""
+    preemption = PreemptionWatch()
+    pending: list[tuple[int, dict]] = []
+    step, last = progress.start, progress.total
+    progress.started()
+    try:
+        while step < last:
+            if preemption.should_stop(step):
+                progress.flush(pending)
+                progress.preempted(step, state, data_iter)
+                return Outcome(state, step, True)
+            state, metrics = step_fn(state, sharding.global_batch(next(data_iter), mesh))
+            step += 1
+            pending.append((step, metrics))
+            if due(step, log_every, last):
+                progress.flush(pending)
+            for evaluator in evaluators:
+                if evaluator.due(step, last):
+                    progress.flush(pending)
+                    progress.evaluate(step, lambda: evaluator(state, step))  # noqa: B023 (called at once)
+            if due(step, checkpoint_every, last):
+                progress.flush(pending)
+                progress.save(step, state, data_iter)
+        progress.finished(step)
+        return Outcome(state, step, False)
+    finally:
+        preemption.close()
+        progress.close()
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, task: Task) -> Result:
     config_checks.check_bounds(config)
     tc = config.train
@@ -102,55 +273,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: Task) -> Result
                                   batch_spec(next(iter(data)), mesh))
     memory = memory_per_device(compiled)
 
-    progress = Progress(tc.steps, config.data.global_batch_size, start)
-    preemption = PreemptionWatch()
-    pending: list[tuple[int, dict]] = []
-    last_saved = start if start else None
-    step = start
-    try:
-        while step < tc.steps:
-            if preemption.should_stop(step):
-                _flush(pending, writer, progress, ckpt, last_saved)
-                ckpt.save(step, state, data_iter, config.to_dict())
-                ckpt.wait()
-                logging.info("preempted: saved %s; rerun the same command to resume",
-                             ckpt.path_of(step))
-                return Result(state, step, True, memory)
-            batch = sharding.global_batch(next(data_iter), mesh)
-            state, metrics = compiled(state, batch)
-            step += 1
-            pending.append((step, metrics))
-            is_last = step == tc.steps
-            if step % tc.log_every == 0 or is_last:
-                _flush(pending, writer, progress, ckpt, last_saved)
-            if task.evaluate and ((tc.eval_every and step % tc.eval_every == 0) or is_last):
-                _flush(pending, writer, progress, ckpt, last_saved)
-                scalars = {f"eval/{k}": float(v) for k, v in task.evaluate(state.params, step).items()}
-                writer.write(step, scalars)
-                logging.info("eval at step %d: %s", step, "  ".join(f"{k}={v:.4f}" for k, v in scalars.items()))
-            if step % tc.checkpoint_every == 0 or is_last:
-                _flush(pending, writer, progress, ckpt, last_saved)
-                ckpt.save(step, state, data_iter, config.to_dict())
-                last_saved = step
-        return Result(state, step, False, memory)
-    finally:
-        preemption.close()
-        ckpt.close()
-        writer.close()
-
-
-def _flush(pending: list, writer: MetricWriter, progress: Progress, ckpt: Checkpointer,
-           last_saved: int | None) -> None:
-    """Fetch the metrics of the steps since the last flush, stop on a non-finite step, log."""
-    if not pending:
-        return
-    steps = [s for s, _ in pending]
-    fetched = jax.device_get([m for _, m in pending])
-    pending.clear()
-    raise_on_non_finite(steps, fetched, ckpt.path_of(last_saved),
-                        "Lower optim.learning_rate or set optim.grad_clip_norm")
-    step = steps[-1]
-    scalars = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0] if k != "finite"}
-    scalars.update(progress.rates(step))
-    writer.write(step, scalars)
-    progress.log(step, scalars)
+    evaluators = []
+    if task.evaluate:
+        evaluate = task.evaluate
+        evaluators.append(Every(tc.eval_every, lambda state, step: {
+            f"eval/{k}": float(v) for k, v in evaluate(state.params, step).items()}))
+    progress = Progress(workdir, writer, ckpt, config.to_dict(), total=tc.steps, start=start,
+                        batch_size=config.data.global_batch_size)
+    out = run_loop(compiled, state, data_iter, mesh, progress, evaluators, log_every=tc.log_every,
+                   checkpoint_every=tc.checkpoint_every)
+    return Result(out.state, out.step, out.preempted, memory)

@@ -1,9 +1,8 @@
-"""Metrics to TensorBoard and metrics.jsonl (process 0 only), and a progress log line."""
+"""Metrics to TensorBoard and metrics.jsonl (process 0 only)."""
 from __future__ import annotations
 
 import json
 import os
-import time
 from typing import Iterator
 
 import jax
@@ -92,27 +91,6 @@ def read_records(path) -> Iterator[dict]:
                             "dropping it: %.80s", path, number, line)
             continue
         yield record
-
-
-class Progress:
-    """Steps/s, examples/s and ETA from wall time between log lines."""
-
-    def __init__(self, total_steps: int, global_batch_size: int, start_step: int):
-        self.total, self.batch = total_steps, global_batch_size
-        self._last_step, self._last_time = start_step, time.perf_counter()
-
-    def rates(self, step: int) -> dict[str, float]:
-        now = time.perf_counter()
-        steps_per_s = (step - self._last_step) / max(now - self._last_time, 1e-9)
-        self._last_step, self._last_time = step, now
-        return {"steps_per_s": steps_per_s, "examples_per_s": steps_per_s * self.batch}
-
-    def log(self, step: int, scalars: dict[str, float]) -> None:
-        rate = scalars.get("steps_per_s", 0.0)
-        eta = (self.total - step) / rate if rate > 0 else float("nan")
-        logging.info("step %d/%d  loss %.5f  %.2f steps/s  %.1f examples/s  ETA %s",
-                     step, self.total, scalars["loss"], rate, scalars.get("examples_per_s", 0.0),
-                     format_seconds(eta))
 
 
 def format_seconds(seconds: float) -> str:

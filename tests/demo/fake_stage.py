@@ -1,10 +1,13 @@
-"""A stand-in entrypoint for the stage runner's tests: absl-style progress lines, resumable
-(WORKDIR/progress holds the last finished step), an export marker at the end; it can fail or be
-"preempted" once at a chosen step, and counts its launches in WORKDIR/launches."""
+"""A stand-in entrypoint for the stage runner's tests: absl-style progress lines and
+WORKDIR/progress.json (one step a second), resumable (WORKDIR/progress holds the last finished
+step), an export marker at the end; it can fail or be "preempted" (PREEMPTED marker, exit 75)
+once at a chosen step, and counts its launches in WORKDIR/launches."""
 import json
 import os
 import sys
+import time
 
+from rdance.core import status
 from tests.demo.fake_config import get_config
 
 
@@ -33,18 +36,21 @@ def main(argv):
         log(f"resuming from {progress}")
     print("a line that is not absl's", flush=True)
     for step in range(start + 1, config.steps + 1):
-        for name, code in (("fail_at", 3), ("preempt_at", 0)):
+        for name, code in (("fail_at", 3), ("preempt_at", status.EXIT_PREEMPTED)):
             marker = os.path.join(workdir, name)
             if getattr(config, name) == step and not os.path.exists(marker):
                 open(marker, "w").close()
-                if code == 0:
+                if code == status.EXIT_PREEMPTED:
                     log(f"preempted: saved {workdir}/{step - 1}; rerun the same command to resume")
+                    status.mark_preempted(workdir, step - 1, f"{workdir}/{step - 1}")
                 sys.exit(code)
         with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
             f.write(json.dumps({"step": step, "value": config.value * step}) + "\n")
         with open(progress, "w") as f:
             f.write(str(step))
+        status.write_progress(workdir, "train", step, config.steps, config.rate)
         log(f"step {step}/{config.steps}  loss 0.5  ETA 0:00:0{config.steps - step}")
+        time.sleep(config.pause)
     os.makedirs(os.path.join(workdir, "export"), exist_ok=True)
     log(f"exported to {workdir}/export")
 

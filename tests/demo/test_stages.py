@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+from rdance.core import status
 from rdance.jobs import stages as st
 
 FAKE = "tests.demo.fake_stage"
@@ -67,8 +68,10 @@ def test_the_eta_leaves_out_stages_finished_earlier(tmp_path):
 
 def test_the_first_eta_is_a_range_from_the_budgets_machine(tmp_path):
     """Budgets timed on another CPU are no promise here: the console names both machines and gives
-    a range until a stage has finished on this one, then one figure scaled by its measured speed."""
-    _, out, _ = run(tmp_path, two_stages())
+    a range until a stage has finished on this one, then one figure scaled by its measured speed.
+    (Stage a pauses after each step, so that the ETA echoed with a line is that step's.)"""
+    _, out, _ = run(tmp_path, [st.Stage("a", "first", FAKE, CONFIG, {"value": 2.0, "pause": 0.5}, estimate_s=2),
+                               two_stages()[1]])
     lines = out.splitlines()
     assert lines[0] == (f"this machine: {st.cpu_model()}; the stage budgets were timed on 2 idle cores of an AMD "
                         "EPYC, so the ETA is a range (budget to budget x1.7) until a stage has finished here")
@@ -154,12 +157,31 @@ def test_a_second_job_in_a_workdir_stops_at_once_and_a_killed_one_blocks_nothing
 
 
 def test_a_preempted_stage_is_not_finished(tmp_path):
-    """An entrypoint stopped by SIGTERM saves, logs 'preempted' and exits 0: not done."""
-    with pytest.raises(st.StageError, match="stopped by SIGTERM"):
+    """An entrypoint stopped by SIGTERM saves, writes PREEMPTED and exits 75: not done; the error
+    names the checkpoint the marker names, and the rerun resumes it."""
+    with pytest.raises(st.StageError) as error:
         run(tmp_path, two_stages(preempt_at=2))
+    marker = json.loads((tmp_path / "b" / "PREEMPTED").read_text())
+    assert marker["step"] == 1 and marker["checkpoint"] == f"{tmp_path / 'b'}/1"
+    assert str(error.value) == (f"stage b was stopped by SIGTERM and saved a checkpoint ({tmp_path / 'b'}/1, "
+                                "step 1): rerun the same command to resume it")
     assert not (tmp_path / "b" / "DONE.json").exists()
     runs, _, _ = run(tmp_path, two_stages(preempt_at=2))
     assert (tmp_path / "b" / "DONE.json").exists() and launches(tmp_path / "b") == 2
+
+
+def test_the_child_eta_comes_from_progress_json_not_the_log(tmp_path):
+    """The stand-in logs 'ETA 0:00:02' after step 1 of 3 but writes a rate of 0.5 steps/s to its
+    progress.json (ETA 4 s): the job's ETA is 4 + the next stage's 3 to 5.1 s. A progress.json an
+    earlier attempt left is not read."""
+    (tmp_path / "a").mkdir()
+    status.write_progress(str(tmp_path / "a"), "train", 1, 1000, 0.001)     # stale: ETA 999000 s
+    runs, out, _ = run(tmp_path, [st.Stage("a", "first", FAKE, CONFIG, {"rate": 0.5, "pause": 0.5}, estimate_s=2),
+                                  two_stages()[1]])
+    assert "[a] step 1/3  loss 0.5  ETA 0:00:02  | stages ETA 0:00:07 to 0:00:09" in out, out
+    assert "resuming" not in out and "277:" not in out
+    record = json.loads((tmp_path / "a" / "progress.json").read_text())
+    assert record["step"] == 3 and record["total"] == 3 and record["eta_s"] == 0
 
 
 def test_changed_settings_and_bad_keys_fail_before_running(tmp_path):

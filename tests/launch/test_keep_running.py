@@ -133,7 +133,12 @@ def test_a_bootstrap_that_fails_on_a_healthy_slice_ends_the_loop(gcloud, launch)
     assert "bootstrap failed on a healthy slice (gcloud exit status 1)" in result.stderr
 
 
-def test_the_preemption_marker_is_what_the_training_loop_logs(tpu):
-    """keep-running tells a preempted job (exit 0 after SIGTERM) from a finished one by this line."""
-    with open(os.path.join(REPO, "rdance", "train", "loop.py")) as f:
-        assert f'logging.info("{tpu.PREEMPTED_MARKER} %s; rerun' in f.read()
+def test_the_preempted_exit_status_is_rdances(tpu):
+    """keep-running tells a preempted job from a finished one by its exit status, which the
+    launcher (standard library only) repeats from rdance.core.status; a preempted worker is
+    neither finished nor failed, so the job is started again."""
+    from rdance.core import status
+    assert tpu.PREEMPTED_EXIT == status.EXIT_PREEMPTED == 75
+    assert f'if [ "$code" = {status.EXIT_PREEMPTED} ]; then s=preempted' in tpu.status_script("j")
+    job = tpu.WorkerJob("t1v-n-0-w-0", "preempted")
+    assert job.exit_code is None

@@ -9,7 +9,9 @@ import time
 import pytest
 
 # Stands in for an rdance entrypoint: logs its flags and environment, then trains until done,
-# failing, or SIGTERM, after which it logs what rdance's loop logs and exits 0.
+# failing, or SIGTERM, after which it logs what rdance's loop logs and exits 75 as it does
+# (rdance.core.status.EXIT_PREEMPTED). MODE=done_saying_preempted finishes (exit 0) with that line
+# in its log: the exit status decides, not the log.
 FAKE_ENTRYPOINT = """
 import os, signal, sys, time
 print("argv", sys.argv[1:], "PYTHONUNBUFFERED", os.environ.get("PYTHONUNBUFFERED"),
@@ -19,11 +21,15 @@ if mode == "fail":
     sys.exit(3)
 if mode == "done":
     sys.exit(0)
+if mode == "done_saying_preempted":
+    print("preempted: saved /work/checkpoints/7; rerun the same command to resume")
+    sys.exit(0)
 stop = []
 signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
 while not stop:
     time.sleep(0.02)
 print("preempted: saved /work/checkpoints/7; rerun the same command to resume")
+sys.exit(75)
 """
 
 
@@ -112,6 +118,13 @@ def test_run_status_stop_on_a_worker(tpu, worker):
     bash(tpu.env_file_script({"MODE": "done"}), worker, check=True)
     bash(run, worker, check=True)
     wait_for(lambda: (logs / "train_toy.exit").exists())
+    assert status(tpu, worker) == "exited 0"
+
+    # The exit status tells preempted (75) from finished (0), whatever the log says.
+    bash(tpu.env_file_script({"MODE": "done_saying_preempted"}), worker, check=True)
+    bash(run, worker, check=True)
+    wait_for(lambda: (logs / "train_toy.exit").exists())
+    assert "preempted: saved" in (logs / "train_toy.log").read_text()
     assert status(tpu, worker) == "exited 0"
 
 

@@ -11,6 +11,8 @@ import numpy as np
 import portpicker
 import pytest
 
+from rdance.core import status
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS = 400
 COMMON = ["--config=experiments/toy.py", "--config.train.log_every=1",
@@ -106,15 +108,31 @@ def test_kill_9_then_resume_gives_the_uninterrupted_losses(tmp_path, uninterrupt
     assert len(losses(workdir)) == STEPS
 
 
-def test_sigterm_checkpoints_and_exits_zero(tmp_path):
+def test_sigterm_checkpoints_marks_preempted_and_exits_75(tmp_path):
+    """SIGTERM: a checkpoint, WORKDIR/PREEMPTED naming it, exit status 75 (EX_TEMPFAIL), the log
+    line for people; progress.json is whole JSON while the run goes. A finished rerun clears the
+    marker."""
     workdir = str(tmp_path)
     proc = start_and_wait_for_step(command(workdir, "--config.train.steps=1000000"), workdir, 25)
+    progress = json.loads(open(os.path.join(workdir, "progress.json")).read())
+    assert progress["phase"] == "train" and progress["total"] == 1000000 and progress["step"] >= 25
+    assert progress["steps_per_s"] > 0 and progress["eta_s"] > 0
     proc.send_signal(signal.SIGTERM)
     output, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, output[-3000:]
+    assert proc.returncode == status.EXIT_PREEMPTED == 75, output[-3000:]
     saved = max(int(p) for p in os.listdir(os.path.join(workdir, "checkpoints")) if p.isdigit())
     assert saved >= 25
-    assert f"preempted: saved {os.path.join(workdir, 'checkpoints', str(saved))}" in output
+    checkpoint = os.path.join(workdir, "checkpoints", str(saved))
+    assert f"preempted: saved {checkpoint}" in output
+    marker = status.read_preempted(workdir)
+    assert marker["step"] == saved and marker["checkpoint"] == checkpoint and marker["time"] > 0
+    assert status.read_progress(workdir)["phase"] == "preempted"
+
+    resumed = run(command(workdir, f"--config.train.steps={saved + 5}"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert status.read_preempted(workdir) is None
+    assert status.read_progress(workdir) | {"time": 0, "steps_per_s": 0} == {
+        "phase": "done", "step": saved + 5, "total": saved + 5, "steps_per_s": 0, "eta_s": 0.0, "time": 0}
 
 
 def test_two_processes_match_one(tmp_path, uninterrupted):
