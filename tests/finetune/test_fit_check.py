@@ -79,3 +79,35 @@ def test_finetune_fit_check_explains_a_missing_architecture():
     assert result.returncode != 0
     assert "error: generator.path='/path/to/FLUX.1-dev' is not a folder and generator.architecture is empty" \
         in result.stderr, result.stderr[-3000:]
+
+
+def test_training_and_the_fit_check_lower_the_same_step(tmp_path, monkeypatch, gen_folder, rm_folder, devices):
+    """finetune() and the fit check both build the step with finetune_setup.build (real, abstract):
+    on the same devices, the program the fit check lowers from config files alone is the one
+    training compiles (the same text), its memory is training's, and a budget below its peak is
+    reported as not fitting."""
+    from rdance.run import fit_check as fit_check_module
+    from rdance.train import finetune_fit, finetune_setup
+    from rdance.train.finetune_loop import finetune
+    from tests.finetune.conftest import tiny_config
+
+    config = tiny_config(gen_folder, rm_folder, **{"train.steps": 1, "mesh.shape": (1, 2, 1), "lora.rank": 4,
+                                                   "anchor.weight": 0.5})
+    lowered = []
+    lower = finetune_setup.Setup.lower
+    monkeypatch.setattr(finetune_setup.Setup, "lower", lambda self, batch: lowered.append(lower(self, batch))
+                        or lowered[-1])
+    result = finetune(config, str(tmp_path), devices=devices[:2])
+    assert len(lowered) == 1
+    training = lowered[0].as_text()
+
+    fit = finetune_fit.lower_step(config, devices[:2])
+    assert fit.lowered.as_text() == training
+    assert fit.params["LoRA factors (train)"] > 0 and fit.params["reward model (frozen)"] > 0
+
+    peak = result.compiled_memory["peak"]
+    report = fit_check_module.finetune_step_report(config, devices[:2], hbm=peak - 1)
+    assert {k: report[k] for k in result.compiled_memory} == result.compiled_memory
+    assert not fit_check_module.fits(report)
+    assert "NO, it does not fit" in fit_check_module.format_report(report)
+    assert fit_check_module.fits(dict(report, hbm=peak))
