@@ -33,8 +33,8 @@ def pipeline(tmp_path_factory):
 def test_flux_generator_samples_and_decodes_like_diffusers(pipeline, devices):
     folder, pipe = pipeline
     mesh = sh.make_mesh((1, 1, 1), devices[:1])
-    gen = FluxGenerator.from_pretrained(folder, mesh=mesh, rules=sh.DEFAULT_RULES, height=16, width=16, guidance_scale=3.5,
-                        max_sequence_length=8)
+    gen = FluxGenerator.from_pretrained(folder, mesh=mesh, rules=sh.DEFAULT_RULES, height=16, width=16,
+                                        guidance_scale=3.5, max_sequence_length=8)
     assert gen.latent_shape == (16, 16) and gen.image_shape == (16, 16, 3)
     graphdef = nnx.split(nnx.eval_shape(gen.make_model), nnx.Param)[0]
     params = gen.initial_params(mesh, sh.DEFAULT_RULES)
@@ -64,7 +64,8 @@ def test_flux_generator_samples_and_decodes_like_diffusers(pipeline, devices):
 def test_refl_gradient_reaches_the_flux_transformer_and_lora(pipeline, rm_folder, devices):
     folder, _ = pipeline
     mesh = sh.make_mesh((1, 1, 1), devices[:1])
-    gen = FluxGenerator.from_pretrained(folder, mesh=mesh, rules=sh.DEFAULT_RULES, height=16, width=16, max_sequence_length=8)
+    gen = FluxGenerator.from_pretrained(folder, mesh=mesh, rules=sh.DEFAULT_RULES, height=16, width=16,
+                                        max_sequence_length=8)
     rm = RewardModel.from_pretrained(rm_folder, mesh=mesh)
     graphdef = nnx.split(nnx.eval_shape(gen.make_model), nnx.Param)[0]
     base = gen.initial_params(mesh, sh.DEFAULT_RULES)
