@@ -16,8 +16,7 @@ import numpy as np
 from flax import nnx
 
 from rdance.data.tokenizer import build_word_tokenizer
-from rdance.models.internvl import convert
-from rdance.models.internvl.api import abstract_model
+from rdance.models.internvl.api import abstract_model, export_state, load_state
 from rdance.models.internvl.config import InternVLConfig, load_config
 from rdance.reward import rows, templates as T
 
@@ -87,8 +86,7 @@ def load_tokenizer(folder: str):
 def pretrained_params(folder: str, config: InternVLConfig, shardings, paradigm: str):
     """The checkpoint's weights placed on ``shardings['vlm']``; a regressive head starts at 0."""
     _, abstract_state = abstract_model(config)
-    state = convert.load_state(folder, abstract_state, _with_values(abstract_state, shardings["vlm"]),
-                               config.tie_word_embeddings)
+    state = load_state(folder, abstract_state, _with_values(abstract_state, shardings["vlm"]))
     params = {"vlm": nnx.to_pure_dict(state)}
     if paradigm == "regressive":
         shapes = {"kernel": (config.text.hidden_size, 1), "bias": (1,)}
@@ -109,7 +107,7 @@ def export(params, base_folder: str, export_dir: str, config) -> str:
     the tokenizer, the reward settings, and the regressive head if there is one."""
     vlm_config = load_config(base_folder)
     _, abstract_state = abstract_model(vlm_config)
-    convert.export(_with_values(abstract_state, params["vlm"]), vlm_config, export_dir)
+    export_state(_with_values(abstract_state, params["vlm"]), vlm_config, export_dir)
     if jax.process_index() != 0:
         return export_dir
     for name in os.listdir(base_folder):

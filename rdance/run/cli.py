@@ -19,6 +19,7 @@ from ml_collections import config_flags
 from rdance.core import config_checks, sharding
 from rdance.core.config_checks import ConfigKeyError, check_override
 from rdance.data.records import BadRecord
+from rdance.models.convert import ConversionError
 from rdance.models.internvl.config import ConfigError as CheckpointConfigError
 from rdance.train import workdir as workdirlib
 from rdance.train.checkpoint import CheckpointError, NonFiniteLoss
@@ -75,7 +76,7 @@ _workdir_lock = None
 
 # Errors whose message names what is wrong and the fix: a traceback would only bury it.
 USER_ERRORS = (CheckpointError, NonFiniteLoss, workdirlib.WorkdirError, config_checks.ConfigValueError,
-               BadRecord, CheckpointConfigError, sharding.ShardingError)
+               BadRecord, CheckpointConfigError, ConversionError, sharding.ShardingError)
 
 
 def _one_line_user_errors(previous):

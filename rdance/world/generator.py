@@ -27,8 +27,8 @@ from rdance.world.captions import RenderedCaptions, world_prompt_split
 from rdance.world.evaluate import JudgeEval
 from rdance.world.prompts import COLOURS, NUMBER_WORDS, RELATIONS, SHAPES, Scene
 from rdance.diffusion import flow_match, generator as genlib
-from rdance.models.flux import config as flux_config_lib, convert, export_transformer, load_t5, load_transformer
-from rdance.models.flux.t5 import T5Config, T5Encoder, torch_key as t5_torch_key
+from rdance.models.flux import config as flux_config_lib, export_t5, export_transformer, load_t5, load_transformer
+from rdance.models.flux.t5 import T5Config, T5Encoder
 from rdance.models.flux.transformer import FluxConfig, FluxTransformer
 
 CONFIG_FILE = "generator.json"
@@ -290,9 +290,7 @@ class WorldGenerator:
         with open(os.path.join(folder, CONFIG_FILE), "w") as f:
             json.dump(dict(flux_config_lib.to_dict(self.cfg), kind=self.kind), f, indent=2)
         self.tokenizer.save_pretrained(os.path.join(folder, "tokenizer"))
-        t5_cfg = dict(flux_config_lib.to_dict(self.cfg.t5()), model_type="t5", architectures=["T5EncoderModel"],
-                      is_encoder_decoder=False, use_cache=False)
-        convert.export_module(model.text, os.path.join(folder, "text_encoder"), t5_torch_key, t5_cfg, stem="model")
+        export_t5(model.text, os.path.join(folder, "text_encoder"))
         export_transformer(model.transformer, os.path.join(folder, "transformer"))
         return folder
 

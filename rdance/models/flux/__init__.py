@@ -17,11 +17,12 @@ from pathlib import Path
 from flax import nnx
 
 from rdance.core import sharding
-from rdance.models.flux import clip, config, convert, t5, transformer, vae
+from rdance.models import convert
+from rdance.models.flux import clip, config, t5, transformer, vae
 from rdance.models.flux.text import TextEncoders
 
 __all__ = ["load_transformer", "load_vae", "load_text_encoders", "pipeline_configs", "export_transformer",
-           "export_vae", "TextEncoders", "PIPELINE_FILES"]
+           "export_vae", "export_t5", "TextEncoders", "PIPELINE_FILES"]
 
 # A FluxPipeline folder's component config files, by component.
 PIPELINE_FILES = {"transformer": "transformer/config.json", "vae": "vae/config.json",
@@ -34,8 +35,9 @@ def _load(path, cfg_cls, model_cls, torch_key, check, mesh, rules, runtime, **co
     raw = config.read_json(path)
     config.check_type(raw, path, **check)
     cfg = config.from_dict(cfg_cls, raw, **runtime)
-    return convert.load_module(path, lambda: model_cls(cfg, rngs=nnx.Rngs(0)), torch_key,
-                               mesh=mesh, rules=rules, **convert_kw)
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: model_cls(cfg, rngs=nnx.Rngs(0))))
+    shardings = None if mesh is None else sharding.state_shardings(abstract, mesh, rules)
+    return nnx.merge(graphdef, convert.load_state(path, abstract, torch_key, shardings, **convert_kw))
 
 
 def load_transformer(path, *, mesh=None, rules=sharding.DEFAULT_RULES, **runtime) -> transformer.FluxTransformer:
@@ -50,7 +52,7 @@ def load_vae(path, *, mesh=None, rules=sharding.DEFAULT_RULES, **runtime) -> vae
 
 def load_t5(path, *, mesh=None, rules=sharding.DEFAULT_RULES, **runtime) -> t5.T5Encoder:
     return _load(path, t5.T5Config, t5.T5Encoder, t5.torch_key, dict(model_types=t5.MODEL_TYPES),
-                 mesh, rules, runtime, ignore=t5.TIED_KEYS)
+                 mesh, rules, runtime, tied=t5.TIED)
 
 
 def load_clip(path, *, mesh=None, rules=sharding.DEFAULT_RULES, **runtime) -> clip.CLIPTextModel:
@@ -83,12 +85,24 @@ def pipeline_configs(path, transformer_path=None) -> dict[str, dict]:
     return configs
 
 
+def _export(model, path, torch_key, cfg, stem="diffusion_pytorch_model", max_shard_bytes=5 * 2**30) -> Path:
+    return convert.export(nnx.state(model, nnx.Param), path, torch_key, cfg, stem=stem,
+                          max_shard_bytes=max_shard_bytes)
+
+
 def export_transformer(model: transformer.FluxTransformer, path, **kw) -> Path:
     """Write ``model`` as a diffusers FluxTransformer2DModel folder."""
     cfg = dict(config.to_dict(model.cfg), _class_name=transformer.CLASS_NAME)
-    return convert.export_module(model, path, transformer.torch_key, cfg, **kw)
+    return _export(model, path, transformer.torch_key, cfg, **kw)
 
 
 def export_vae(model: vae.AutoencoderKL, path, **kw) -> Path:
     cfg = dict(config.to_dict(model.cfg), _class_name=vae.CLASS_NAME)
-    return convert.export_module(model, path, vae.torch_key, cfg, **kw)
+    return _export(model, path, vae.torch_key, cfg, **kw)
+
+
+def export_t5(model: t5.T5Encoder, path, **kw) -> Path:
+    """Write ``model`` as a transformers T5EncoderModel folder."""
+    cfg = dict(config.to_dict(model.cfg), model_type="t5", architectures=["T5EncoderModel"],
+               is_encoder_decoder=False, use_cache=False)
+    return _export(model, path, t5.torch_key, cfg, stem="model", **kw)

@@ -1,6 +1,6 @@
 """Repeated blocks stored stacked along a leading 'layers' axis and run with a scan.
 
-Compile time stays flat in depth because the block body is traced once; convert.py maps the
+Compile time stays flat in depth because the block body is traced once; rdance.models.convert maps the
 per-layer checkpoint keys (``blocks.3.attn.to_q.weight``) onto index 3 of the stacked leaves.
 """
 from __future__ import annotations

@@ -143,7 +143,7 @@ class T5Encoder(nnx.Module):
 _BLOCK_PARTS = {"attn_norm": "layer.0.layer_norm", "SelfAttention": "layer.0.SelfAttention",
                 "ff_norm": "layer.1.layer_norm", "DenseReluDense": "layer.1.DenseReluDense"}
 # transformers ties encoder.embed_tokens to shared; some checkpoints store both copies.
-TIED_KEYS = ("encoder.embed_tokens.weight",)
+TIED = {"encoder.embed_tokens.weight": "shared.weight"}
 
 
 def torch_key(path: tuple[str, ...]) -> str:

@@ -4,7 +4,7 @@ Image tokens (packed 2x2 latent patches) and T5 text tokens go through ``num_lay
 double-stream blocks (separate weights per stream, joint attention) and then
 ``num_single_layers`` single-stream blocks over the concatenated sequence. Every block is
 modulated by one conditioning vector: timestep (+ guidance for dev) + pooled CLIP text.
-Attribute names follow diffusers so convert.py maps keys by a few renames.
+Attribute names follow diffusers so torch_key maps keys by a few renames.
 """
 from __future__ import annotations
 

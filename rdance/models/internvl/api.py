@@ -11,8 +11,9 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rdance.core import sharding as sh
+from rdance.models import convert
 
-from . import convert, generate as gen
+from . import generate as gen, keys
 from .config import InternVLConfig, load_config
 from .model import InternVLModel
 
@@ -129,7 +130,23 @@ class InternVL:
 
     def export(self, out_dir: str, dtype=None, max_shard_bytes: int | None = None):
         """Write a folder that transformers' InternVLForConditionalGeneration loads."""
-        convert.export(self.state, self.config, out_dir, dtype=dtype, max_shard_bytes=max_shard_bytes)
+        export_state(self.state, self.config, out_dir, dtype=dtype, max_shard_bytes=max_shard_bytes)
+
+
+def load_state(path: str, abstract_state: nnx.State, shardings: nnx.State) -> nnx.State:
+    """Read a HF folder into a state shaped like ``abstract_state``, each leaf on its shardings."""
+    return convert.load_state(path, abstract_state, keys.torch_key, shardings, rename=keys.normalize_key,
+                              tied=keys.TIED)
+
+
+def export_state(state: nnx.State, config: InternVLConfig, out_dir: str, dtype=None,
+                 max_shard_bytes: int | None = None) -> None:
+    """config.json and safetensors (sharded with an index above ``max_shard_bytes``) that
+    ``transformers.InternVLForConditionalGeneration.from_pretrained`` loads."""
+    hf = config.hf_dict
+    if dtype is not None:
+        hf["dtype"] = str(np.dtype(dtype))
+    convert.export(state, out_dir, keys.torch_key, hf, dtype=dtype, max_shard_bytes=max_shard_bytes)
 
 
 def abstract_model(config: InternVLConfig, dtype=jnp.float32, remat_policy=None):
@@ -153,5 +170,5 @@ def load(path: str, mesh=None, dtype=jnp.float32, *, rules=sh.DEFAULT_RULES,
         mesh = sh.make_mesh((1, 1, 1), devices=jax.devices()[:1])
     graphdef, abstract_state = abstract_model(config, dtype, remat_policy)
     shardings = sh.state_shardings(abstract_state, mesh, rules)
-    state = convert.load_state(path, abstract_state, shardings, config.tie_word_embeddings)
+    state = load_state(path, abstract_state, shardings)
     return InternVL(graphdef, state, config, mesh, path)

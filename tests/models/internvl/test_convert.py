@@ -1,4 +1,4 @@
-"""convert.py: sharded and single-file loading, export that transformers loads, strict key checks."""
+"""InternVL through rdance.models.convert: sharded and single-file loading, export that transformers loads, strict key checks."""
 import json
 import shutil
 
@@ -58,13 +58,13 @@ def _edit_tensors(folder, edit):
 
 def test_leftover_checkpoint_key_fails(copy):
     _edit_tensors(copy, lambda t: t.update({"vision_tower.encoder.layer.2.lambda_1": np.ones(32, np.float32)}))
-    with pytest.raises(internvl.CheckpointMismatchError, match=r"map to no parameter.*layer\.2\.lambda_1"):
+    with pytest.raises(internvl.ConversionError, match=r"map to no parameter.*layer\.2\.lambda_1"):
         internvl.load(str(copy))
 
 
 def test_missing_checkpoint_key_fails(copy):
     _edit_tensors(copy, lambda t: t.pop("language_model.model.layers.1.mlp.up_proj.weight"))
-    with pytest.raises(internvl.CheckpointMismatchError, match=r"missing.*layers\.1\.mlp\.up_proj"):
+    with pytest.raises(internvl.ConversionError, match=r"missing.*layers\.1\.mlp\.up_proj"):
         internvl.load(str(copy))
 
 
@@ -72,13 +72,13 @@ def test_shape_mismatch_fails_before_reading(copy):
     config = json.loads((copy / "config.json").read_text())
     config["text_config"]["intermediate_size"] = 48
     (copy / "config.json").write_text(json.dumps(config))
-    with pytest.raises(internvl.CheckpointMismatchError, match=r"shape mismatches.*gate_proj.*\(48, 32\)"):
+    with pytest.raises(internvl.ConversionError, match=r"shape mismatches.*gate_proj.*\(48, 32\)"):
         internvl.load(str(copy))
 
 
 def test_missing_safetensors_fails(copy):
     (copy / "model.safetensors").unlink()
-    with pytest.raises(FileNotFoundError, match="no model.safetensors"):
+    with pytest.raises(internvl.ConversionError, match="no safetensors weights.*model.safetensors"):
         internvl.load(str(copy))
 
 
@@ -87,7 +87,7 @@ def test_missing_index_shard_fails(copy):
     weight_map = {k: "model-00001-of-00002.safetensors" for k in load_file(copy / "model-00001-of-00002.safetensors")}
     weight_map["language_model.model.norm.weight"] = "model-00002-of-00002.safetensors"
     (copy / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
-    with pytest.raises(FileNotFoundError, match="model-00002-of-00002.safetensors is listed in the index"):
+    with pytest.raises(internvl.ConversionError, match="model-00002-of-00002.safetensors is listed in the index"):
         internvl.load(str(copy))
 
 
@@ -96,7 +96,7 @@ def test_corrupt_safetensors_fails(copy, damage):
     file = copy / "model.safetensors"
     data = file.read_bytes()
     file.write_bytes(data[: len(data) // 2] if damage == "truncate" else data[:8] + b"{not json" + data[17:])
-    with pytest.raises(internvl.CorruptCheckpointError, match="model.safetensors"):
+    with pytest.raises(internvl.ConversionError, match="model.safetensors"):
         internvl.load(str(copy))
 
 
