@@ -105,3 +105,20 @@ def from_example(example: dict) -> PreferenceRecord:
         start += count
     return PreferenceRecord(text(example["prompt"]), tuple(images), int(example["label"]),
                             text(example["criteria"]), text(example["rationale"]))
+
+
+class PreferenceSource:
+    """Random access (for grain) to a converted split, decoding records on access."""
+
+    def __init__(self, data_dir: str, fmt: str, split: str = "train"):
+        builder = builder_class()(config=fmt, data_dir=data_dir)
+        if not builder.is_prepared():
+            raise FileNotFoundError(f"no converted {fmt} preference set in {data_dir}; run "
+                                    f"python -m rdance.run.preference_set --format={fmt} ...")
+        self.source = builder.as_data_source(split=split)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> PreferenceRecord:
+        return from_example(self.source[index])

@@ -23,28 +23,11 @@ from PIL import Image
 from rdance.core import console
 from rdance.run import record_flags
 from rdance.data import sources
-from rdance.data.preference_builder import builder_class, from_example, tfds
-from rdance.data.records import BadRecord, PreferenceRecord, pixel_limit
+from rdance.data.preference_builder import builder_class, tfds
+from rdance.data.records import BadRecord, pixel_limit
 
 DEFAULT_MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS  # PIL's own limit, about 89 megapixels
 SKIP_HINT = "; or pass --skip_bad_records to skip and count such records"
-
-
-class PreferenceSource:
-    """Random access (for grain) to a converted split, decoding records on access."""
-
-    def __init__(self, data_dir: str, fmt: str, split: str = "train"):
-        builder = builder_class()(config=fmt, data_dir=data_dir)
-        if not builder.is_prepared():
-            raise FileNotFoundError(f"no converted {fmt} preference set in {data_dir}; run "
-                                    f"python -m rdance.run.preference_set --format={fmt} ...")
-        self.source = builder.as_data_source(split=split)
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, index: int) -> PreferenceRecord:
-        return from_example(self.source[index])
 
 
 def convert(fmt: str, manual_dir: str, data_dir: str, skip_bad_records: bool = False,

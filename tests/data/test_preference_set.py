@@ -15,6 +15,7 @@ from PIL import Image
 
 from rdance.run import preference_set as ps
 from rdance.data.pipeline import host_batches
+from rdance.data.preference_builder import PreferenceSource
 from rdance.data.records import BadRecord, PreferenceRecord, write_jsonl
 from rdance.world.pairs import PreferencePairs
 from tests.data.conftest import FIELD_PROBLEMS, GOOD, IMAGE_PROBLEMS, resolve, write_lines
@@ -34,7 +35,7 @@ def records():
 
 def convert_and_read(tmp_path, fmt, manual, **kw):
     counts = ps.convert(fmt, str(manual), str(tmp_path / "tfds"), **kw)
-    source = ps.PreferenceSource(str(tmp_path / "tfds"), fmt)
+    source = PreferenceSource(str(tmp_path / "tfds"), fmt)
     return counts, [source[i] for i in range(len(source))]
 
 
@@ -122,7 +123,7 @@ def test_converted_set_feeds_grain_per_host(tmp_path, records):
     (tmp_path / "raw").mkdir()
     write_jsonl(records, str(tmp_path / "raw" / "train.jsonl"))
     ps.convert("jsonl", str(tmp_path / "raw"), str(tmp_path / "tfds"))
-    source = ps.PreferenceSource(str(tmp_path / "tfds"), "jsonl")
+    source = PreferenceSource(str(tmp_path / "tfds"), "jsonl")
     it = iter(host_batches(source, global_batch_size=4, num_steps=2, seed=0, transform=lambda r: {"label": np.int32(r.label)},
                            process_index=1, process_count=2))
     assert next(it)["label"].shape == (2,)
@@ -133,7 +134,7 @@ def test_converted_set_feeds_grain_per_host(tmp_path, records):
     it2.set_state(state)
     np.testing.assert_array_equal(next(it2)["label"], after)
     with pytest.raises(FileNotFoundError, match="no converted pickapic_v2 preference set"):
-        ps.PreferenceSource(str(tmp_path / "tfds"), "pickapic_v2")
+        PreferenceSource(str(tmp_path / "tfds"), "pickapic_v2")
 
 
 def test_documented_command_converts_and_reads_back(tmp_path, records):
@@ -149,7 +150,7 @@ def test_documented_command_converts_and_reads_back(tmp_path, records):
                          timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.splitlines()[-1] == f"written=2  bad=1 (wrong_type=1); read it as tfds:{tmp_path / 'tfds'}:jsonl"
-    source = ps.PreferenceSource(str(tmp_path / "tfds"), "jsonl")
+    source = PreferenceSource(str(tmp_path / "tfds"), "jsonl")
     assert len(source) == 2
     for a, b in zip(records, (source[i] for i in range(2))):
         same(a, b)
@@ -166,7 +167,7 @@ def test_every_kind_of_bad_jsonl_record_is_skipped_and_counted(tmp_path, data):
     counts = ps.convert("jsonl", str(data), str(tmp_path / "tfds"), skip_bad_records=True, max_image_pixels=1500)
     kinds = collections.Counter(k for *_, k in FIELD_PROBLEMS + IMAGE_PROBLEMS + [("", "", "too_many_pixels")])
     assert counts == {"written": 2, "bad": len(bad), **{f"bad/{k}": n for k, n in kinds.items()}}
-    source = ps.PreferenceSource(str(tmp_path / "tfds"), "jsonl")
+    source = PreferenceSource(str(tmp_path / "tfds"), "jsonl")
     assert [(source[i].prompt, source[i].label, source[i].criteria) for i in range(len(source))] == [("fine", 0, ""), ("fine", 1, "")]
 
 
@@ -205,14 +206,14 @@ def test_command_stops_on_a_bad_record_with_one_line_and_writes_nothing(data_dir
     assert re.fullmatch(r"error: line 2 of .*train\.jsonl: " + message +
                         r".*; or pass --skip_bad_records to skip and count such records", stopped.value.code)
     assert listing(data_dir_with_a_set) == before
-    assert len(ps.PreferenceSource(str(data_dir_with_a_set), "pickapic_v2")) == 1
+    assert len(PreferenceSource(str(data_dir_with_a_set), "pickapic_v2")) == 1
 
 
 def test_outside_paths_convert_when_allowed_and_a_converted_set_is_kept(tmp_path, data):
     write_lines(data, [{"prompt": "x", "images": ["../outside.png", "link.png"], "label": 1}], name="train.jsonl")
     assert ps.convert("jsonl", str(data), str(tmp_path / "tfds"), allow_outside_paths=True) == {"written": 1}
-    assert ps.PreferenceSource(str(tmp_path / "tfds"), "jsonl")[0].images[0].shape == (4, 4, 3)
+    assert PreferenceSource(str(tmp_path / "tfds"), "jsonl")[0].images[0].shape == (4, 4, 3)
     with pytest.raises(FileExistsError, match=r"tfds/preference_set/jsonl/1.0.0 already holds a converted jsonl set; "
                                               r"delete that folder to convert again"):
         ps.convert("jsonl", str(data), str(tmp_path / "tfds"), allow_outside_paths=True)
-    assert len(ps.PreferenceSource(str(tmp_path / "tfds"), "jsonl")) == 1
+    assert len(PreferenceSource(str(tmp_path / "tfds"), "jsonl")) == 1

@@ -7,7 +7,8 @@ from flax import nnx
 from experiments import rm_smoke
 from rdance.reward.model import to_pixels
 from rdance.reward.task import forward_rows
-from rdance.run.train_reward import make_task
+from rdance.reward.recipe import RewardTraining
+from rdance.world.vlm import world_corpus
 
 
 def tiny_task(tmp_path):
@@ -15,12 +16,12 @@ def tiny_task(tmp_path):
     config.model.update(patch_size=8, vision_hidden=32, vision_layers=1, vision_heads=2, text_hidden=32,
                         text_layers=1, text_heads=2, text_kv_heads=1)
     config.data.eval_sets = ""
-    return make_task(config, str(tmp_path))
+    return RewardTraining.from_config(config, str(tmp_path), corpus=world_corpus)
 
 
 def test_pairwise_rows_encode_each_image_once_with_the_plain_forwards_numbers(tmp_path):
     task = tiny_task(tmp_path)
-    builder, spec, _ = task.evaluator_args
+    builder, spec = task.builder, task.loss_spec
     rows = [builder(task.source[i]) for i in range(3)]
     batch = {k: jnp.asarray(np.stack([r[k] for r in rows])) for k in rows[0]}
     assert batch["images"].shape[:2] == (3, 4)  # A, B, B, A per record

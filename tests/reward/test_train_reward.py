@@ -75,7 +75,8 @@ def test_kill_9_and_resume_matches(tmp_path, uninterrupted):
 
 def test_mistake_weights_shape_the_training_pairs_only():
     from experiments import rm_smoke
-    from rdance.run.train_reward import open_source
+    import rdance.world  # noqa: F401  (registers 'world')
+    from rdance.data.registry import open_source
     data = rm_smoke.get_config().data
     source = lambda train: open_source("world", data, seed=0, size=4, noise=0.0, train=train)
     data.mistake_weights.shape = 1.0
@@ -87,8 +88,8 @@ def test_mistake_weights_shape_the_training_pairs_only():
 
 def test_jsonl_training_names_its_own_settings_for_a_path_outside_the_folder(tmp_path):
     """The records' errors name the config keys that loosen them, not the converter's flags."""
-    from rdance.run import train_reward
     from rdance.data import records
+    from rdance.data.registry import open_source
     from experiments import rm_smoke
     folder = tmp_path / "data"
     folder.mkdir()
@@ -98,10 +99,10 @@ def test_jsonl_training_names_its_own_settings_for_a_path_outside_the_folder(tmp
     saved = dict(records.OPTION_NAMES)
     try:
         records.name_options(allow_outside_paths="--config.data.allow_outside_paths=true")
-        source = train_reward.open_source(str(folder / "train.jsonl"), config.data, seed=0, size=8, noise=0.0)
+        source = open_source(str(folder / "train.jsonl"), config.data, seed=0, size=8, noise=0.0)
         with pytest.raises(records.BadRecord, match=r"line 1 of .*train.jsonl.*--config.data.allow_outside_paths=true"):
             source[0]
         config.data.allow_outside_paths = True
-        assert train_reward.open_source(str(folder / "train.jsonl"), config.data, seed=0, size=8, noise=0.0)[0].images[0].shape == (8, 8, 3)
+        assert open_source(str(folder / "train.jsonl"), config.data, seed=0, size=8, noise=0.0)[0].images[0].shape == (8, 8, 3)
     finally:
         records.OPTION_NAMES.update(saved)

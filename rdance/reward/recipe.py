@@ -1,0 +1,91 @@
+"""Reward-model training from a config, as reward-level pieces: the RM folder it starts from,
+the model, rows, loss, training records and held-out sets. The shared loop's Task is assembled
+from these by the entrypoint (rdance.run.train_reward): rdance.train sits above rdance.reward.
+
+Data sources are opened by spec through rdance.data.registry; the synthetic world's forms are
+there once ``rdance.world`` is imported.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from typing import Any, Callable, Iterable, Sequence
+
+import jax
+from flax import nnx
+
+from rdance.data.registry import open_source
+from rdance.models.internvl.api import checkpoint_policy
+from rdance.models.internvl.config import InternVLConfig, load_config
+from rdance.reward import folder as rm_folder
+from rdance.reward.model import RewardNet
+from rdance.reward.rows import RowBuilder
+from rdance.reward.task import Evaluator, LossSpec, make_loss_fn, row_spec_from_config
+from rdance.reward.templates import TokenTemplate
+
+
+@dataclasses.dataclass
+class RewardTraining:
+    folder: str                         # the HF folder the RM starts from (the export copies its tokenizer)
+    vlm_config: InternVLConfig
+    builder: RowBuilder                 # record -> rows: the loop's transform
+    loss_spec: LossSpec
+    make_model: Callable[[], RewardNet]
+    loss_fn: Callable                   # make_loss_fn(loss_spec)
+    source: Sequence                    # training records
+    eval_sets: dict[str, Sequence]      # held-out records by name (data.eval_sets)
+    initial_params: Callable[[Any], Any] | None  # pretrained weights on given shardings; None: random
+
+    @classmethod
+    def from_config(cls, config, workdir: str | None = None,
+                    corpus: Callable[[], Iterable[str]] | None = None) -> "RewardTraining":
+        """``corpus()`` gives the texts a from-scratch model's word tokenizer is built from
+        (without ``rm.pretrained``; default the reward templates' own words)."""
+        folder = model_folder(config, workdir, corpus)
+        vlm_config = load_config(folder)
+        template = TokenTemplate(rm_folder.load_tokenizer(folder))
+        spec = row_spec_from_config(config.rm, vlm_config.vision.image_size, vlm_config.tokens_per_tile)
+        d = config.data
+        source = open_source(d.train, d, seed=d.seed, size=d.train_pairs, noise=d.label_noise, train=True)
+        loss_spec = LossSpec(paradigm=spec.paradigm, rationale_weight=config.rm.rationale_weight,
+                             pointwise_ce_weight=config.rm.pointwise_ce_weight, yes_id=template.yes_id,
+                             no_id=template.no_id, answer_col=spec.max_prompt_tokens - 1,
+                             image_size=spec.image_size, max_tiles=_stream_tiles(source[0], spec))
+        remat = checkpoint_policy(config.rm.remat_policy or None)
+        make_model = lambda: RewardNet(vlm_config, regression_head=spec.paradigm == "regressive",
+                                       rngs=nnx.Rngs(config.seed), remat_policy=remat)
+        eval_sets = {}
+        for i, entry in enumerate(filter(None, d.eval_sets.split(","))):
+            name, _, eval_spec = entry.partition("=")
+            eval_sets[name] = open_source(eval_spec, d, seed=d.seed + 1000 + i, size=d.eval_pairs, noise=0.0)
+        initial_params = None
+        if config.rm.pretrained:
+            initial_params = lambda shardings: rm_folder.pretrained_params(folder, vlm_config, shardings,
+                                                                           spec.paradigm)
+        return cls(folder, vlm_config, RowBuilder(template, spec), loss_spec, make_model, make_loss_fn(loss_spec),
+                   source, eval_sets, initial_params)
+
+    def evaluator(self, mesh, batch_records: int) -> Evaluator:
+        """Metrics on the held-out sets, for the loop's ``evaluate``."""
+        graphdef = nnx.split(nnx.eval_shape(self.make_model), nnx.Param)[0]
+        return Evaluator(graphdef, self.builder, self.loss_spec, self.eval_sets, mesh, batch_records)
+
+
+def model_folder(config, workdir: str | None, corpus: Callable[[], Iterable[str]] | None = None) -> str:
+    """The HF folder the RM starts from: the pretrained checkpoint, or an untrained one written
+    to ``WORKDIR/base_model`` (a temporary folder without a workdir)."""
+    if config.rm.pretrained:
+        return config.rm.pretrained
+    folder = os.path.join(workdir or tempfile.mkdtemp(), "base_model")
+    if jax.process_index() == 0 or workdir is None:
+        rm_folder.write_model_folder(config.model, config.data.image_size, folder, corpus() if corpus else None)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("base_model_written")
+    return folder
+
+
+def _stream_tiles(record, spec) -> int:
+    """Clips are one tile per frame (as InternVL's video processor); still images may tile."""
+    return 1 if record.images[0].ndim == 4 else spec.max_tiles

@@ -1,0 +1,27 @@
+"""The world's data sources for rdance.data.registry, registered when rdance.world is imported:
+'world' or 'world:relation+count' (synthetic preference pairs, by prompt kinds) and
+'world_captions' (images and what they show, to pretrain a from-scratch VLM)."""
+from __future__ import annotations
+
+from rdance.world.pairs import PreferencePairs, WorldCaptions
+from rdance.world.prompts import KINDS
+
+
+def open_pairs(args: str | None, data, *, seed: int, size: int, noise: float, train: bool = False):
+    """``size`` pairs of the prompt kinds ``args`` names ('KIND+KIND'; None: every kind). Only
+    training pairs follow ``data.mistake_weights``: held-out pairs keep the world's own mix."""
+    kinds = KINDS if args is None else tuple(args.split("+"))
+    unknown = set(kinds) - set(KINDS)
+    if unknown:
+        raise ValueError(f"data source 'world:{args}': unknown prompt kinds {sorted(unknown)}; known {KINDS}")
+    return PreferencePairs(size, seed=seed, size=data.image_size, label_noise=noise, kinds=kinds,
+                           clean_share=data.clean_share,
+                           mistake_weights=dict(data.mistake_weights) if train else None)
+
+
+def open_captions(args: str | None, data, *, seed: int, size: int, noise: float = 0.0, train: bool = False):
+    """``size`` captioned images (and yes/no grounding questions, ``data.question_share`` of them)."""
+    del noise, train
+    if args is not None:
+        raise ValueError(f"data source 'world_captions:{args}': 'world_captions' takes no arguments")
+    return WorldCaptions(size, seed=seed, size=data.image_size, question_share=data.question_share)
