@@ -80,7 +80,7 @@ def get_config(arg: str | None = "8b") -> ml_collections.ConfigDict:
     c.generator.update(dict(kind="flux", path="/path/to/FLUX.1-dev", height=1024, width=1024,
                             guidance_scale=3.5, max_sequence_length=512, dtype="bfloat16", remat="full",
                             architecture=FLUX_DEV))
-    c.reward.update(dict(path=f"/path/to/rm-{size}/export", dtype="bfloat16", remat_policy="nothing_saveable",
+    c.reward.update(dict(path=f"/path/to/rm-{size}/export", dtype="bfloat16", remat="full",
                          architecture=rm_architecture(size)))
     c.sampler.update(dict(num_steps=28, t_sampling="logit_normal"))
     c.data.update(dict(prompt_file="/path/to/prompts.txt", eval_prompt_file="", eval_prompts=16,

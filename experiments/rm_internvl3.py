@@ -51,7 +51,7 @@ def get_config(arg: str | None = "8b") -> ml_collections.ConfigDict:
     c = rm_smoke.get_config()
     c.model = ml_collections.ConfigDict(dict(architecture=ml_collections.ConfigDict(architecture(size))))
     c.rm.pretrained = f"/path/to/InternVL3-{size.upper()}-hf"
-    c.rm.remat_policy = "nothing_saveable"
+    c.rm.remat = "full"
     c.rm.max_prompt_tokens = 768      # two 448px images are 2 x 258 tokens, plus the question
     c.rm.max_answer_tokens = 4
     c.data.image_size = 448

@@ -52,12 +52,22 @@ BOUNDS = {
 }
 
 
+# Keys renamed since configs were written with them: old dotted key -> new dotted key.
+RENAMED = {"reward.remat_policy": "reward.remat", "rm.remat_policy": "rm.remat"}
+REMAT_NAMES = "none, full, dots, dots_no_batch"  # rdance.models.remat.POLICIES (a test checks they agree)
+
+
 class ConfigValueError(ValueError):
     pass
 
 
 def check_bounds(config: ml_collections.ConfigDict) -> None:
-    """Raise ConfigValueError for the first key of BOUNDS whose value is out of its range."""
+    """Raise ConfigValueError for a renamed key the config still holds, or for the first key of
+    BOUNDS whose value is out of its range."""
+    for old, new in RENAMED.items():
+        if _lookup(config, old) is not None:
+            raise ConfigValueError(f"config key {old} was renamed to {new} (one of {REMAT_NAMES}); "
+                                   "rename it in the config file")
     for key, (least, greatest, meaning) in BOUNDS.items():
         value = _lookup(config, key)
         if value is None or isinstance(value, bool):
@@ -83,6 +93,9 @@ class ConfigKeyError(ValueError):
 
 def check_override(config: ml_collections.ConfigDict, dotted: str) -> None:
     """Raise ConfigKeyError naming ``dotted`` and the keys valid where it went wrong."""
+    if dotted in RENAMED:
+        raise ConfigKeyError(f"config key '{dotted}' was renamed: pass --config.{RENAMED[dotted]}=NAME instead "
+                             f"(NAME one of {REMAT_NAMES})")
     node, walked = config, []
     for part in dotted.split("."):
         name = part.split("[")[0]

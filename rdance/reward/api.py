@@ -32,7 +32,7 @@ from rdance.reward.folder import HEAD_FILE, RM_CONFIG_FILE
 
 class RewardModel:
     def __init__(self, vlm: internvl.InternVL, settings: dict, head: dict | None = None,
-                 remat_policy=None):
+                 remat: str = "none"):
         self.vlm, self.settings = vlm, settings
         self.paradigm = settings.get("paradigm", "pairwise")
         self.normalise = settings.get("normalise", True)
@@ -46,18 +46,18 @@ class RewardModel:
         self.template = T.TokenTemplate(vlm.tokenizer)
         self.builder = RowBuilder(self.template, self.spec)
         net = nnx.eval_shape(lambda: RewardNet(cfg, regression_head=head is not None, rngs=nnx.Rngs(0),
-                                               remat_policy=remat_policy))
+                                               remat=remat))
         self.graphdef = nnx.split(net, nnx.Param)[0]
         self.params = {"vlm": nnx.to_pure_dict(vlm.state)}
         if head is not None:
             self.params["head"] = jax.device_put(head, NamedSharding(vlm.mesh, P()))
 
     @classmethod
-    def from_pretrained(cls, path: str, mesh=None, dtype=jnp.float32, *, rules=None, remat_policy=None,
+    def from_pretrained(cls, path: str, mesh=None, dtype=jnp.float32, *, rules=None, remat: str = "none",
                         **overrides) -> "RewardModel":
         """An RM folder (``train_reward``'s export) or any InternVL ``*-hf`` folder (then the
         settings default to pairwise, normalised P(yes), alignment criteria). ``rules`` shard it
-        like the model it judges (fine-tuning); ``remat_policy`` (a jax.checkpoint_policies name)
+        like the model it judges (fine-tuning); ``remat`` (a name in rdance.models.remat)
         recomputes its layers when a reward gradient is taken through it."""
         settings = read_settings(path, overrides)  # before the weights: a bad file fails fast
         vlm = internvl.load(path, mesh=mesh, dtype=dtype, rules=rules or sharding.DEFAULT_RULES)
@@ -67,11 +67,10 @@ class RewardModel:
             if not os.path.exists(head_file):
                 raise FileNotFoundError(f"{path} is a regressive RM but has no {HEAD_FILE}")
             head = dict(np.load(head_file))
-        policy = getattr(jax.checkpoint_policies, remat_policy) if remat_policy else None
-        return cls(vlm, settings, head, remat_policy=policy)
+        return cls(vlm, settings, head, remat=remat)
 
     @classmethod
-    def abstract(cls, path: str, mesh=None, dtype=jnp.float32, *, rules=None, remat_policy=None,
+    def abstract(cls, path: str, mesh=None, dtype=jnp.float32, *, rules=None, remat: str = "none",
                  settings: dict | None = None) -> "RewardModel":
         """The RM with sharded ShapeDtypeStructs for parameters, for lowering a step from shapes
         alone: reads ``path``'s config.json, tokenizer and (unless ``settings`` are given)
@@ -84,8 +83,7 @@ class RewardModel:
         vlm_config = internvl.load_config(path)
         graphdef, state = internvl.api.abstract_model(vlm_config, jnp.dtype(dtype))
         state = sharding.with_shardings(state, sharding.state_shardings(state, mesh, rules or sharding.DEFAULT_RULES))
-        policy = getattr(jax.checkpoint_policies, remat_policy) if remat_policy else None
-        return cls(internvl.InternVL(graphdef, state, vlm_config, mesh, path), settings, remat_policy=policy)
+        return cls(internvl.InternVL(graphdef, state, vlm_config, mesh, path), settings, remat=remat)
 
     # ----- tokens: depend on prompts and image shapes only, so they are built on the host once
     def tokens(self, prompts: Sequence[str], image_shape: tuple, *, pairwise: bool,

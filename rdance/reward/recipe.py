@@ -16,7 +16,6 @@ import jax
 from flax import nnx
 
 from rdance.data.registry import open_source
-from rdance.models.internvl.api import checkpoint_policy
 from rdance.models.internvl.config import InternVLConfig, load_config
 from rdance.reward import folder as rm_folder
 from rdance.reward.model import RewardNet
@@ -52,9 +51,8 @@ class RewardTraining:
                              pointwise_ce_weight=config.rm.pointwise_ce_weight, yes_id=template.yes_id,
                              no_id=template.no_id, answer_col=spec.max_prompt_tokens - 1,
                              image_size=spec.image_size, max_tiles=_stream_tiles(source[0], spec))
-        remat = checkpoint_policy(config.rm.remat_policy or None)
         make_model = lambda: RewardNet(vlm_config, regression_head=spec.paradigm == "regressive",
-                                       rngs=nnx.Rngs(config.seed), remat_policy=remat)
+                                       rngs=nnx.Rngs(config.seed), remat=config.rm.remat)
         eval_sets = {}
         for i, entry in enumerate(filter(None, d.eval_sets.split(","))):
             name, _, eval_spec = entry.partition("=")

@@ -131,7 +131,7 @@ def open_reward(config, mesh, rules, scratch: str | None) -> RewardModel:
     ``reward.architecture`` (a word-level tokenizer written to ``scratch``: token ids differ,
     shapes do not)."""
     r = config.reward
-    kw = dict(mesh=mesh, dtype=jnp.dtype(r.dtype), rules=rules, remat_policy=r.remat_policy or None)
+    kw = dict(mesh=mesh, dtype=jnp.dtype(r.dtype), rules=rules, remat=r.remat)
     if scratch is None:
         return RewardModel.from_pretrained(r.path, **kw)
     if r.path and os.path.isdir(r.path):

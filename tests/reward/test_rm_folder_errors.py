@@ -109,6 +109,6 @@ def test_the_fine_tuning_fit_check_reads_the_rm_folder_as_checked(copy):
     import ml_collections
     from rdance.train import finetune_setup
     edit_json("reward_config.json", set_key(None, "paradigm", "pairwize"))(copy)
-    config = ml_collections.ConfigDict({"reward": {"path": str(copy), "dtype": "float32", "remat_policy": ""}})
+    config = ml_collections.ConfigDict({"reward": {"path": str(copy), "dtype": "float32", "remat": "none"}})
     with pytest.raises(ConfigError, match=r"reward_config.json: paradigm must be one of .* got \"pairwize\""):
         finetune_setup.open_reward(config, mesh=None, rules=None, scratch=str(copy))

@@ -11,14 +11,7 @@ import jax
 from flax import nnx
 
 from rdance.core import sharding
-
-# Remat policies by name, so configs and CLIs can pick one with a string.
-REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
-}
+from rdance.models import remat as rematlib
 
 
 def make_stack(make_block: Callable[[nnx.Rngs], nnx.Module], num: int, rngs: nnx.Rngs) -> nnx.Module:
@@ -35,10 +28,8 @@ def run_stack(blocks: nnx.Module, carry, *shared, remat: str = "none"):
 
     ``shared`` inputs (time embedding, rotary tables, masks) are broadcast to every layer.
     With ``remat`` other than 'none' each layer's activations are recomputed in the backward
-    pass according to the named policy (see REMAT_POLICIES).
+    pass according to the named policy (see rdance.models.remat).
     """
-    if remat not in REMAT_POLICIES:
-        raise ValueError(f"unknown remat policy {remat!r}; choose one of {sorted(REMAT_POLICIES)}")
     # A plain lax.scan over the split state (not nnx.scan): the blocks may come from an
     # nnx.merge inside an outer jit or scan (the sampler), which nnx transforms refuse.
     graphdef, state = nnx.split(blocks)
@@ -46,8 +37,7 @@ def run_stack(blocks: nnx.Module, carry, *shared, remat: str = "none"):
     def apply(layer_state, carry):
         return nnx.merge(graphdef, layer_state)(carry, *shared)
 
-    if remat != "none":
-        apply = jax.checkpoint(apply, policy=REMAT_POLICIES[remat])
+    apply = rematlib.checkpoint(apply, remat)
     carry, _ = jax.lax.scan(lambda c, layer_state: (apply(layer_state, sharding.constrain_batch(c)), None),
                             carry, state)
     return carry

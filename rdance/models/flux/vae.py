@@ -15,7 +15,7 @@ import numpy as np
 from flax import nnx
 
 from rdance.models.flux import config as cfglib
-from rdance.models.flux.stack import REMAT_POLICIES
+from rdance.models import remat as rematlib
 from rdance.models.layers import Conv2d, GroupNorm, Linear
 
 CLASS_NAME = "AutoencoderKL"
@@ -155,19 +155,6 @@ class UpBlock(nnx.Module):
         return upsample_conv(self.upsampler, x) if self.upsampler is not None else x
 
 
-def _run(block, x, remat: str):
-    """Apply one block, rematerialised under the named policy (see stack.REMAT_POLICIES).
-
-    jax.checkpoint over the split state rather than nnx.remat, so this also works on a module
-    merged inside an outer jit/grad (nnx transforms refuse modules from another trace level).
-    """
-    if remat == "none":
-        return block(x)
-    graphdef, state = nnx.split(block)
-    apply = jax.checkpoint(lambda state, x: nnx.merge(graphdef, state)(x), policy=REMAT_POLICIES[remat])
-    return apply(state, x)
-
-
 class Encoder(nnx.Module):
     def __init__(self, cfg: VAEConfig, rngs):
         ch = cfg.block_out_channels
@@ -182,8 +169,8 @@ class Encoder(nnx.Module):
     def __call__(self, x, remat):
         x = self.conv_in(x)
         for block in self.down_blocks:
-            x = _run(block, x, remat)
-        x = _run(self.mid_block, x, remat)
+            x = rematlib.call(block, remat, x)
+        x = rematlib.call(self.mid_block, remat, x)
         return self.conv_out(jax.nn.silu(self.conv_norm_out(x)))
 
 
@@ -199,9 +186,9 @@ class Decoder(nnx.Module):
         self.conv_out = _conv(cfg, ch[-1], cfg.out_channels, 3, rngs, padding=1)
 
     def __call__(self, z, remat):
-        x = _run(self.mid_block, self.conv_in(z), remat)
+        x = rematlib.call(self.mid_block, remat, self.conv_in(z))
         for block in self.up_blocks:
-            x = _run(block, x, remat)
+            x = rematlib.call(block, remat, x)
         return self.conv_out(jax.nn.silu(self.conv_norm_out(x)))
 
 

@@ -53,15 +53,6 @@ def check_inputs(config: InternVLConfig, input_ids, pixel_values, attention_mask
     return ids, pix, mask
 
 
-def checkpoint_policy(policy):
-    """A jax.checkpoint_policies entry from its name (None or a callable pass through)."""
-    if policy is None or callable(policy):
-        return policy
-    if not hasattr(jax.checkpoint_policies, policy):
-        raise ValueError(f"unknown remat policy {policy!r}; use a name in jax.checkpoint_policies")
-    return getattr(jax.checkpoint_policies, policy)
-
-
 @functools.partial(jax.jit, static_argnums=0)
 def _forward(graphdef, state, input_ids, pixel_values, attention_mask):
     model = nnx.merge(graphdef, state)
@@ -149,26 +140,26 @@ def export_state(state: nnx.State, config: InternVLConfig, out_dir: str, dtype=N
     convert.export(state, out_dir, keys.torch_key, hf, dtype=dtype, max_shard_bytes=max_shard_bytes)
 
 
-def abstract_model(config: InternVLConfig, dtype=jnp.float32, remat_policy=None):
+def abstract_model(config: InternVLConfig, dtype=jnp.float32, remat: str = "none"):
     """(graphdef, abstract state) of the model: shapes only, no memory."""
-    abstract = nnx.eval_shape(lambda: InternVLModel(
-        config, rngs=nnx.Rngs(0), dtype=dtype, remat_policy=checkpoint_policy(remat_policy)))
+    abstract = nnx.eval_shape(lambda: InternVLModel(config, rngs=nnx.Rngs(0), dtype=dtype, remat=remat))
     return nnx.split(abstract)
 
 
 def load(path: str, mesh=None, dtype=jnp.float32, *, rules=sh.DEFAULT_RULES,
-         remat_policy=None) -> InternVL:
+         remat: str = "none") -> InternVL:
     """Load a Hugging Face InternVL folder (config.json + safetensors) onto ``mesh``.
 
     Without a mesh the model lives on the first device. Parameters are created in ``dtype``,
-    each read from disk directly onto its shards.
+    each read from disk directly onto its shards. ``remat`` names how the layers recompute
+    their activations in a backward pass (rdance.models.remat).
     """
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path} is not a folder; pass a Hugging Face InternVL checkpoint folder")
     config = load_config(path)
     if mesh is None:
         mesh = sh.make_mesh((1, 1, 1), devices=jax.devices()[:1])
-    graphdef, abstract_state = abstract_model(config, dtype, remat_policy)
+    graphdef, abstract_state = abstract_model(config, dtype, remat)
     shardings = sh.state_shardings(abstract_state, mesh, rules)
     state = load_state(path, abstract_state, shardings)
     return InternVL(graphdef, state, config, mesh, path)

@@ -13,10 +13,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rdance.core import sharding
+from rdance.models import remat as rematlib
 from rdance.models.layers import Embed, Linear, RMSNorm
 
 from .config import TextConfig, rope_frequencies
-from .vision import activation, call_layer
+from .vision import activation
 
 
 class KVCache(NamedTuple):
@@ -98,7 +99,7 @@ class DecoderLayer(nnx.Module):
 
 class Qwen2(nnx.Module):
     def __init__(self, cfg: TextConfig, *, tie_word_embeddings: bool, rngs: nnx.Rngs,
-                 dtype=jnp.float32, remat_policy=None):
+                 dtype=jnp.float32, remat: str = "none"):
         self.cfg = cfg
         self.embed = Embed(cfg.vocab_size, cfg.hidden_size, rngs=rngs, param_dtype=dtype)
 
@@ -111,7 +112,7 @@ class Qwen2(nnx.Module):
         self.lm_head = None if tie_word_embeddings else Linear(
             cfg.hidden_size, cfg.vocab_size, axes=("embed", "vocab"), use_bias=False,
             rngs=rngs, param_dtype=dtype)
-        self.remat_policy = remat_policy
+        self.remat = remat
 
     def __call__(self, x, positions, mask, cache: KVCache | None = None, index=None):
         """x: input embeddings [batch, length, embed]; returns final-normed hidden states, cache."""
@@ -119,7 +120,7 @@ class Qwen2(nnx.Module):
 
         @nnx.scan(in_axes=(nnx.Carry, 0, 0), out_axes=(nnx.Carry, 0))
         def body(x, layer, kv_slot):
-            return call_layer(layer, self.remat_policy, sharding.constrain_batch(x), cos, sin, mask, kv_slot, index)
+            return rematlib.call(layer, self.remat, sharding.constrain_batch(x), cos, sin, mask, kv_slot, index)
         kv = None if cache is None else (cache.k, cache.v)
         x, kv = body(x, self.layers, kv)
         return self.norm(x), (None if cache is None else KVCache(*kv))

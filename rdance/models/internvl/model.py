@@ -37,12 +37,12 @@ class Projector(nnx.Module):
 
 
 class InternVLModel(nnx.Module):
-    def __init__(self, cfg: InternVLConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, remat_policy=None):
+    def __init__(self, cfg: InternVLConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, remat: str = "none"):
         self.cfg = cfg
-        self.vision = VisionTower(cfg.vision, rngs=rngs, dtype=dtype, remat_policy=remat_policy)
+        self.vision = VisionTower(cfg.vision, rngs=rngs, dtype=dtype, remat=remat)
         self.projector = Projector(cfg, rngs=rngs, dtype=dtype)
         self.language = Qwen2(cfg.text, tie_word_embeddings=cfg.tie_word_embeddings, rngs=rngs,
-                              dtype=dtype, remat_policy=remat_policy)
+                              dtype=dtype, remat=remat)
 
     def image_features(self, pixel_values):
         """[tiles, C, H, W] -> [tiles, tokens_per_tile, text hidden]."""

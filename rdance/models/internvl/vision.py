@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from rdance.models import remat as rematlib
 from rdance.models.layers import LayerNorm, Linear, RMSNorm
 from rdance.core import sharding
 from rdance.core.sharding import param
@@ -25,18 +26,6 @@ def activation(name: str):
     if name not in table:
         raise ValueError(f"activation {name!r} is not supported; known: {sorted(table)}")
     return table[name]
-
-
-def call_layer(layer: nnx.Module, remat_policy, *args):
-    """``layer(*args)``, rematerialised under ``remat_policy`` (a jax.checkpoint_policies entry)."""
-    if remat_policy is None:
-        return layer(*args)
-    graphdef, state = nnx.split(layer)
-
-    def run(state, *args):
-        # Variables are rebuilt inside the checkpoint trace: nnx refuses ones from another level.
-        return nnx.merge(graphdef, jax.tree.map(lambda x: x, state))(*args)
-    return jax.checkpoint(run, policy=remat_policy)(state, *args)
 
 
 def make_norm(cfg: VisionConfig, features: int):
@@ -97,7 +86,7 @@ class VisionLayer(nnx.Module):
 class VisionTower(nnx.Module):
     """pixel_values [tiles, C, H, W] -> hidden states [tiles, 1 + patches, D] (CLS first)."""
 
-    def __init__(self, cfg: VisionConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, remat_policy=None):
+    def __init__(self, cfg: VisionConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, remat: str = "none"):
         d, p = cfg.hidden_size, cfg.patch_size
         init = nnx.initializers.normal(0.02)
         self.cfg = cfg
@@ -116,7 +105,8 @@ class VisionTower(nnx.Module):
             return VisionLayer(cfg, rngs=rngs, dtype=dtype)
         self.layers = make_layers(rngs)
         self.final_norm = None if cfg.use_mean_pooling else LayerNorm(d, eps=cfg.layer_norm_eps)
-        self.remat_policy = remat_policy
+        rematlib.policy(remat)  # an unknown name fails here, not at the first call
+        self.remat = remat
 
     def __call__(self, pixel_values):
         cfg = self.cfg
@@ -137,6 +127,6 @@ class VisionTower(nnx.Module):
 
         @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
         def body(x, layer):
-            return call_layer(layer, self.remat_policy, sharding.constrain_batch(x))
+            return rematlib.call(layer, self.remat, sharding.constrain_batch(x))
         x = body(x, self.layers)
         return x if self.final_norm is None else self.final_norm(x)

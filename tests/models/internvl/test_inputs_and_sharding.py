@@ -6,6 +6,7 @@ from jax.sharding import PartitionSpec as P
 
 from rdance.core import sharding as sh
 from rdance.models import internvl
+from rdance.models.remat import POLICIES as REMAT_NAMES
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +77,10 @@ def test_sampling_top_p_and_logprobs(model, batch):
     assert np.all(np.asarray(stopped.logprobs[0, first + 1:]) == 0)
 
 
-def test_remat_policy_gives_same_logits_and_gradients(hf_folder_300m, model, batch):
+@pytest.mark.parametrize("name", list(REMAT_NAMES))
+def test_every_remat_name_gives_same_logits_and_gradients(hf_folder_300m, model, batch, name):
     ids, pixels, mask = batch()
-    remat = internvl.load(hf_folder_300m[2], remat_policy="nothing_saveable")
+    remat = internvl.load(hf_folder_300m[2], remat=name)
     np.testing.assert_allclose(np.asarray(remat.logits(ids, pixels, mask)),
                                np.asarray(model.logits(ids, pixels, mask)), atol=1e-6)
     from flax import nnx
@@ -91,3 +93,8 @@ def test_remat_policy_gives_same_logits_and_gradients(hf_folder_300m, model, bat
     g1 = jax.grad(loss)(jax.numpy.asarray(pixels), remat)
     g2 = jax.grad(loss)(jax.numpy.asarray(pixels), model)
     np.testing.assert_allclose(np.asarray(g1), np.asarray(g2), atol=1e-5)
+
+
+def test_unknown_remat_name_fails_listing_the_names(hf_folder_300m):
+    with pytest.raises(ValueError, match="unknown remat 'dots_saveable'; choose one of none, full, dots, dots_no_batch"):
+        internvl.load(hf_folder_300m[2], remat="dots_saveable")
