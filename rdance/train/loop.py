@@ -34,8 +34,9 @@ class Task:
     """What a training job trains: a model, its loss and its examples.
 
     ``evaluate(params, step)`` returns scalars logged under ``eval/`` every ``train.eval_every``
-    steps and at the end (0: at the end only). ``initial_params(shardings)`` returns starting parameters (e.g. a
-    pretrained checkpoint) placed on the given shardings; without it parameters are random.
+    steps and at the end (0: at the end only). ``initial_params(shardings)`` returns starting
+    parameters (e.g. a pretrained checkpoint) placed on the given shardings; without it parameters
+    are random.
     """
     make_model: Callable[[], nnx.Module]
     loss_fn: LossFn

@@ -46,7 +46,9 @@ def worker(tmp_path):
     package = home / "rdance" / "rdance"
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("")
-    (package / "train_toy.py").write_text(FAKE_ENTRYPOINT)
+    (package / "run").mkdir()
+    (package / "run" / "__init__.py").write_text("")
+    (package / "run" / "train_toy.py").write_text(FAKE_ENTRYPOINT)   # rdance.run.train_toy
     venv_python = home / "rdance-venv" / "bin" / "python"
     venv_python.parent.mkdir(parents=True)
     venv_python.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
