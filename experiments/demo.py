@@ -21,7 +21,7 @@ the whole chain in about 3 minutes; it checks the plumbing, not the quality.
 """
 import ml_collections
 
-# The tiny sizes of tests/finetune/conftest.py and tests/reward/conftest.py (the Colab smoke test's too).
+# The tiny sizes of tests/conftest.py and tests/train/conftest.py (the Colab smoke test's too).
 TINY_GENERATOR = dict(text_dim=32, text_layers=1, text_heads=2, heads=2, head_dim=16, axes_dims_rope=(4, 6, 6),
                       double_layers=1, single_layers=1)
 TINY_VLM = dict(patch_size=8, vision_hidden=32, vision_layers=1, vision_heads=2, text_hidden=32, text_layers=1,

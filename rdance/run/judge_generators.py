@@ -25,17 +25,15 @@ import sys
 import jax
 import numpy as np
 from absl import flags, logging
-from flax import nnx
 
 from rdance.run import cli
 
 from rdance.core import console, sharding
 from rdance.world.render import render
-from rdance.world.generator import WorldGenerator
 from rdance.jobs.report import comparison_image, grid_image
-from rdance.train.generator_eval import Sampler
 from rdance.world.captions import world_prompt_split
 from rdance.world.evaluate import judge_scores, judge_with_checks
+from rdance.world.generator import open_folder_sampler
 
 # --help lists the shared flags (--config, --workdir, ...) with this module's own.
 flags.adopt_module_key_flags(cli)
@@ -47,16 +45,6 @@ GRID_SAMPLES = flags.DEFINE_integer("grid_samples", 4, "samples per prompt shown
 SCALE = flags.DEFINE_integer("scale", 3, "pixel upscaling of the grids")
 GUIDANCE = flags.DEFINE_float("guidance_scale", None, "classifier-free guidance for every generator "
                               "(default: each folder's own, from its generator.json)")
-
-
-def open_generator(folder: str, mesh, rules, num_steps: int, chunk: int, seed: int,
-                   guidance_scale: float | None = None):
-    """(generator, Sampler, parameters on ``mesh``) of an exported world generator folder, sampled
-    with its own guidance scale or ``guidance_scale``."""
-    gen = WorldGenerator.from_pretrained(folder, **({} if guidance_scale is None else
-                                                    {"guidance_scale": guidance_scale}))
-    graphdef = nnx.split(nnx.eval_shape(gen.make_model), nnx.Param)[0]
-    return gen, Sampler(gen, graphdef, mesh, num_steps, chunk, seed), gen.initial_params(mesh, rules)
 
 
 def parse_generators(spec: str | None) -> dict[str, str]:
@@ -102,7 +90,7 @@ def main(argv):
     images = {}
     for label, folder in folders.items():
         try:
-            gen, sampler, params = open_generator(folder, mesh, config.mesh.rules, config.sampler.num_steps,
+            gen, sampler, params = open_folder_sampler(folder, mesh, config.mesh.rules, config.sampler.num_steps,
                                                   config.monitor.eval_chunk, config.monitor.eval_seed,
                                                   GUIDANCE.value)
         except ValueError as e:

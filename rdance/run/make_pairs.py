@@ -24,7 +24,7 @@ from absl import flags, logging
 from rdance.run import cli
 
 from rdance.core import console, sharding
-from rdance.run.judge_generators import open_generator
+from rdance.world.generator import open_folder_sampler
 from rdance.world.sampled_pairs import write_pairs
 
 # --help lists the shared flags (--config, --workdir, ...) with this module's own.
@@ -41,7 +41,7 @@ def main(argv):
                  "python -m rdance.run.pretrain_generator writes one to WORKDIR/export")
     p = config.pairs
     mesh = sharding.make_mesh((1, -1, 1), jax.local_devices())   # sampling only: this host's devices
-    gen, sampler, params = open_generator(GENERATOR.value, mesh, config.mesh.rules, config.eval.num_steps,
+    gen, sampler, params = open_folder_sampler(GENERATOR.value, mesh, config.mesh.rules, config.eval.num_steps,
                                           config.eval.chunk, p.seed)
     counts = {}
     for split, prompts, rendered, seed in (("train", p.num_prompts, p.rendered_pairs, p.seed),

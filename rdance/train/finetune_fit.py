@@ -8,7 +8,7 @@ reward_config.json and the tokenizer are read, never weights), else ``generator.
 ``reward.architecture`` (``config``: the InternVL config.json, ``reward_config``: the RM settings).
 The state, the frozen arrays and the batch are ShapeDtypeStructs sharded on the mesh, and the step
 is the one ``finetune`` compiles: both come from ``finetune_setup.build`` (here with
-``abstract=True``), so the program is the same (tests/finetune/test_fit_check.py compares them).
+``abstract=True``), so the program is the same (tests/train/test_fit_check.py compares them).
 It holds the rollout without gradient, the graded step, the VAE decode, the RM (forward and
 backward to the pixels), the text encoders run on the step's prompts, the anchor loss, the
 optimizer and the EMA. The reference bank, the sampler for evals and sample grids, and host-side

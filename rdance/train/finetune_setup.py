@@ -9,7 +9,7 @@ abstract: sharded ShapeDtypeStructs from config files, ``Generator.abstract`` /
 ``RewardModel.abstract``), derive the step settings, the trainable parameters (the generator's
 or LoRA factors), the optimizer and the state layout the same way, and jit the same step with the
 same shardings. So the program the fit check measures is the program training compiles
-(tests/finetune/test_fit_check.py compares their text and memory).
+(tests/train/test_fit_check.py compares their text and memory).
 """
 from __future__ import annotations
 

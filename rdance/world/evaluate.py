@@ -44,3 +44,4 @@ class JudgeEval:
             out[f"judge/{kind}"] = float(scores[kinds == kind].mean())
         out.update({f"check/{name}": rate for name, rate in checks.items()})
         return out, images
+

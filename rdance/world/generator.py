@@ -24,6 +24,7 @@ import numpy as np
 from flax import nnx
 
 from rdance.world.captions import RenderedCaptions, world_prompt_split
+from rdance.train.generator_eval import Sampler
 from rdance.world.evaluate import JudgeEval
 from rdance.world.prompts import COLOURS, NUMBER_WORDS, RELATIONS, SHAPES, Scene
 from rdance.diffusion import flow_match, generator as genlib
@@ -298,3 +299,13 @@ class WorldGenerator:
 def _load_tokenizer(folder: str):
     from transformers import AutoTokenizer  # the word-level tokenizer files, no model code
     return AutoTokenizer.from_pretrained(folder)
+
+
+def open_folder_sampler(folder: str, mesh, rules, num_steps: int, chunk: int, seed: int,
+                        guidance_scale: float | None = None):
+    """(generator, Sampler, parameters on ``mesh``) of an exported world generator folder, sampled
+    with its own guidance scale or ``guidance_scale``."""
+    gen = WorldGenerator.from_pretrained(folder, **({} if guidance_scale is None else
+                                                    {"guidance_scale": guidance_scale}))
+    graphdef = nnx.split(nnx.eval_shape(gen.make_model), nnx.Param)[0]
+    return gen, Sampler(gen, graphdef, mesh, num_steps, chunk, seed), gen.initial_params(mesh, rules)

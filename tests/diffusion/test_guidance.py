@@ -8,8 +8,8 @@ from flax import nnx
 from rdance.core import sharding
 from rdance.diffusion import generator as genlib
 from rdance.world.generator import WorldGenerator
-from rdance.run.judge_generators import open_generator
-from tests.finetune.conftest import TINY_GENERATOR
+from rdance.world.generator import open_folder_sampler
+from tests.conftest import TINY_GENERATOR
 
 pytest.importorskip("transformers")   # the word tokenizer's files load through AutoTokenizer
 
@@ -76,6 +76,6 @@ def test_guidance_settings_are_checked_and_travel_with_the_export(tmp_path):
     assert WorldGenerator.from_pretrained(folder).cfg.guidance_scale == 3.0
     # judge_generators --guidance_scale overrides the folder's own scale.
     mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
-    opened, sampler, params = open_generator(folder, mesh, sharding.DEFAULT_RULES, 2, 2, 0, guidance_scale=1.5)
+    opened, sampler, params = open_folder_sampler(folder, mesh, sharding.DEFAULT_RULES, 2, 2, 0, guidance_scale=1.5)
     assert opened.cfg.guidance_scale == 1.5
     assert sampler(params, {}, opened.tokenize(["a red square"]), [0]).shape == (1, 32, 32, 3)

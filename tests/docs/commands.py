@@ -7,7 +7,8 @@ import os
 import re
 import shlex
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.conftest import REPO
+
 CONSOLE_SCRIPTS = ("rdance-fit", "rdance-generate", "rdance-score")
 FENCED = re.compile(r"^```(\w*)\n(.*?)^```\s*$", re.S | re.M)
 INLINE = re.compile(r"`([^`]+)`")

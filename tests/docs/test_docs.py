@@ -15,22 +15,22 @@ from tests.docs.commands import REPO, doc_files, documented_commands
 
 # Each documented entrypoint -> the test file that runs it as a user types it (a subprocess of
 # `python -m ...`, the console script, or launch/tpu.py). "demo" means a stage of the demo's CI
-# variant runs it (tests/demo/test_demo.py, and .ci/run in a fresh venv).
+# variant runs it (tests/jobs/test_demo.py, and .ci/run in a fresh venv).
 RUN_BY = {
-    "rdance.run.demo": "tests/demo/test_demo.py",
-    "rdance.run.ablate": "tests/demo/test_ablate.py",
+    "rdance.run.demo": "tests/jobs/test_demo.py",
+    "rdance.run.ablate": "tests/jobs/test_ablate.py",
     "rdance.run.train_toy": "tests/train/test_entrypoint.py",
     "rdance.run.fit_check": "tests/train/test_entrypoint.py",
     "rdance.run.train_reward": "tests/reward/test_train_reward.py",
-    "rdance.run.score": "tests/reward/test_score_cli.py",
+    "rdance.run.score": "tests/run/test_score_cli.py",
     "rdance.run.preference_set": "tests/data/test_preference_set.py",
     "rdance.run.generate": "tests/models/flux/test_generate.py",
-    "rdance.run.finetune": "tests/finetune/conftest.py",
+    "rdance.run.finetune": "tests/train/conftest.py",
     "rdance.run.pretrain_generator": "demo",
     "rdance.run.judge_generators": "demo",
-    "rdance-score": "tests/reward/test_console_scripts.py",
-    "rdance-generate": "tests/reward/test_console_scripts.py",
-    "rdance-fit": "tests/reward/test_console_scripts.py",
+    "rdance-score": "tests/run/test_console_scripts.py",
+    "rdance-generate": "tests/run/test_console_scripts.py",
+    "rdance-fit": "tests/run/test_console_scripts.py",
 }
 LAUNCH_TESTS = "tests/launch/test_commands.py"
 COMMANDS = documented_commands()

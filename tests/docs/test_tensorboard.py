@@ -1,6 +1,5 @@
 """README: `tensorboard --logdir WORKDIR` (from the tensorboard extra) shows a run's metrics."""
 import json
-import os
 import shutil
 import subprocess
 import time

@@ -13,7 +13,8 @@ import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.conftest import REPO
+
 LAUNCHER = os.path.join(REPO, "launch", "tpu.py")
 
 FAKE_GCLOUD = """#!{python}

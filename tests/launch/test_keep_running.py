@@ -1,8 +1,6 @@
 """keep-running against a fake gcloud that plays a spot slice's life: created, preempted,
 recreated, finished; and a job that fails on a healthy slice."""
-import os
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SLICE = ["--name=rd", "--project=rdance-test", "--zone=us-east5-a", "--accelerator=v5p-16"]
 ARGS = ["keep-running", *SLICE, "--spot", "--repo=https://github.com/example/rdance.git",
         "--poll-seconds=0", "--", "rdance.run.train_toy", "--config=experiments/toy.py",

@@ -17,7 +17,8 @@ import pytest
 from nbclient import NotebookClient
 from PIL import Image
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.conftest import REPO
+
 NOTEBOOK = os.path.join(REPO, "launch", "colab_smoke.ipynb")
 
 
@@ -94,7 +95,7 @@ def test_runs_each_entrypoint_to_its_last_step_and_exports(executed):
     nb, work, steps = executed
     text = text_of(nb)
     for module, run in [("train_reward", "reward_model"), ("pretrain_generator", "generator"), ("finetune", "finetune")]:
-        assert re.search(rf"^\$ python -m rdance\.{module} --config=experiments/\S+ --workdir={work / run} ", text, re.M)
+        assert re.search(rf"^\$ python -m rdance\.run\.{module} --config=experiments/\S+ --workdir={work / run} ", text, re.M)
         assert max(metrics(work / run)) == steps[run]
         assert os.listdir(work / run / "export")
         assert (work / f"{run}.log").stat().st_size > 0

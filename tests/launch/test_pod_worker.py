@@ -15,7 +15,8 @@ import time
 import numpy as np
 import portpicker
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.conftest import REPO
+
 SLICE = ["--name=rd", "--project=rdance-test", "--zone=us-east5-a", "--accelerator=v5p-16"]
 BUCKET = "gs://rdance-test/pod"
 FLAGS = ["--config=experiments/toy.py", "--config.train.steps=10", "--config.train.log_every=1",

@@ -6,7 +6,7 @@ import pytest
 from rdance.world.pairs import PreferencePairs
 from rdance.reward import losses
 from rdance.reward.api import RewardModel
-from tests.reward.conftest import make_rm_folder
+from tests.conftest import make_rm_folder
 
 
 @pytest.fixture(scope="module")

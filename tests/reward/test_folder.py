@@ -8,12 +8,12 @@ from rdance.models.internvl.config import load_config
 from rdance.reward import folder as rm_folder
 from rdance.reward.api import RewardModel
 from rdance.reward.model import RewardNet
-from tests.reward.conftest import tiny_config
+from tests.conftest import tiny_rm_config
 
 
 @pytest.mark.parametrize("paradigm", ["pairwise", "regressive"])
 def test_an_untrained_folder_round_trips_through_export_and_load(tmp_path, paradigm):
-    config = tiny_config(paradigm)
+    config = tiny_rm_config(paradigm)
     base = rm_folder.write_model_folder(config.model, config.data.image_size, str(tmp_path / "base"))
     tokenizer = rm_folder.load_tokenizer(base)
     assert tokenizer.unk_token not in tokenizer.tokenize(" ".join(rm_folder.template_corpus()))

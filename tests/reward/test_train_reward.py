@@ -1,6 +1,5 @@
 """train_reward end to end on a tiny config: trains, evaluates, exports a loadable RM, and a
 kill -9 + rerun ends with the same losses and eval accuracy as an uninterrupted run."""
-import json
 import os
 import signal
 import subprocess
@@ -12,8 +11,8 @@ import pytest
 from PIL import Image
 
 from rdance.reward.api import RewardModel
+from tests.conftest import REPO, environment, metrics_by_step
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = ["--config=experiments/rm_smoke.py", "--config.model.patch_size=8", "--config.model.vision_hidden=32",
         "--config.model.vision_layers=1", "--config.model.vision_heads=2", "--config.model.text_hidden=32",
         "--config.model.text_layers=1", "--config.model.text_heads=2", "--config.model.text_kv_heads=1",
@@ -27,15 +26,7 @@ def command(workdir, *extra):
 
 
 def env():
-    return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
-
-
-def records(workdir):
-    out = {}
-    for line in open(os.path.join(workdir, "metrics.jsonl")):
-        r = json.loads(line)
-        out.setdefault(r["step"], {}).update(r)
-    return out
+    return environment(devices=2)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +38,7 @@ def uninterrupted(tmp_path_factory):
 
 
 def test_trains_evaluates_and_exports(uninterrupted):
-    r = records(uninterrupted)
+    r = metrics_by_step(uninterrupted)
     assert r[12]["loss"] < r[1]["loss"]
     assert 0.0 <= r[12]["eval/in_domain/accuracy"] <= 1.0 and "eval/in_domain/ece" in r[6]
     rm = RewardModel.from_pretrained(os.path.join(uninterrupted, "export"))
@@ -66,7 +57,7 @@ def test_kill_9_and_resume_matches(tmp_path, uninterrupted):
     proc.wait()
     result = subprocess.run(command(workdir), cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0 and "resuming from" in result.stderr, result.stderr[-3000:]
-    got, want = records(workdir), records(uninterrupted)
+    got, want = metrics_by_step(workdir), metrics_by_step(uninterrupted)
     assert sorted(got) == sorted(want)
     np.testing.assert_allclose([got[s]["loss"] for s in sorted(got)], [want[s]["loss"] for s in sorted(want)], rtol=1e-5)
     assert got[12]["eval/in_domain/accuracy"] == want[12]["eval/in_domain/accuracy"]

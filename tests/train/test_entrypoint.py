@@ -12,8 +12,8 @@ import portpicker
 import pytest
 
 from rdance.core import status
+from tests.conftest import REPO, curve, environment, run_two_processes
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS = 400
 COMMON = ["--config=experiments/toy.py", "--config.train.log_every=1",
           "--config.train.checkpoint_every=10", "--config.optim.schedule=constant"]
@@ -23,24 +23,13 @@ def command(workdir, *extra, module="rdance.run.train_toy"):
     return [sys.executable, "-m", module, f"--workdir={workdir}", *COMMON, *extra]
 
 
-def environment(devices=8):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-    env.pop("PYTEST_CURRENT_TEST", None)
-    return env
-
-
 def run(cmd, devices=8, timeout=300):
     return subprocess.run(cmd, cwd=REPO, env=environment(devices), capture_output=True, text=True,
                           timeout=timeout)
 
 
 def losses(workdir):
-    by_step = {}
-    for line in open(os.path.join(workdir, "metrics.jsonl")):
-        record = json.loads(line)
-        by_step[record["step"]] = record["loss"]
-    return [by_step[s] for s in sorted(by_step)]
+    return curve(workdir, "loss")
 
 
 def last_logged_step(workdir):
@@ -114,6 +103,8 @@ def test_sigterm_checkpoints_marks_preempted_and_exits_75(tmp_path):
     marker."""
     workdir = str(tmp_path)
     proc = start_and_wait_for_step(command(workdir, "--config.train.steps=1000000"), workdir, 25)
+    # metrics.jsonl is written just before progress.json: wait for the latter to catch up.
+    wait_until(lambda: (status.read_progress(workdir) or {}).get("step", 0) >= 25, proc, "progress at step 25", 60)
     progress = json.loads(open(os.path.join(workdir, "progress.json")).read())
     assert progress["phase"] == "train" and progress["total"] == 1000000 and progress["step"] >= 25
     assert progress["steps_per_s"] > 0 and progress["eta_s"] > 0
@@ -140,13 +131,7 @@ def test_two_processes_match_one(tmp_path, uninterrupted):
     port = portpicker.pick_unused_port()
     flags = [f"--config.train.steps={STEPS}", "--config.mesh.shape=(2,4,1)", "--distributed",
              f"--coordinator_address=localhost:{port}", "--num_processes=2"]
-    procs = [subprocess.Popen(command(workdir, *flags, f"--process_id={i}"), cwd=REPO,
-                              env=environment(devices=4), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
-    outputs = [p.communicate(timeout=300)[0] for p in procs]
-    for p, out in zip(procs, outputs):
-        assert p.returncode == 0, out[-3000:]
-    assert "process 1/2, 4 local devices, 8 global" in outputs[1]
+    run_two_processes(lambda i: command(workdir, *flags, f"--process_id={i}"), timeout=300)
     got = losses(workdir)[:20]
     np.testing.assert_allclose(got, uninterrupted[:20], rtol=1e-5)
 

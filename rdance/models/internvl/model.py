@@ -2,7 +2,6 @@
 of a Qwen2 decoder. Module code only; loading, the tokenizer and generation live beside it."""
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 

@@ -97,7 +97,6 @@ def test_pairs_are_labelled_by_the_judge_with_configured_noise():
 
 
 def _scene_of(prompt, index):
-    from rdance.world.pairs import make_pair
     from rdance.world.prompts import sample_scene
     rng = np.random.default_rng([5, index])
     scene = sample_scene(rng)

@@ -15,8 +15,8 @@ import pytest
 from rdance.core import status
 from rdance.jobs import stages as st
 
-FAKE = "tests.demo.fake_stage"
-CONFIG = "tests/demo/fake_config.py"
+FAKE = "tests.jobs.fake_stage"
+CONFIG = "tests/jobs/fake_config.py"
 
 
 def two_stages(**b_overrides):
@@ -117,10 +117,10 @@ def test_a_resumed_stage_tells_its_attempts_apart(tmp_path):
 
     log = (tmp_path / "logs" / "b.log").read_text()
     first = re.match(r"===== stage b, attempt 1, started \d{4}-\d\d-\d\d \d\d:\d\d:\d\d.* =====\n\$ .*-m "
-                     r"tests\.demo\.fake_stage ", log)
+                     r"tests\.jobs\.fake_stage ", log)
     assert first and "earlier output above" not in first[0]
     second = re.search(r"\n\n===== stage b, attempt 2, started \d{4}-\d\d-\d\d \d\d:\d\d:\d\d.*; earlier output "
-                       r"above =====\n\$ .*-m tests\.demo\.fake_stage .*\n", log)
+                       r"above =====\n\$ .*-m tests\.jobs\.fake_stage .*\n", log)
     assert second, log
     assert "step 2/3" in log[:second.start()] and "step 2/3" not in log[second.end():]   # attempt 1's lines above
     assert "resuming from" in log[second.end():] and "step 3/3" in log[second.end():]

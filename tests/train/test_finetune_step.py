@@ -18,7 +18,8 @@ from rdance.reward.api import RewardModel
 from rdance.train.finetune_loop import finetune
 from rdance.train.finetune_step import StepSettings, make_micro, step_keys
 from rdance.train.host import to_host
-from tests.finetune.conftest import REFERENCE, curve, tiny_config
+from tests.conftest import curve
+from tests.train.conftest import REFERENCE, tiny_config
 
 
 def test_refl_gradient_matches_a_finite_difference(gen_folder, rm_folder, devices):

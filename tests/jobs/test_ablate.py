@@ -2,7 +2,7 @@
 the CI demo's generator and VLM (same settings, hence the same hashes)."""
 import json
 
-from tests.demo.conftest import run_module
+from tests.jobs.conftest import run_module
 
 
 def test_tiny_ablation_runs_and_tabulates(tmp_path, compile_cache, demo):

@@ -16,7 +16,7 @@ from rdance.world.evaluate import JudgeEval, judge_scores
 from rdance.train.host import to_host
 from rdance.train.loop import train
 from rdance.world.sampled_pairs import write_pairs
-from tests.finetune.conftest import TINY_GENERATOR, curve
+from tests.conftest import TINY_GENERATOR, curve
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")

@@ -8,7 +8,7 @@ import sys
 import time
 
 from rdance.core import status
-from tests.demo.fake_config import get_config
+from tests.jobs.fake_config import get_config
 
 
 def log(message):

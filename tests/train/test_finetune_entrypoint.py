@@ -13,14 +13,14 @@ import portpicker
 from rdance.world.generator import WorldGenerator
 from rdance.train.finetune_loop import finetune
 from rdance.train.host import to_host
-from tests.finetune.conftest import (REFERENCE, REPO, command, curve, environment, records, tiny_config,
-                                    tiny_flags)
+from tests.conftest import REPO, curve, environment, metrics_by_step, run_two_processes
+from tests.train.conftest import REFERENCE, command, tiny_config, tiny_flags
 
 STEPS = REFERENCE["train.steps"]
 
 
 def test_reference_run_logs_the_monitors_and_exports(reference_run, gen_folder):
-    by_step = records(reference_run)
+    by_step = metrics_by_step(reference_run)
     assert sorted(by_step) == list(range(STEPS + 1))
     for key in ("reward/mean", "reward/std", "reward/window_std", "reward/collapse_frac", "diversity",
                 "grad_norm", "learning_rate", "refl_step"):
@@ -53,7 +53,7 @@ def test_kill_9_then_resume_gives_the_same_reward_curve(tmp_path, reference_run,
         time.sleep(0.002)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_at = max(records(workdir))
+    killed_at = max(metrics_by_step(workdir))
     assert killed_at < STEPS, "the run finished before it could be killed"
     bank_written = os.stat(workdir / "bank" / "bank.npz").st_mtime_ns
 
@@ -75,13 +75,7 @@ def test_two_processes_match_one(tmp_path, reference_run, gen_folder, rm_folder)
     port = portpicker.pick_unused_port()
     flags = tiny_flags(gen_folder, rm_folder, **{**REFERENCE, "train.steps": steps, "monitor.eval_every": 0}) + [
         "--distributed", f"--coordinator_address=localhost:{port}", "--num_processes=2"]
-    procs = [subprocess.Popen(command(tmp_path, flags + [f"--process_id={i}"]), cwd=REPO,
-                              env=environment(devices=4), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
-    outputs = [p.communicate(timeout=400)[0] for p in procs]
-    for p, out in zip(procs, outputs):
-        assert p.returncode == 0, out[-3000:]
-    assert "process 1/2, 4 local devices, 8 global" in outputs[1]
+    outputs = run_two_processes(lambda i: command(tmp_path, flags + [f"--process_id={i}"]))
     assert "reusing the reference bank" in outputs[0]
     for key in ("reward/mean", "loss", "grad_norm"):
         np.testing.assert_allclose(curve(tmp_path, key), curve(reference_run, key)[:steps], rtol=1e-5, atol=1e-7,
@@ -93,7 +87,7 @@ def test_rwr_with_lora_anchor_and_accumulation(tmp_path, gen_folder, rm_folder, 
         "algo": "rwr", "lora.rank": 4, "anchor.weight": 0.5, "optim.grad_accum_steps": 2,
         "train.steps": 3, "monitor.eval_every": 3, "monitor.grid_every": 3, "mesh.shape": (1, 1, 1)})
     result = finetune(config, str(tmp_path), devices=devices[:1])
-    last = records(tmp_path)[3]
+    last = metrics_by_step(tmp_path)[3]
     for key in ("rwr/max_weight", "anchor_loss", "reward/collapse_frac", "diversity", "eval/judge"):
         assert np.isfinite(last[key]), key
     assert 1.0 <= last["rwr/max_weight"] <= 2.0       # G = 2 samples: weights in [0, 2], mean 1

@@ -1,4 +1,4 @@
-"""Config of tests/demo/fake_stage.py."""
+"""Config of tests/jobs/fake_stage.py."""
 import ml_collections
 
 

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.conftest import REPO
+
 SCRIPTS = {"rdance-score": "rdance.run.score", "rdance-generate": "rdance.run.generate", "rdance-fit": "rdance.run.fit_check"}
 
 

@@ -9,8 +9,7 @@ from PIL import Image
 from rdance.data.records import PreferenceRecord, write_jsonl
 from rdance.world.pairs import PreferencePairs
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
+from tests.conftest import REPO
 
 def run(*args):
     env = dict(os.environ, JAX_PLATFORMS="cpu")

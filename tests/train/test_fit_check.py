@@ -13,7 +13,8 @@ import ml_collections
 
 from experiments import finetune_flux_dev
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.conftest import REPO
+
 
 TINY_FLUX = dict(
     transformer=dict(num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
@@ -89,7 +90,7 @@ def test_training_and_the_fit_check_lower_the_same_step(tmp_path, monkeypatch, g
     from rdance.run import fit_check as fit_check_module
     from rdance.train import finetune_fit, finetune_setup
     from rdance.train.finetune_loop import finetune
-    from tests.finetune.conftest import tiny_config
+    from tests.train.conftest import tiny_config
 
     config = tiny_config(gen_folder, rm_folder, **{"train.steps": 1, "mesh.shape": (1, 2, 1), "lora.rank": 4,
                                                    "anchor.weight": 0.5})

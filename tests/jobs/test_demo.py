@@ -5,7 +5,7 @@ import json
 import pytest
 from PIL import Image
 
-from tests.demo.conftest import run_module
+from tests.jobs.conftest import run_module
 
 STAGES = ["generator", "pairs", "vlm", "rm", "bank", "finetune", "evaluate"]
 
