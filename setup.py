@@ -40,6 +40,7 @@ setup(
             "tensorflow-datasets>=4.9.10", "pyarrow", "importlib_resources",
             "nbclient", "nbformat", "ipykernel",  # tests/launch/test_notebook.py runs launch/colab_smoke.ipynb
             "tensorboard>=2.16",  # tests/docs/test_tensorboard.py runs the README's `tensorboard --logdir`
+            "import-linter>=2.1",  # tests/test_layers.py holds the package to the layers in .importlinter
         ],
         # gcsfs / google-cloud-storage let orbax, etils and tensorboardX write gs:// workdirs.
         "tpu": ["jax[tpu]>=0.10.2", "gcsfs", "google-cloud-storage"],
