@@ -4,14 +4,19 @@ A module of its own because TFDS finds a builder's metadata through the module t
 the class: under ``python -m rdance.run.preference_set`` that module is ``__main__``, which
 TFDS cannot resolve, so the class must live in a module that is only ever imported.
 
-``manual_dir`` holds the raw files: for parquet formats ``train/`` and ``test/`` folders (or the
-files directly, all taken as ``train``); for ``jsonl``, ``train.jsonl`` / ``test.jsonl`` with
+``manual_dir`` holds the raw files: for parquet formats the dataset's files as published, each
+split kept as its own (rdance.data.sources.parquet_splits: a Hub download folder, the Hub's
+parquet conversion, ``metadata-<split>.parquet``, or one folder per split; files with no split
+in their name or folder are ``train``); for ``jsonl``, ``train.jsonl`` / ``test.jsonl`` with
 their images (see rdance.data.records). Images are stored as PNG/JPEG bytes and decoded on
-read, so neither building nor reading needs TensorFlow.
+read, so neither building nor reading needs TensorFlow. A split in which no record survives
+(all ties, or every record skipped) is left out and reported with its counts; the others are
+written.
 """
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 
 import numpy as np
@@ -39,6 +44,8 @@ def builder_class():
         def __init__(self, *, skip_bad_records: bool = False, allow_outside_paths: bool = False, **kwargs):
             self.skip_bad_records, self.allow_outside_paths = skip_bad_records, allow_outside_paths
             self.counter = sources.Counter()
+            self.split_counters: dict[str, sources.Counter] = {}
+            self.empty_splits: dict[str, dict] = {}   # split -> its counts, for splits with no record
             super().__init__(**kwargs)
 
         def _info(self):
@@ -57,32 +64,47 @@ def builder_class():
             root = str(dl_manager.manual_dir)
             if self.builder_config.name == "jsonl":
                 found = {s: os.path.join(root, f"{s}.jsonl") for s in ("train", "test")}
+                found = {s: p for s, p in found.items() if os.path.exists(p)}
+                if not found:
+                    raise FileNotFoundError(f"nothing to convert in {root}; put train.jsonl or test.jsonl there")
             else:
-                found = {s: os.path.join(root, s) for s in ("train", "test")}
-                if not any(os.path.isdir(p) for p in found.values()):
-                    found = {"train": root}
-            found = {s: p for s, p in found.items() if os.path.exists(p)}
-            if not found:
-                expected = ("train.jsonl or test.jsonl" if self.builder_config.name == "jsonl"
-                            else "train/ and test/ folders of .parquet files, or the .parquet files")
-                raise FileNotFoundError(f"nothing to convert in {root}; put {expected} there")
-            return {split: self._generate_examples(path) for split, path in found.items()}
+                found = sources.parquet_splits(root)
+                logging.info("splits found in %s: %s", root,
+                             "  ".join(f"{s} ({len(p)} file{'s' * (len(p) > 1)})" for s, p in sorted(found.items())))
+            generators = {}
+            for split, source in sorted(found.items()):
+                examples = self._generate_examples(split, source)
+                # TFDS fails the whole build on a split that yields nothing: find out first.
+                first = next(examples, None)
+                if first is None:
+                    self.empty_splits[split] = dict(self.split_counters[split].counts)
+                    logging.warning("split %s: no record to write (%s); leaving it out", split,
+                                    ", ".join(f"{k}={v}" for k, v in sorted(self.empty_splits[split].items()))
+                                    or "no rows")
+                    continue
+                generators[split] = itertools.chain([first], examples)
+            if not generators:
+                raise BadRecord(f"no split of {root} has a record to write: "
+                                + "; ".join(f"{s}: {', '.join(f'{k}={v}' for k, v in sorted(c.items())) or 'no rows'}"
+                                            for s, c in sorted(self.empty_splits.items())), "bad_file")
+            return generators
 
-        def _generate_examples(self, path):
+        def _generate_examples(self, split, source):
             fmt = self.builder_config.name
             reader = sources.READERS[fmt]
-            items = (reader(path, self.counter, self.skip_bad_records, self.allow_outside_paths)
-                     if fmt == "jsonl" else reader(path, self.counter))
+            counter = self.split_counters[split] = sources.Counter(total=self.counter)
+            items = (reader(source, counter, self.skip_bad_records, self.allow_outside_paths)
+                     if fmt == "jsonl" else reader(source, counter))
             for key, (where, make) in enumerate(items):
                 try:
                     record = validate(make(), where)
                 except BadRecord as e:
                     if not self.skip_bad_records:
                         raise
-                    self.counter.add_bad(e.kind)
+                    counter.add_bad(e.kind)
                     logging.warning("skipping bad record: %s", e)
                     continue
-                self.counter.add("written")
+                counter.add("written")
                 yield key, to_example(record)
 
     return PreferenceSet

@@ -3,8 +3,14 @@
 Each reader names the columns it expects and fails with the columns it found, so a file of
 another layout is caught on its first row group, not mid-conversion.
 
+Splits are found as the datasets publish them (:func:`parquet_splits`): a Hub download
+(``data/<split>-NNNNN-of-NNNNN[-<hash>].parquet``), the Hub's parquet conversion
+(``default/<split>/NNNN.parquet``), ImageRewardDB's ``metadata-<split>.parquet``, or folders named
+after their split; every split the files name is kept as that split.
+
 - Pick-a-Pic v2: ``caption``, ``jpg_0``, ``jpg_1`` (image bytes), ``label_0``, ``label_1``
-  (1/0, or 0.5/0.5 for a tie; ties carry no preference and are skipped and counted).
+  (1/0, or 0.5/0.5 for a tie; ties carry no preference and are skipped and counted), and where
+  the file has it ``has_label`` (rows without a label are skipped and counted as ``unlabelled``).
 - HPDv2: ``prompt``, ``image`` (a list of images), ``human_preference`` (a list of 0/1, the
   preferred image marked 1). Records with more than two images give one pair per other image.
 - ImageRewardDB: one image per row, ``prompt_id``, ``prompt``, ``image``, ``rank`` (1 = best);
@@ -22,6 +28,7 @@ import collections
 import glob
 import itertools
 import os
+import re
 from typing import Callable, Iterator
 
 import numpy as np
@@ -36,6 +43,7 @@ _COLUMNS = {
     "hpdv2": ("prompt", "image", "human_preference"),
     "imagerewarddb": ("prompt_id", "prompt", "image", "rank"),
 }
+_OPTIONAL_COLUMNS = {"pickapic_v2": ("has_label",)}
 
 
 def parquet_files(folder: str) -> list[str]:
@@ -45,6 +53,31 @@ def parquet_files(folder: str) -> list[str]:
     return files
 
 
+# A Hub download names each shard after its split: data/validation_unique-00000-of-00002-1a2b.parquet.
+_HUB_SHARD = re.compile(r"^(?P<split>\w+?)-\d{5}-of-\d{5}(-[0-9a-f]+)?\.parquet$")
+_METADATA = re.compile(r"^metadata-(?P<split>\w+)\.parquet$")   # ImageRewardDB
+_CONTAINERS = {".", "data", "default"}                          # folders that hold splits, not a split
+
+
+def split_of(path: str, root: str) -> str:
+    """The split a parquet file belongs to, from its name, else its folder's name; files directly
+    in ``root`` (or in data/, default/) with no split in their name are ``train``."""
+    name = os.path.basename(path)
+    match = _HUB_SHARD.match(name) or _METADATA.match(name)
+    if match:
+        return match["split"]
+    folder = os.path.basename(os.path.relpath(os.path.dirname(path), root))
+    return "train" if folder in _CONTAINERS else re.sub(r"\W", "_", folder)
+
+
+def parquet_splits(root: str) -> dict[str, list[str]]:
+    """{split: its parquet files} for every split under ``root``."""
+    splits: dict[str, list[str]] = collections.defaultdict(list)
+    for path in parquet_files(root):
+        splits[split_of(path, root)].append(path)
+    return dict(splits)
+
+
 def _rows(path: str, fmt: str) -> Iterator[dict]:
     import pyarrow.parquet as pq
     table = pq.ParquetFile(path)
@@ -52,7 +85,8 @@ def _rows(path: str, fmt: str) -> Iterator[dict]:
     if missing:
         raise BadRecord(f"{path}: not the {fmt} layout, missing column(s) {', '.join(missing)}; "
                         f"found {', '.join(table.schema_arrow.names)}", "bad_file")
-    for batch in table.iter_batches(columns=list(_COLUMNS[fmt]), batch_size=256):
+    optional = [c for c in _OPTIONAL_COLUMNS.get(fmt, ()) if c in table.schema_arrow.names]
+    for batch in table.iter_batches(columns=[*_COLUMNS[fmt], *optional], batch_size=256):
         yield from batch.to_pylist()
 
 
@@ -70,16 +104,20 @@ def _image(cell, where: str) -> np.ndarray:
 
 class Counter:
     """What a conversion did: records written, skipped as ties, skipped as bad (``bad``, and
-    ``bad/KIND`` for each kind of problem, e.g. ``bad/wrong_type``)."""
+    ``bad/KIND`` for each kind of problem, e.g. ``bad/wrong_type``). A split's counter also
+    counts into its ``total``."""
 
-    def __init__(self):
+    def __init__(self, total: "Counter | None" = None):
         self.counts = collections.Counter()
+        self.total = total
 
     def __getitem__(self, key):
         return self.counts[key]
 
     def add(self, key: str, n: int = 1):
         self.counts[key] += n
+        if self.total is not None:
+            self.total.add(key, n)
 
     def add_bad(self, kind: str, n: int = 1):
         self.add("bad", n)
@@ -89,10 +127,13 @@ class Counter:
 Lazy = Iterator[tuple[str, Callable[[], PreferenceRecord]]]
 
 
-def pickapic_v2(folder: str, counter: Counter) -> Lazy:
-    for path in parquet_files(folder):
+def pickapic_v2(paths: list[str], counter: Counter) -> Lazy:
+    for path in paths:
         for i, row in enumerate(_rows(path, "pickapic_v2")):
             where = f"row {i} of {path}"
+            if row.get("has_label") is False:
+                counter.add("unlabelled")
+                continue
             if row["label_0"] == row["label_1"]:
                 counter.add("ties")
                 continue
@@ -101,7 +142,7 @@ def pickapic_v2(folder: str, counter: Counter) -> Lazy:
                 int(row["label_1"] > row["label_0"]))
 
 
-def hpdv2(folder: str, counter: Counter) -> Lazy:
+def hpdv2(paths: list[str], counter: Counter) -> Lazy:
     def pair(row, where, first, second, best):
         prefs, cells = row["human_preference"] or [], row["image"] or []
         if len(prefs) != len(cells) or len(cells) < 2 or sum(prefs) != 1:
@@ -110,7 +151,7 @@ def hpdv2(folder: str, counter: Counter) -> Lazy:
         return PreferenceRecord(row["prompt"] or "", (_image(cells[first], where), _image(cells[second], where)),
                                 int(second == best))
 
-    for path in parquet_files(folder):
+    for path in paths:
         for i, row in enumerate(_rows(path, "hpdv2")):
             where = f"row {i} of {path}"
             prefs = row["human_preference"] or [0, 0]
@@ -121,9 +162,9 @@ def hpdv2(folder: str, counter: Counter) -> Lazy:
                 yield where, lambda row=row, where=where, f=first, s=second, b=best: pair(row, where, f, s, b)
 
 
-def imagerewarddb(folder: str, counter: Counter) -> Lazy:
+def imagerewarddb(paths: list[str], counter: Counter) -> Lazy:
     groups: dict = collections.defaultdict(list)
-    for path in parquet_files(folder):
+    for path in paths:
         for i, row in enumerate(_rows(path, "imagerewarddb")):
             groups[row["prompt_id"]].append((f"row {i} of {path}", row))
     for prompt_id, rows in groups.items():

@@ -3,8 +3,10 @@
     python -m rdance.run.preference_set --format=pickapic_v2 --manual_dir=/data/pickapic \
         --data_dir=/data/tfds [--skip_bad_records] [--allow_outside_paths] [--max_image_pixels=N]
 
-``manual_dir`` holds the raw files: for parquet formats ``train/`` and ``test/`` folders (or the
-files directly, all taken as ``train``); for ``jsonl``, ``train.jsonl`` / ``test.jsonl`` with
+``manual_dir`` holds the raw files: for parquet formats the dataset's files as published, every
+split kept as its own (a Hub download's ``data/<split>-NNNNN-of-NNNNN-<hash>.parquet``, the Hub's
+``default/<split>/`` parquet conversion, ``metadata-<split>.parquet``, or one folder per split;
+files with no split in their name or folder are ``train``); for ``jsonl``, ``train.jsonl`` / ``test.jsonl`` with
 their images, which must stay inside ``manual_dir`` unless ``--allow_outside_paths`` (see
 rdance.data.records). Images are stored as PNG/JPEG bytes and decoded on read, so neither
 building nor reading needs TensorFlow. The set is built in a hidden folder inside ``data_dir``
@@ -32,7 +34,8 @@ SKIP_HINT = "; or pass --skip_bad_records to skip and count such records"
 
 def convert(fmt: str, manual_dir: str, data_dir: str, skip_bad_records: bool = False,
             allow_outside_paths: bool = False, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> dict:
-    """Build the ArrayRecord files; returns the counts (written, ties, bad and bad/KIND)."""
+    """Build the ArrayRecord files; returns the counts over all splits (written, ties, bad and
+    bad/KIND) and, under ``splits``, each split's (an empty split, left out, has no ``written``)."""
     if fmt not in sources.FORMATS:
         raise ValueError(f"--format={fmt!r}; use one of {sources.FORMATS}")
     if not os.path.isdir(manual_dir):
@@ -63,15 +66,26 @@ def _build_and_move(fmt: str, manual_dir: str, scratch: str, data_dir: str, max_
         builder.download_and_prepare(download_config=tfds().download.DownloadConfig(manual_dir=manual_dir))
     os.makedirs(os.path.dirname(target), exist_ok=True)
     os.rename(builder.data_dir, target)
-    return {k: v for k, v in builder.counter.counts.items() if v}
+    counts = {k: v for k, v in builder.counter.counts.items() if v}
+    counts["splits"] = {split: {k: v for k, v in c.counts.items() if v}
+                        for split, c in sorted(builder.split_counters.items())}
+    return counts
 
 
 def summary(counts: dict) -> str:
-    """``written=5  bad=2 (not_utf8=1, wrong_type=1)  ties=1``."""
-    kinds = ", ".join(f"{k.split('/', 1)[1]}={v}" for k, v in sorted(counts.items()) if k.startswith("bad/"))
-    parts = [f"{k}={v}" + (f" ({kinds})" if k == "bad" and kinds else "")
-             for k, v in sorted(counts.items(), key=lambda kv: (kv[0] != "written", kv[0])) if "/" not in k]
-    return "  ".join(parts)
+    """``written=5  bad=2 (not_utf8=1, wrong_type=1)  ties=1``, then each split's when there are
+    several or one was left out: ``[train: written=4  ties=1 | validation: EMPTY, left out: ties=3]``."""
+    def line(c: dict) -> str:
+        kinds = ", ".join(f"{k.split('/', 1)[1]}={v}" for k, v in sorted(c.items()) if k.startswith("bad/"))
+        return "  ".join(f"{k}={v}" + (f" ({kinds})" if k == "bad" and kinds else "")
+                         for k, v in sorted(c.items(), key=lambda kv: (kv[0] != "written", kv[0]))
+                         if "/" not in k and k != "splits")
+    splits = counts.get("splits", {})
+    text = line(counts)
+    if len(splits) > 1 or any("written" not in c for c in splits.values()):
+        text += " [" + " | ".join(f"{s}: " + (line(c) if "written" in c else f"EMPTY, left out: {line(c) or 'no rows'}")
+                                 for s, c in splits.items()) + "]"
+    return text
 
 
 FORMAT = flags.DEFINE_enum("format", None, list(sources.FORMATS), "source layout")

@@ -33,10 +33,15 @@ def records():
     return [pairs[i] for i in range(6)]
 
 
+def totals(counts: dict) -> dict:
+    """A conversion's counts over all its splits (one split: that split's)."""
+    return {k: v for k, v in counts.items() if k != "splits"}
+
+
 def convert_and_read(tmp_path, fmt, manual, **kw):
     counts = ps.convert(fmt, str(manual), str(tmp_path / "tfds"), **kw)
     source = PreferenceSource(str(tmp_path / "tfds"), fmt)
-    return counts, [source[i] for i in range(len(source))]
+    return totals(counts), [source[i] for i in range(len(source))]
 
 
 def same(a: PreferenceRecord, b: PreferenceRecord):
@@ -69,6 +74,71 @@ def test_pickapic_v2_layout(tmp_path, records):
     assert counts == {"written": 5, "ties": 1}
     for a, b in zip(records[:5], back):
         same(a, b)
+
+
+def pickapic_rows(records, ties=()):
+    """Pick-a-Pic v2's columns for ``records`` (row i a tie when i is in ``ties``)."""
+    rows = {"caption": [r.prompt for r in records], "jpg_0": [png(r.images[0]) for r in records],
+            "jpg_1": [png(r.images[1]) for r in records],
+            "label_0": [0.5 if i in ties else float(r.label == 0) for i, r in enumerate(records)],
+            "label_1": [0.5 if i in ties else float(r.label == 1) for i, r in enumerate(records)]}
+    return pa.table(rows)
+
+
+def read_split(tmp_path, fmt, split):
+    source = PreferenceSource(str(tmp_path / "tfds"), fmt, split=split)
+    return [source[i] for i in range(len(source))]
+
+
+def test_pickapic_v2_hub_download_keeps_every_split_apart(tmp_path, records):
+    """A Hub download holds every split in data/ as <split>-NNNNN-of-NNNNN-<hash>.parquet: each is
+    written as its own split (no test row in train), and a split with no record left (all ties)
+    is reported by name and left out while the others are written."""
+    data = tmp_path / "raw" / "data"
+    data.mkdir(parents=True)
+    pq.write_table(pickapic_rows(records[:2]), data / "train-00000-of-00002-4f2b8c.parquet")
+    pq.write_table(pickapic_rows(records[2:3]), data / "train-00001-of-00002-9d1e07.parquet")
+    pq.write_table(pickapic_rows(records[3:4]), data / "validation-00000-of-00001-0a1b2c.parquet")
+    test = pickapic_rows(records[4:6] + records[:1])   # its last row unlabelled, as some of the set's are
+    test = test.append_column("has_label", pa.array([True, True, False]))
+    pq.write_table(test, data / "test-00000-of-00001-3c4d5e.parquet")
+    pq.write_table(pickapic_rows(records[:2], ties=(0, 1)), data / "validation_unique-00000-of-00001-6f7a8b.parquet")
+    counts = ps.convert("pickapic_v2", str(tmp_path / "raw"), str(tmp_path / "tfds"))
+    assert counts["splits"] == {"test": {"written": 2, "unlabelled": 1}, "train": {"written": 3}, "validation": {"written": 1},
+                                "validation_unique": {"ties": 2}}
+    assert totals(counts) == {"written": 6, "ties": 2, "unlabelled": 1}
+    for split, expected in (("train", records[:3]), ("validation", records[3:4]), ("test", records[4:6])):
+        back = read_split(tmp_path, "pickapic_v2", split)
+        assert len(back) == len(expected), split
+        for a, b in zip(expected, back):   # oriented by pixel content
+            same(a, b)
+    with pytest.raises(Exception, match="validation_unique"):
+        read_split(tmp_path, "pickapic_v2", "validation_unique")
+    assert ps.summary(counts) == ("written=6  ties=2  unlabelled=1 [test: written=2  unlabelled=1 | train: written=3 | validation: written=1 | "
+                                  "validation_unique: EMPTY, left out: ties=2]")
+
+
+def test_hub_parquet_conversion_layout_and_metadata_names(tmp_path, records):
+    """The Hub's refs/convert/parquet layout (default/<split>/NNNN.parquet) and ImageRewardDB's
+    metadata-<split>.parquet name their splits too; loose files are train."""
+    from rdance.data.sources import parquet_splits
+    root = tmp_path / "raw"
+    for rel in ("default/train/0000.parquet", "default/train/0001.parquet", "default/test/0000.parquet",
+                "metadata-validation.parquet", "loose.parquet", "data/also-loose.parquet"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"")
+    splits = {s: sorted(os.path.relpath(p, root) for p in ps_) for s, ps_ in parquet_splits(str(root)).items()}
+    assert splits == {"train": ["data/also-loose.parquet", "default/train/0000.parquet", "default/train/0001.parquet",
+                                "loose.parquet"],
+                      "test": ["default/test/0000.parquet"], "validation": ["metadata-validation.parquet"]}
+
+
+def test_no_split_with_a_record_is_one_error_and_writes_nothing(tmp_path, records):
+    (tmp_path / "raw").mkdir()
+    pq.write_table(pickapic_rows(records[:2], ties=(0, 1)), tmp_path / "raw" / "train-00000-of-00001.parquet")
+    with pytest.raises(BadRecord, match=r"no split of .*raw has a record to write: train: ties=2"):
+        ps.convert("pickapic_v2", str(tmp_path / "raw"), str(tmp_path / "tfds"))
+    assert not (tmp_path / "tfds").exists()
 
 
 def test_hpdv2_layout_gives_balanced_pairs(tmp_path, records):
@@ -107,7 +177,7 @@ def test_bad_records_stop_or_are_skipped_and_counted(tmp_path, records):
     with pytest.raises(BadRecord, match=r"row 0 of .*p.parquet: image cannot be decoded .*; or pass --skip_bad_records"):
         ps.convert("pickapic_v2", str(tmp_path / "raw"), str(tmp_path / "strict"))
     assert not (tmp_path / "strict").exists()  # nothing half-written, not even the folder
-    counts = ps.convert("pickapic_v2", str(tmp_path / "raw"), str(tmp_path / "lenient"), skip_bad_records=True)
+    counts = totals(ps.convert("pickapic_v2", str(tmp_path / "raw"), str(tmp_path / "lenient"), skip_bad_records=True))
     # the corrupt image, and the empty prompt of row 1
     assert counts == {"bad": 2, "bad/image_unreadable": 1, "bad/empty_prompt": 1, "written": 1}
 
@@ -164,7 +234,7 @@ def test_every_kind_of_bad_jsonl_record_is_skipped_and_counted(tmp_path, data):
            [{"prompt": "x", "images": resolve(images, data), "label": 1} for images, _, _ in IMAGE_PROBLEMS] +
            [{"prompt": "x", "images": ["large.png"], "label": 1}])  # 1600 pixels, over the limit of 1500
     write_lines(data, [good, *bad, dict(good, label=1)], name="train.jsonl")
-    counts = ps.convert("jsonl", str(data), str(tmp_path / "tfds"), skip_bad_records=True, max_image_pixels=1500)
+    counts = totals(ps.convert("jsonl", str(data), str(tmp_path / "tfds"), skip_bad_records=True, max_image_pixels=1500))
     kinds = collections.Counter(k for *_, k in FIELD_PROBLEMS + IMAGE_PROBLEMS + [("", "", "too_many_pixels")])
     assert counts == {"written": 2, "bad": len(bad), **{f"bad/{k}": n for k, n in kinds.items()}}
     source = PreferenceSource(str(tmp_path / "tfds"), "jsonl")
@@ -211,7 +281,7 @@ def test_command_stops_on_a_bad_record_with_one_line_and_writes_nothing(data_dir
 
 def test_outside_paths_convert_when_allowed_and_a_converted_set_is_kept(tmp_path, data):
     write_lines(data, [{"prompt": "x", "images": ["../outside.png", "link.png"], "label": 1}], name="train.jsonl")
-    assert ps.convert("jsonl", str(data), str(tmp_path / "tfds"), allow_outside_paths=True) == {"written": 1}
+    assert totals(ps.convert("jsonl", str(data), str(tmp_path / "tfds"), allow_outside_paths=True)) == {"written": 1}
     assert PreferenceSource(str(tmp_path / "tfds"), "jsonl")[0].images[0].shape == (4, 4, 3)
     with pytest.raises(FileExistsError, match=r"tfds/preference_set/jsonl/1.0.0 already holds a converted jsonl set; "
                                               r"delete that folder to convert again"):
