@@ -68,12 +68,12 @@ def builder_class():
                 if not found:
                     raise FileNotFoundError(f"nothing to convert in {root}; put train.jsonl or test.jsonl there")
             else:
-                found = sources.parquet_splits(root)
+                found = sources.find_splits(self.builder_config.name, root)
                 logging.info("splits found in %s: %s", root,
                              "  ".join(f"{s} ({len(p)} file{'s' * (len(p) > 1)})" for s, p in sorted(found.items())))
             generators = {}
             for split, source in sorted(found.items()):
-                examples = self._generate_examples(split, source)
+                examples = self._generate_examples(split, source, root)
                 # TFDS fails the whole build on a split that yields nothing: find out first.
                 first = next(examples, None)
                 if first is None:
@@ -89,12 +89,12 @@ def builder_class():
                                             for s, c in sorted(self.empty_splits.items())), "bad_file")
             return generators
 
-        def _generate_examples(self, split, source):
+        def _generate_examples(self, split, source, root):
             fmt = self.builder_config.name
             reader = sources.READERS[fmt]
             counter = self.split_counters[split] = sources.Counter(total=self.counter)
             items = (reader(source, counter, self.skip_bad_records, self.allow_outside_paths)
-                     if fmt == "jsonl" else reader(source, counter))
+                     if fmt == "jsonl" else reader(source, counter, root))
             for key, (where, make) in enumerate(items):
                 try:
                     record = validate(make(), where)

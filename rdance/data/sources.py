@@ -11,10 +11,18 @@ after their split; every split the files name is kept as that split.
 - Pick-a-Pic v2: ``caption``, ``jpg_0``, ``jpg_1`` (image bytes), ``label_0``, ``label_1``
   (1/0, or 0.5/0.5 for a tie; ties carry no preference and are skipped and counted), and where
   the file has it ``has_label`` (rows without a label are skipped and counted as ``unlabelled``).
-- HPDv2: ``prompt``, ``image`` (a list of images), ``human_preference`` (a list of 0/1, the
-  preferred image marked 1). Records with more than two images give one pair per other image.
-- ImageRewardDB: one image per row, ``prompt_id``, ``prompt``, ``image``, ``rank`` (1 = best);
-  images of one prompt are paired whenever their ranks differ.
+- HPDv2 as published: ``<split>.json`` arrays (train: ``prompt``, ``image_path`` (or
+  ``file_path``), ``human_preference``; test: ``prompt``, ``image_path``, ``rank``) with the images
+  in ``<split>/`` or ``<split>.zip``; or parquet with ``prompt``, ``image`` (a list of images) and
+  ``human_preference`` or ``rank``.
+- ImageRewardDB: one image per row, ``prompt_id``, ``prompt``, ``rank`` (1 = best) and the image:
+  ``image`` bytes, or as published ``image_path`` into ``images/<split>/<split>_N.zip``. Rows of
+  one prompt are consecutive; they are paired as they stream by, one prompt in memory at a time.
+
+Rankings become pairs as the datasets' authors pair them: every two images of a prompt, the
+lower rank wins, equal ranks are ties (skipped and counted); with ``human_preference`` the
+preferred image is paired with each other one. The winner's side alternates, so labels are
+balanced.
 
 An image cell may be raw bytes or a ``{"bytes": ..., "path": ...}`` struct (the Hugging Face
 datasets Image encoding).
@@ -25,6 +33,7 @@ converter can skip one bad record and go on.
 from __future__ import annotations
 
 import collections
+import functools
 import glob
 import itertools
 import os
@@ -35,14 +44,16 @@ import numpy as np
 
 from PIL import Image
 
+from rdance.data.files import ImageFiles, json_array
 from rdance.data.records import BadRecord, PreferenceRecord, decode_image, too_many_pixels
 
 FORMATS = ("jsonl", "pickapic_v2", "hpdv2", "imagerewarddb")
-_COLUMNS = {
+_COLUMNS = {   # every one of these, and at least one of each tuple in _ONE_OF
     "pickapic_v2": ("caption", "jpg_0", "jpg_1", "label_0", "label_1"),
-    "hpdv2": ("prompt", "image", "human_preference"),
-    "imagerewarddb": ("prompt_id", "prompt", "image", "rank"),
+    "hpdv2": ("prompt", "image"),
+    "imagerewarddb": ("prompt_id", "prompt", "rank"),
 }
+_ONE_OF = {"hpdv2": [("human_preference", "rank")], "imagerewarddb": [("image", "image_path")]}
 _OPTIONAL_COLUMNS = {"pickapic_v2": ("has_label",)}
 
 
@@ -70,6 +81,17 @@ def split_of(path: str, root: str) -> str:
     return "train" if folder in _CONTAINERS else re.sub(r"\W", "_", folder)
 
 
+def find_splits(fmt: str, root: str) -> dict[str, list[str]]:
+    """{split: its files}: HPDv2's published ``<split>.json`` files where there are any, else
+    the parquet files (:func:`parquet_splits`)."""
+    if fmt == "hpdv2":
+        published = {name[:-5]: [os.path.join(root, name)] for name in sorted(os.listdir(root))
+                     if re.fullmatch(r"\w+\.json", name)}
+        if published:
+            return published
+    return parquet_splits(root)
+
+
 def parquet_splits(root: str) -> dict[str, list[str]]:
     """{split: its parquet files} for every split under ``root``."""
     splits: dict[str, list[str]] = collections.defaultdict(list)
@@ -81,12 +103,15 @@ def parquet_splits(root: str) -> dict[str, list[str]]:
 def _rows(path: str, fmt: str) -> Iterator[dict]:
     import pyarrow.parquet as pq
     table = pq.ParquetFile(path)
-    missing = [c for c in _COLUMNS[fmt] if c not in table.schema_arrow.names]
+    names = table.schema_arrow.names
+    missing = [c for c in _COLUMNS[fmt] if c not in names]
+    missing += [" or ".join(group) for group in _ONE_OF.get(fmt, []) if not set(group) & set(names)]
     if missing:
         raise BadRecord(f"{path}: not the {fmt} layout, missing column(s) {', '.join(missing)}; "
-                        f"found {', '.join(table.schema_arrow.names)}", "bad_file")
-    optional = [c for c in _OPTIONAL_COLUMNS.get(fmt, ()) if c in table.schema_arrow.names]
-    for batch in table.iter_batches(columns=[*_COLUMNS[fmt], *optional], batch_size=256):
+                        f"found {', '.join(names)}", "bad_file")
+    present = [c for group in _ONE_OF.get(fmt, []) for c in group if c in names]
+    optional = [c for c in _OPTIONAL_COLUMNS.get(fmt, ()) if c in names]
+    for batch in table.iter_batches(columns=[*_COLUMNS[fmt], *present, *optional], batch_size=64):
         yield from batch.to_pylist()
 
 
@@ -127,7 +152,7 @@ class Counter:
 Lazy = Iterator[tuple[str, Callable[[], PreferenceRecord]]]
 
 
-def pickapic_v2(paths: list[str], counter: Counter) -> Lazy:
+def pickapic_v2(paths: list[str], counter: Counter, root: str) -> Lazy:
     for path in paths:
         for i, row in enumerate(_rows(path, "pickapic_v2")):
             where = f"row {i} of {path}"
@@ -142,38 +167,89 @@ def pickapic_v2(paths: list[str], counter: Counter) -> Lazy:
                 int(row["label_1"] > row["label_0"]))
 
 
-def hpdv2(paths: list[str], counter: Counter) -> Lazy:
-    def pair(row, where, first, second, best):
-        prefs, cells = row["human_preference"] or [], row["image"] or []
-        if len(prefs) != len(cells) or len(cells) < 2 or sum(prefs) != 1:
-            raise BadRecord(f"{where}: expected >= 2 images with exactly one preferred, got "
-                            f"{len(cells)} images and human_preference={prefs}", "image_count")
-        return PreferenceRecord(row["prompt"] or "", (_image(cells[first], where), _image(cells[second], where)),
-                                int(second == best))
-
-    for path in paths:
-        for i, row in enumerate(_rows(path, "hpdv2")):
-            where = f"row {i} of {path}"
-            prefs = row["human_preference"] or [0, 0]
-            best = int(np.argmax(prefs))
-            for other in (o for o in range(max(len(prefs), 2)) if o != best):
-                # Alternate the winner's position so labels are balanced.
-                first, second = (best, other) if other % 2 else (other, best)
-                yield where, lambda row=row, where=where, f=first, s=second, b=best: pair(row, where, f, s, b)
+def ranked_pairs(ranks: list, counter: Counter) -> Iterator[tuple[int, int, int]]:
+    """(first, second, label) for every two items whose ranks differ (lower wins; label 1 when
+    ``second`` wins), the winner's side alternating; equal ranks are counted as ties."""
+    made = 0
+    for a, b in itertools.combinations(range(len(ranks)), 2):
+        if ranks[a] == ranks[b]:
+            counter.add("ties")
+            continue
+        winner, loser = (a, b) if ranks[a] < ranks[b] else (b, a)
+        yield (loser, winner, 1) if made % 2 else (winner, loser, 0)
+        made += 1
 
 
-def imagerewarddb(paths: list[str], counter: Counter) -> Lazy:
-    groups: dict = collections.defaultdict(list)
-    for path in paths:
-        for i, row in enumerate(_rows(path, "imagerewarddb")):
-            groups[row["prompt_id"]].append((f"row {i} of {path}", row))
-    for prompt_id, rows in groups.items():
-        for (wa, a), (wb, b) in itertools.combinations(rows, 2):
-            if a["rank"] == b["rank"]:
-                counter.add("ties")
+def _hpdv2_ranks(row: dict, count: int, where: str) -> list:
+    """Ranks from ``rank``, else from ``human_preference`` (the one preferred image first, the
+    others tied behind it, so only pairs with the preferred image are made)."""
+    if row.get("rank") is not None:
+        ranks = list(row["rank"])
+    else:
+        prefs = list(row.get("human_preference") or [])
+        if len(prefs) != count or sum(prefs) != 1:
+            raise BadRecord(f"{where}: expected a rank per image, or human_preference with exactly one "
+                            f"preferred, for {count} images; got human_preference={prefs}", "image_count")
+        ranks = [0 if p else 1 for p in prefs]
+    if len(ranks) != count or count < 2:
+        raise BadRecord(f"{where}: {count} images and {len(ranks)} ranks; a record needs two or more "
+                        "images, one rank each", "image_count")
+    return ranks
+
+
+def hpdv2(source: list[str], counter: Counter, root: str) -> Lazy:
+    """HPDv2 records from its published ``<split>.json`` (images by path) or from parquet."""
+    files = ImageFiles(root)
+    for path in source:
+        is_json = path.endswith(".json")
+        split = os.path.splitext(os.path.basename(path))[0]
+        rows = json_array(path) if is_json else _rows(path, "hpdv2")
+        for i, row in enumerate(rows):
+            where = f"{'element' if is_json else 'row'} {i} of {path}"
+            cells = (row.get("image_path") or row.get("file_path") or []) if is_json else (row["image"] or [])
+            if not isinstance(cells, list):
+                raise BadRecord(f"{where}: image_path is a {type(cells).__name__}, not a list of images", "wrong_type")
+            try:
+                ranks = _hpdv2_ranks(row, len(cells), where)
+            except BadRecord as e:   # a bad record, skipped or not like every other
+                yield where, functools.partial(_raise, e)
                 continue
-            yield f"{wa} and {wb} (prompt_id {prompt_id})", lambda a=a, b=b, wa=wa, wb=wb: PreferenceRecord(
-                a["prompt"] or "", (_image(a["image"], wa), _image(b["image"], wb)), int(b["rank"] < a["rank"]))
+            if not is_json:
+                def image(k, row=row, where=where):
+                    return _image(row["image"][k], where)
+            else:
+                def image(k, cells=cells, where=where):
+                    name = cells[k] if "/" in cells[k] else f"{split}/{cells[k]}"
+                    return _image(files.read(name, where), where)
+            for first, second, label in ranked_pairs(ranks, counter):
+                yield where, lambda f=first, s=second, label=label, row=row, image=image: PreferenceRecord(
+                    row.get("prompt") or "", (image(f), image(s)), label)
+
+
+def _raise(error: Exception):
+    raise error
+
+
+def _consecutive_groups(rows: Iterator[tuple[str, dict]], key: str) -> Iterator[list[tuple[str, dict]]]:
+    for _, group in itertools.groupby(rows, key=lambda item: item[1][key]):
+        yield list(group)
+
+
+def imagerewarddb(paths: list[str], counter: Counter, root: str) -> Lazy:
+    """Pairs of each prompt's images as its rows stream by (one prompt in memory at a time)."""
+    files = ImageFiles(root)
+
+    def image(row, where):
+        data = row["image"] if row.get("image") is not None else files.read(row["image_path"], where)
+        return _image(data, where)
+
+    rows = ((f"row {i} of {path}", row) for path in paths for i, row in enumerate(_rows(path, "imagerewarddb")))
+    for group in _consecutive_groups(rows, "prompt_id"):
+        prompt_id = group[0][1]["prompt_id"]
+        for first, second, label in ranked_pairs([row["rank"] for _, row in group], counter):
+            (wa, a), (wb, b) = group[first], group[second]
+            yield f"{wa} and {wb} (prompt_id {prompt_id})", lambda a=a, b=b, wa=wa, wb=wb, label=label: PreferenceRecord(
+                a["prompt"] or "", (image(a, wa), image(b, wb)), label)
 
 
 def jsonl(path: str, counter: Counter, skip_bad_records: bool = False,
