@@ -9,7 +9,8 @@ split kept as its own (rdance.data.sources.parquet_splits: a Hub download folder
 parquet conversion, ``metadata-<split>.parquet``, or one folder per split; files with no split
 in their name or folder are ``train``); for ``jsonl``, ``train.jsonl`` / ``test.jsonl`` with
 their images (see rdance.data.records). Images are stored as PNG/JPEG bytes and decoded on
-read, so neither building nor reading needs TensorFlow. A split in which no record survives
+read, so neither building nor reading needs TensorFlow; the public sets' images are stored in
+their own encoding, as the dataset holds them (decoded once to check them, never re-encoded). A split in which no record survives
 (all ties, or every record skipped) is left out and reported with its counts; the others are
 written.
 """
@@ -111,10 +112,14 @@ def builder_class():
 
 
 def to_example(record: PreferenceRecord) -> dict:
+    """The stored example: a still's source bytes as they are where the record has them (JPEG
+    stays JPEG), otherwise PNG."""
     frames = [im.shape[0] if im.ndim == 4 else 1 for im in record.images]
-    stills = [f for im in record.images for f in (im if im.ndim == 4 else [im])]
+    source = record.encoded or (None,) * len(record.images)
+    stills = [data if data is not None and im.ndim == 3 else encode_png(frame)
+              for im, data in zip(record.images, source) for frame in (im if im.ndim == 4 else [im])]
     return {"prompt": record.prompt, "criteria": record.criteria, "rationale": record.rationale,
-            "label": int(record.label), "images": [encode_png(f) for f in stills], "frames": frames}
+            "label": int(record.label), "images": stills, "frames": frames}
 
 
 def from_example(example: dict) -> PreferenceRecord:

@@ -49,6 +49,10 @@ class PreferenceRecord:
     label: int
     criteria: str = ""
     rationale: str = ""
+    # The source's own encoded bytes of each still image (None where there are none, e.g. a
+    # clip): the conversion stores these as they are, never re-encoding (a photo's JPEG grows
+    # 4-9x as PNG), and reading decodes them to ``images``.
+    encoded: tuple[bytes | None, ...] = dataclasses.field(default=(), compare=False, repr=False)
 
     @property
     def kind(self) -> str:
@@ -228,11 +232,13 @@ class JsonlRecords:
     ``allow_outside_paths``: a shared data set must not make its reader open arbitrary files.
     """
 
-    def __init__(self, path: str, skip_bad_records: bool = False, allow_outside_paths: bool = False):
+    def __init__(self, path: str, skip_bad_records: bool = False, allow_outside_paths: bool = False,
+                 keep_encoded: bool = False):
         if not os.path.exists(path):
             raise FileNotFoundError(f"preference file {path} does not exist")
         self.path, self.root, self.skip = path, os.path.dirname(os.path.abspath(path)), skip_bad_records
         self.allow_outside_paths = allow_outside_paths
+        self.keep_encoded = keep_encoded   # the conversion stores still images' file bytes as they are
         self.entries: list[tuple[int, dict]] = []
         self.skipped: collections.Counter = collections.Counter()  # kind of problem -> lines
         with open(path, "rb") as f:  # bytes: a line that is not UTF-8 is one bad record
@@ -264,9 +270,18 @@ class JsonlRecords:
     def __getitem__(self, index: int) -> PreferenceRecord:
         entry, where = self.entries[index][1], self.where(index)
         images = tuple(self._load(item, f"images[{i}]", where) for i, item in enumerate(entry["images"]))
+        encoded = ()
+        if self.keep_encoded:
+            encoded = tuple(None if isinstance(item, list) else self._file_bytes(item, f"images[{i}]", where)
+                            for i, item in enumerate(entry["images"]))
         record = PreferenceRecord(prompt=entry["prompt"], images=images, label=entry["label"],
-                                  criteria=entry.get("criteria") or "", rationale=entry.get("rationale") or "")
+                                  criteria=entry.get("criteria") or "", rationale=entry.get("rationale") or "",
+                                  encoded=encoded)
         return validate(record, where)
+
+    def _file_bytes(self, item: str, field: str, where: str) -> bytes:
+        with open(self._inside_root(item, field, where), "rb") as f:
+            return f.read()
 
     def _load(self, item: str | list, field: str, where: str) -> np.ndarray:
         if isinstance(item, list):  # a video clip: frame paths

@@ -115,16 +115,21 @@ def _rows(path: str, fmt: str) -> Iterator[dict]:
         yield from batch.to_pylist()
 
 
-def _image(cell, where: str) -> np.ndarray:
+def _image(cell, where: str) -> tuple[np.ndarray, bytes]:
+    """(the decoded image, its encoded bytes as the dataset stores them)."""
     data = cell.get("bytes") if isinstance(cell, dict) else cell
     if not data:
         raise BadRecord(f"{where}: empty image cell", "image_unreadable")
     try:
-        return decode_image(data)
+        return decode_image(data), data
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise too_many_pixels(f"{where}: image", e) from None
     except Exception as e:  # PIL raises several types for corrupt data
         raise BadRecord(f"{where}: image cannot be decoded ({e})", "image_unreadable") from None
+
+
+def _pair(prompt: str, first: tuple[np.ndarray, bytes], second: tuple[np.ndarray, bytes], label: int) -> PreferenceRecord:
+    return PreferenceRecord(prompt, (first[0], second[0]), label, encoded=(first[1], second[1]))
 
 
 class Counter:
@@ -162,8 +167,8 @@ def pickapic_v2(paths: list[str], counter: Counter, root: str) -> Lazy:
             if row["label_0"] == row["label_1"]:
                 counter.add("ties")
                 continue
-            yield where, lambda row=row, where=where: PreferenceRecord(
-                row["caption"] or "", (_image(row["jpg_0"], where), _image(row["jpg_1"], where)),
+            yield where, lambda row=row, where=where: _pair(
+                row["caption"] or "", _image(row["jpg_0"], where), _image(row["jpg_1"], where),
                 int(row["label_1"] > row["label_0"]))
 
 
@@ -222,8 +227,8 @@ def hpdv2(source: list[str], counter: Counter, root: str) -> Lazy:
                     name = cells[k] if "/" in cells[k] else f"{split}/{cells[k]}"
                     return _image(files.read(name, where), where)
             for first, second, label in ranked_pairs(ranks, counter):
-                yield where, lambda f=first, s=second, label=label, row=row, image=image: PreferenceRecord(
-                    row.get("prompt") or "", (image(f), image(s)), label)
+                yield where, lambda f=first, s=second, label=label, row=row, image=image: _pair(
+                    row.get("prompt") or "", image(f), image(s), label)
 
 
 def _raise(error: Exception):
@@ -248,14 +253,15 @@ def imagerewarddb(paths: list[str], counter: Counter, root: str) -> Lazy:
         prompt_id = group[0][1]["prompt_id"]
         for first, second, label in ranked_pairs([row["rank"] for _, row in group], counter):
             (wa, a), (wb, b) = group[first], group[second]
-            yield f"{wa} and {wb} (prompt_id {prompt_id})", lambda a=a, b=b, wa=wa, wb=wb, label=label: PreferenceRecord(
-                a["prompt"] or "", (image(a, wa), image(b, wb)), label)
+            yield f"{wa} and {wb} (prompt_id {prompt_id})", lambda a=a, b=b, wa=wa, wb=wb, label=label: _pair(
+                a["prompt"] or "", image(a, wa), image(b, wb), label)
 
 
 def jsonl(path: str, counter: Counter, skip_bad_records: bool = False,
           allow_outside_paths: bool = False) -> Lazy:
     from rdance.data.records import JsonlRecords
-    source = JsonlRecords(path, skip_bad_records=skip_bad_records, allow_outside_paths=allow_outside_paths)
+    source = JsonlRecords(path, skip_bad_records=skip_bad_records, allow_outside_paths=allow_outside_paths,
+                          keep_encoded=True)
     for kind, n in source.skipped.items():
         counter.add_bad(kind, n)
     for i in range(len(source)):

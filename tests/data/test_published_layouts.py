@@ -150,3 +150,38 @@ def test_json_array_streams_in_small_chunks_and_names_a_truncated_file(tmp_path)
     path.write_text(json.dumps(items)[:-40])
     with pytest.raises(BadRecord, match=r"train.json: element 299 is not valid JSON .* download it again"):
         list(json_array(str(path), 100))
+
+
+def photo(seed: int, size: int = 256) -> np.ndarray:
+    """A photo-like image (smooth gradients and noise), which JPEG holds far smaller than PNG."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[:size, :size] / size
+    base = np.stack([np.sin(6 * x + seed), np.cos(5 * y), x * y], -1) * 100 + 128
+    return np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+
+
+def test_source_bytes_are_stored_as_they_are(tmp_path):
+    """A Pick-a-Pic parquet of JPEGs is stored as those JPEGs (no PNG re-encoding, so the set is
+    about its source's size) and reads back as they decode; a JSONL set's JPEG files likewise."""
+    jpegs = [encoded(photo(k), "JPEG") for k in range(8)]
+    rows = {"caption": [f"photo {k}" for k in range(4)], "jpg_0": jpegs[0::2], "jpg_1": jpegs[1::2],
+            "label_0": [1.0, 0.0, 1.0, 0.0], "label_1": [0.0, 1.0, 0.0, 1.0]}
+    (tmp_path / "raw").mkdir()
+    pq.write_table(pa.table(rows), tmp_path / "raw" / "train-00000-of-00001.parquet")
+    from rdance.run import preference_set as ps
+    ps.convert("pickapic_v2", str(tmp_path / "raw"), str(tmp_path / "tfds"))
+    raw = PreferenceSource(str(tmp_path / "tfds"), "pickapic_v2").source   # the stored examples
+    assert [bytes(b) for k in range(4) for b in raw[k]["images"]] == jpegs   # the JPEGs themselves
+    back = read(tmp_path / "tfds", "pickapic_v2", "train")
+    for k, record in enumerate(back):
+        for side in (0, 1):
+            want = np.asarray(Image.open(io.BytesIO(jpegs[2 * k + side])).convert("RGB"))
+            np.testing.assert_array_equal(record.images[side], want)
+
+    from rdance.data.records import JsonlRecords
+    (tmp_path / "jsonl").mkdir()
+    for k in range(2):
+        (tmp_path / "jsonl" / f"{k}.jpg").write_bytes(jpegs[k])
+    (tmp_path / "jsonl" / "train.jsonl").write_text(json.dumps({"prompt": "p", "images": ["0.jpg", "1.jpg"], "label": 1}))
+    record = JsonlRecords(str(tmp_path / "jsonl" / "train.jsonl"), keep_encoded=True)[0]
+    assert record.encoded == (jpegs[0], jpegs[1])
