@@ -17,7 +17,7 @@ from PIL import Image
 from rdance.data.files import ImageFiles, json_array
 from rdance.data.preference_builder import PreferenceSource
 from rdance.data.records import BadRecord
-from tests.conftest import REPO
+from tests.conftest import REPO, environment, metrics_by_step
 
 
 def encoded(image: np.ndarray, fmt: str) -> bytes:
@@ -72,16 +72,27 @@ def hpdv2(tmp_path_factory):
     return root, train_images, test_images
 
 
-def test_hpdv2_as_published(tmp_path, hpdv2):
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory, hpdv2, imagerewarddb):
+    """Both sets converted by the command as a user types it, into one data dir: {format: stdout}."""
+    data_dir = tmp_path_factory.mktemp("tfds")
+    out = {}
+    for fmt, (root, *_) in (("hpdv2", hpdv2), ("imagerewarddb", imagerewarddb)):
+        run = convert(fmt, root, data_dir)
+        assert run.returncode == 0, run.stderr[-3000:]
+        out[fmt] = run.stdout
+    return data_dir, out
+
+
+def test_hpdv2_as_published(converted, hpdv2):
     root, train_images, test_images = hpdv2
-    run = convert("hpdv2", root, tmp_path / "tfds")
-    assert run.returncode == 0, run.stderr[-3000:]
+    tfds_dir, printed = converted
     # train: one pair a record; test: every two images of a prompt whose ranks differ (one tie).
-    assert run.stdout.splitlines()[-1] == (f"written=7  ties=1 [test: written=5  ties=1 | train: written=2]; "
-                                           f"read it as tfds:{tmp_path / 'tfds'}:hpdv2")
-    train = read(tmp_path / "tfds", "hpdv2", "train")
+    assert printed["hpdv2"].splitlines()[-1] == (f"written=7  ties=1 [test: written=5  ties=1 | train: written=2]; "
+                                           f"read it as tfds:{tfds_dir}:hpdv2")
+    train = read(tfds_dir, "hpdv2", "train")
     assert [key(r.images[r.label]) for r in train] == [key(train_images[1]), key(train_images[2])]
-    test = read(tmp_path / "tfds", "hpdv2", "test")
+    test = read(tfds_dir, "hpdv2", "test")
     winners = [(r.prompt, key(r.images[r.label]), key(r.images[1 - r.label])) for r in test]
     k = [key(im) for im in test_images]
     assert sorted(winners) == sorted([("a red car", k[1], k[0]), ("a red car", k[0], k[2]), ("a red car", k[1], k[2]),
@@ -114,13 +125,12 @@ def imagerewarddb(tmp_path_factory):
     return root, made
 
 
-def test_imagerewarddb_as_published(tmp_path, imagerewarddb):
-    root, made = imagerewarddb
-    run = convert("imagerewarddb", root, tmp_path / "tfds")
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.splitlines()[-1].startswith("written=9 [test: written=3 | train: written=6]")
+def test_imagerewarddb_as_published(converted, imagerewarddb):
+    _, made = imagerewarddb
+    tfds_dir, printed = converted
+    assert printed["imagerewarddb"].splitlines()[-1].startswith("written=9 [test: written=3 | train: written=6]")
     for split, prompts in (("train", ["p0", "p1"]), ("test", ["p2"])):
-        pairs = read(tmp_path / "tfds", "imagerewarddb", split)
+        pairs = read(tfds_dir, "imagerewarddb", split)
         assert {r.prompt for r in pairs} == {f"prompt {p}" for p in prompts}
         for r in pairs:   # ranks [3, 1, 2]: image 1 beats both, image 2 beats image 0
             ims = made[r.prompt.split()[-1]]
@@ -185,3 +195,22 @@ def test_source_bytes_are_stored_as_they_are(tmp_path):
     (tmp_path / "jsonl" / "train.jsonl").write_text(json.dumps({"prompt": "p", "images": ["0.jpg", "1.jpg"], "label": 1}))
     record = JsonlRecords(str(tmp_path / "jsonl" / "train.jsonl"), keep_encoded=True)[0]
     assert record.encoded == (jpegs[0], jpegs[1])
+
+
+def test_a_reward_model_trains_on_each_converted_set(tmp_path, converted, compile_cache):
+    """Two steps of rdance.run.train_reward on each set's train split, evaluated on its test
+    split, through grain as any converted set is read."""
+    from tests.reward.test_train_reward import TINY
+    tfds_dir, _ = converted
+    flags = [f for f in TINY if not f.startswith(("--config.train.steps", "--config.data.eval_sets",
+                                                  "--config.train.eval_every", "--config.data.eval_pairs"))]
+    for fmt in ("hpdv2", "imagerewarddb"):
+        workdir = tmp_path / fmt
+        run = subprocess.run([sys.executable, "-m", "rdance.run.train_reward", f"--workdir={workdir}", *flags,
+                              f"--config.data.train=tfds:{tfds_dir}:{fmt}:train",
+                              f"--config.data.eval_sets=held_out=tfds:{tfds_dir}:{fmt}:test",
+                              "--config.data.eval_pairs=2", "--config.train.steps=2", "--config.train.eval_every=2"],
+                             cwd=REPO, env=environment(devices=2, cache=compile_cache), capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-3000:]
+        last = metrics_by_step(workdir)[2]
+        assert np.isfinite(last["loss"]) and 0.0 <= last["eval/held_out/accuracy"] <= 1.0, last
