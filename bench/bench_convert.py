@@ -4,10 +4,10 @@
 
 Writes synthetic Pick-a-Pic v2 parquet files (two photo-like JPEGs a row, 512-768 px, quality
 90, as the set's images are), converts each with ``python -m rdance.run.preference_set`` in a
-child process (one process: the converter has no parallel path yet), and prints one table:
-rows, input MB, output MB and their ratio, wall time, rows/s, and the child's peak RSS, so two
-sizes show whether memory stays bounded. The last line projects Pick-a-Pic v2's train split
-(959,040 rows) at the rate between the two largest sizes (start-up left out).
+child process, with one decoding thread and with one per core (``--workers``), and prints one
+table: rows, workers, input MB, output MB and their ratio, wall time, rows/s, and the child's
+peak RSS, so two sizes show whether memory stays bounded. The last lines project Pick-a-Pic
+v2's train split (959,040 rows) at the rate between the two largest sizes (start-up left out).
 """
 from __future__ import annotations
 
@@ -69,11 +69,11 @@ CHILD = ("import atexit, resource, runpy, sys; "
          "runpy.run_module('rdance.run.preference_set', run_name='__main__')")
 
 
-def convert(raw: str, out: str) -> tuple[float, float]:
+def convert(raw: str, out: str, workers: int) -> tuple[float, float]:
     """(wall seconds, the converting process's peak RSS in MB)."""
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", CHILD, "--format=pickapic_v2", f"--manual_dir={raw}",
-                           f"--data_dir={out}"], cwd=REPO, capture_output=True, text=True,
+                           f"--data_dir={out}", f"--workers={workers}"], cwd=REPO, capture_output=True, text=True,
                           env=dict(os.environ, JAX_PLATFORMS="cpu"))
     wall = time.perf_counter() - start
     if done.returncode:
@@ -88,25 +88,28 @@ def main():
     parser.add_argument("--min_px", type=int, default=512)
     parser.add_argument("--max_px", type=int, default=768)
     args = parser.parse_args()
-    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; one converting process")
-    print("| rows | input MB | output MB | output / input | wall s | rows/s | peak RSS MB |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
-    runs = []
+    cores = os.cpu_count() or 1
+    print(f"CPU: {cpu_name()}, {cores} cores; one converting process")
+    print("| rows | workers | input MB | output MB | output / input | wall s | rows/s | peak RSS MB |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    runs: dict[int, list] = {1: [], cores: []}
     for rows in map(int, args.rows.split(",")):
         with tempfile.TemporaryDirectory() as tmp:
-            raw, out = os.path.join(tmp, "raw"), os.path.join(tmp, "tfds")
+            raw = os.path.join(tmp, "raw")
             size_in = write_set(raw, rows, args.min_px, args.max_px)
-            wall, peak = convert(raw, out)
-            size_out = folder_bytes(out)
-            runs.append((rows, wall))
-            print(f"| {rows} | {size_in / 1e6:.1f} | {size_out / 1e6:.1f} | {size_out / size_in:.2f} | {wall:.1f} | "
-                  f"{rows / wall:.1f} | {peak:.0f} |")
-    # The rate between the two largest sizes leaves out the start-up both pay (imports, TFDS setup).
-    (rows_a, wall_a), (rows_b, wall_b) = runs[-2:] if len(runs) > 1 else ((0, 0.0), runs[-1])
-    rate = (rows_b - rows_a) / (wall_b - wall_a)
-    hours = PICKAPIC_TRAIN_ROWS / rate / 3600
-    print(f"marginal rate {rate:.1f} rows/s: Pick-a-Pic v2 train ({PICKAPIC_TRAIN_ROWS:,} rows) in one process "
-          f"{hours:.1f} h")
+            for workers in runs:
+                out = os.path.join(tmp, f"tfds{workers}")
+                wall, peak = convert(raw, out, workers)
+                size_out = folder_bytes(out)
+                runs[workers].append((rows, wall))
+                print(f"| {rows} | {workers} | {size_in / 1e6:.1f} | {size_out / 1e6:.1f} | {size_out / size_in:.2f} | "
+                      f"{wall:.1f} | {rows / wall:.1f} | {peak:.0f} |")
+    for workers, done in runs.items():
+        # The rate between the two largest sizes leaves out the start-up both pay (imports, TFDS setup).
+        (rows_a, wall_a), (rows_b, wall_b) = done[-2:] if len(done) > 1 else ((0, 0.0), done[-1])
+        rate = (rows_b - rows_a) / max(wall_b - wall_a, 1e-9)
+        print(f"{workers} worker(s): marginal rate {rate:.1f} rows/s; Pick-a-Pic v2 train "
+              f"({PICKAPIC_TRAIN_ROWS:,} rows) {PICKAPIC_TRAIN_ROWS / rate / 3600:.1f} h on this machine")
 
 
 def cpu_name() -> str:

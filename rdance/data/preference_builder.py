@@ -16,9 +16,12 @@ written.
 """
 from __future__ import annotations
 
+import collections
 import functools
 import itertools
 import os
+from concurrent import futures
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 from absl import logging
@@ -32,9 +35,35 @@ def tfds():
     return tensorflow_datasets
 
 
+class _LocalFiles:
+    """What TFDS's shuffler asks of ``tf.io.gfile`` and ``tf.errors``, on local files."""
+    class io:  # noqa: N801 (mirrors tf.io)
+        class gfile:  # noqa: N801
+            GFile = staticmethod(open)
+            exists = staticmethod(os.path.exists)
+            remove = staticmethod(os.remove)
+
+    class errors:  # noqa: N801
+        class ResourceExhaustedError(OSError):
+            message = ""
+
+
+def _spill_without_tensorflow() -> None:
+    """TFDS's writer holds a split in memory up to 1 GB, then spills it to bucket files through
+    ``tf.io.gfile``: without TensorFlow, which conversion must not need, any split over 1 GB
+    crashed with ModuleNotFoundError. The buckets are scratch files in the local build folder,
+    so plain files serve."""
+    try:
+        import tensorflow  # noqa: F401 (present: TFDS's own path works)
+    except ImportError:
+        from tensorflow_datasets.core import shuffle
+        shuffle.tf = _LocalFiles
+
+
 @functools.cache  # TFDS registers the class by name: define it once
 def builder_class():
     core, features = tfds().core, tfds().features
+    _spill_without_tensorflow()
 
     class PreferenceSet(core.GeneratorBasedBuilder):
         """Pairwise or pointwise preference records with encoded images."""
@@ -42,8 +71,10 @@ def builder_class():
         BUILDER_CONFIGS = [core.BuilderConfig(name=f) for f in sources.FORMATS]
         MANUAL_DOWNLOAD_INSTRUCTIONS = __doc__
 
-        def __init__(self, *, skip_bad_records: bool = False, allow_outside_paths: bool = False, **kwargs):
+        def __init__(self, *, skip_bad_records: bool = False, allow_outside_paths: bool = False, workers: int = 1,
+                     **kwargs):
             self.skip_bad_records, self.allow_outside_paths = skip_bad_records, allow_outside_paths
+            self.workers = workers
             self.counter = sources.Counter()
             self.split_counters: dict[str, sources.Counter] = {}
             self.empty_splits: dict[str, dict] = {}   # split -> its counts, for splits with no record
@@ -96,19 +127,44 @@ def builder_class():
             counter = self.split_counters[split] = sources.Counter(total=self.counter)
             items = (reader(source, counter, self.skip_bad_records, self.allow_outside_paths)
                      if fmt == "jsonl" else reader(source, counter, root))
-            for key, (where, make) in enumerate(items):
-                try:
-                    record = validate(make(), where)
-                except BadRecord as e:
+            # Keys are source positions, so the set is the same whatever the number of workers.
+            for key, (record, error) in enumerate(ordered_map(decode_and_check, items, self.workers)):
+                if error is not None:
                     if not self.skip_bad_records:
-                        raise
-                    counter.add_bad(e.kind)
-                    logging.warning("skipping bad record: %s", e)
+                        raise error
+                    counter.add_bad(error.kind)
+                    logging.warning("skipping bad record: %s", error)
                     continue
                 counter.add("written")
                 yield key, to_example(record)
 
     return PreferenceSet
+
+
+def decode_and_check(item: tuple[str, Callable[[], PreferenceRecord]]) -> tuple[PreferenceRecord | None,
+                                                                              BadRecord | None]:
+    where, make = item
+    try:
+        return validate(make(), where), None
+    except BadRecord as e:
+        return None, e
+
+
+def ordered_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
+    """``map(fn, items)`` in order, on ``workers`` threads with at most ``2 * workers`` items in
+    flight, so memory stays bounded on a set of any size. Threads suffice: the work is image
+    decoding, which PIL does with the GIL released."""
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    with futures.ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
+        in_flight: collections.deque = collections.deque()
+        for item in items:
+            in_flight.append(pool.submit(fn, item))
+            if len(in_flight) >= 2 * workers:
+                yield in_flight.popleft().result()
+        while in_flight:
+            yield in_flight.popleft().result()
 
 
 def to_example(record: PreferenceRecord) -> dict:

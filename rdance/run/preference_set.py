@@ -1,7 +1,7 @@
 """Preference sets converted once to ArrayRecord through a TFDS builder, read back by grain.
 
     python -m rdance.run.preference_set --format=pickapic_v2 --manual_dir=/data/pickapic \
-        --data_dir=/data/tfds [--skip_bad_records] [--allow_outside_paths] [--max_image_pixels=N]
+        --data_dir=/data/tfds [--workers=N] [--skip_bad_records] [--allow_outside_paths] [--max_image_pixels=N]
 
 ``manual_dir`` holds the raw files: for parquet formats the dataset's files as published, every
 split kept as its own (a Hub download's ``data/<split>-NNNNN-of-NNNNN-<hash>.parquet``, the Hub's
@@ -33,7 +33,8 @@ SKIP_HINT = "; or pass --skip_bad_records to skip and count such records"
 
 
 def convert(fmt: str, manual_dir: str, data_dir: str, skip_bad_records: bool = False,
-            allow_outside_paths: bool = False, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> dict:
+            allow_outside_paths: bool = False, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+            workers: int = 1) -> dict:
     """Build the ArrayRecord files; returns the counts over all splits (written, ties, bad and
     bad/KIND) and, under ``splits``, each split's (an empty split, left out, has no ``written``)."""
     if fmt not in sources.FORMATS:
@@ -46,7 +47,8 @@ def convert(fmt: str, manual_dir: str, data_dir: str, skip_bad_records: bool = F
     try:
         with tempfile.TemporaryDirectory(prefix=f".{fmt}-incomplete-", dir=data_dir) as scratch:
             return _build_and_move(fmt, manual_dir, scratch, data_dir, max_image_pixels,
-                                   skip_bad_records=skip_bad_records, allow_outside_paths=allow_outside_paths)
+                                   skip_bad_records=skip_bad_records, allow_outside_paths=allow_outside_paths,
+                                   workers=workers)
     except BadRecord as e:
         hint = "" if e.kind == "bad_file" or skip_bad_records else SKIP_HINT
         raise BadRecord(f"{e}{hint}", e.kind) from None
@@ -93,6 +95,8 @@ MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "folder with the raw files"
 DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir to write the ArrayRecord files to")
 flags.adopt_module_key_flags(record_flags)   # --help lists them with this module's own
 SKIP = flags.DEFINE_bool("skip_bad_records", False, "skip and count bad records instead of stopping")
+WORKERS = flags.DEFINE_integer("workers", os.cpu_count() or 1, "threads decoding and checking images (the set "
+                               "is the same for any number)", lower_bound=1)
 
 
 def main(argv):
@@ -100,7 +104,7 @@ def main(argv):
     tfds().disable_progress_bar()  # so a failure's one-line message is what the terminal shows
     try:
         counts = convert(FORMAT.value, MANUAL_DIR.value, DATA_DIR.value, SKIP.value,
-                         record_flags.ALLOW_OUTSIDE_PATHS.value, record_flags.MAX_IMAGE_PIXELS.value)
+                         record_flags.ALLOW_OUTSIDE_PATHS.value, record_flags.MAX_IMAGE_PIXELS.value, WORKERS.value)
     except (BadRecord, FileNotFoundError, FileExistsError) as e:
         sys.exit(f"error: {e}")
     print(f"{summary(counts)}; read it as tfds:{DATA_DIR.value}:{FORMAT.value}")

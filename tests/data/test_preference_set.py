@@ -270,7 +270,7 @@ def test_command_stops_on_a_bad_record_with_one_line_and_writes_nothing(data_dir
     write_lines(data, [good, dict(good, **entry)], name="train.jsonl")
     before = listing(data_dir_with_a_set)
     options = dict(format="jsonl", manual_dir=str(data), data_dir=str(data_dir_with_a_set), skip_bad_records="false",
-                   allow_outside_paths="false", max_image_pixels=str(ps.DEFAULT_MAX_IMAGE_PIXELS))
+                   allow_outside_paths="false", max_image_pixels=str(ps.DEFAULT_MAX_IMAGE_PIXELS), workers="2")
     with flagsaver.as_parsed(**{**options, **flags}), pytest.raises(SystemExit) as stopped:
         ps.main([])
     assert re.fullmatch(r"error: line 2 of .*train\.jsonl: " + message +
@@ -287,3 +287,36 @@ def test_outside_paths_convert_when_allowed_and_a_converted_set_is_kept(tmp_path
                                               r"delete that folder to convert again"):
         ps.convert("jsonl", str(data), str(tmp_path / "tfds"), allow_outside_paths=True)
     assert len(PreferenceSource(str(tmp_path / "tfds"), "jsonl")) == 1
+
+
+def test_workers_give_the_same_set(tmp_path, records):
+    """Decoding on 4 threads writes the records, keys and counts that one thread does (a bad
+    record skipped on the way), in source order."""
+    rows = {"caption": [r.prompt for r in records] * 3,
+            "jpg_0": [png(r.images[0]) for r in records] * 3, "jpg_1": [png(r.images[1]) for r in records] * 3,
+            "label_0": [float(r.label == 0) for r in records] * 3, "label_1": [float(r.label == 1) for r in records] * 3}
+    rows["jpg_0"][7] = b"broken"
+    (tmp_path / "raw").mkdir()
+    pq.write_table(pa.table(rows), tmp_path / "raw" / "train-00000-of-00001.parquet")
+    sets = {}
+    for workers in (1, 4):
+        counts = ps.convert("pickapic_v2", str(tmp_path / "raw"), str(tmp_path / f"w{workers}"), skip_bad_records=True,
+                            workers=workers)
+        raw = PreferenceSource(str(tmp_path / f"w{workers}"), "pickapic_v2").source
+        sets[workers] = (counts, [(bytes(raw[i]["prompt"]), [bytes(b) for b in raw[i]["images"]], int(raw[i]["label"]))
+                                  for i in range(len(raw))])
+    assert sets[1] == sets[4]
+    assert totals(sets[4][0]) == {"written": 17, "bad": 1, "bad/image_unreadable": 1}
+
+
+def test_a_split_over_the_writers_memory_buffer_converts_without_tensorflow(tmp_path, records, monkeypatch):
+    """TFDS spills a split larger than its memory buffer (1 GB) to scratch files through
+    tf.io.gfile; with no TensorFlow installed that crashed. A 2 kB buffer forces the spill."""
+    from tensorflow_datasets.core import shuffle
+    monkeypatch.setattr(shuffle, "MAX_MEM_BUFFER_SIZE", 2_000)
+    (tmp_path / "raw").mkdir()
+    write_jsonl(records, str(tmp_path / "raw" / "train.jsonl"))
+    counts, back = convert_and_read(tmp_path, "jsonl", tmp_path / "raw")
+    assert counts == {"written": 6}
+    for a, b in zip(records, back):
+        same(a, b)
