@@ -73,6 +73,13 @@ def test_finetune_fit_check_compiles_the_refl_step_for_a_tpu_slice():
     peak, unit = rows["peak per device"].split()
     assert float(peak) > 0 and unit in ("MiB", "GiB")
     assert rows["fits"].startswith("yes")
+    flops, unit = rows["FLOPs per step"].split(" ", 1)
+    assert float(flops) > 0 and unit == "per device (XLA cost analysis)"
+    estimate = rows["roofline estimate"]
+    assert estimate.endswith("TPU v5e; communication not counted)") and "(estimate: the larger of" in estimate
+    assert float(estimate.split()[0]) > 0
+    # The sampler's rollout is a scan: the report says its FLOPs are undercounted.
+    assert "XLA counts a loop body once" in rows["lower bounds"]
 
 
 def test_finetune_fit_check_explains_a_missing_architecture():

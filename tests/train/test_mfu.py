@@ -145,3 +145,10 @@ def test_cost_analysis_counts_one_devices_program(devices):
                                                                    NamedSharding(mesh, P()))).lower(a, b).compile())
     assert one.flops == 2 * 256 * 512 * 1024 and split.flops == one.flops / 8
     assert one.bytes_accessed > 0 and one.loops == 0
+
+
+def test_roofline_is_the_larger_of_compute_and_memory_time():
+    cost = hardware.StepCost(flops=2e12, bytes_accessed=1e9, loops=0)
+    assert hardware.roofline_seconds(cost, 1e12, 1e12) == {"compute_s": 2.0, "memory_s": 1e-3, "step_s": 2.0,
+                                                           "bound": "compute"}
+    assert hardware.roofline_seconds(cost, 1e15, 1e9)["bound"] == "memory"
