@@ -3,7 +3,7 @@ machine (through libtpu, no TPU needed) and compare per-chip memory with the chi
 prints the compiled step's FLOPs and bytes accessed per device (XLA's cost analysis) and a
 roofline estimate of the step time per chip: max(FLOPs / peak FLOP/s, bytes / HBM bandwidth),
 with the chip's figures from rdance.core.hardware. The estimate is a lower bound on a step's
-time (no communication, no overlap loss), and a step with while loops (scans) is undercounted.
+time (no communication, no overlap loss; a loop's bytes are counted once).
 
     python -m rdance.run.fit_check --config=experiments/toy.py --topology=v5p:2x2x2
     python -m rdance.run.fit_check --entry=rdance.run.train_toy --config=... --topology=v5e:4x4 \
@@ -164,8 +164,12 @@ def cost_rows(r: dict) -> list[tuple[str, str]]:
                   f"{_ms(e['compute_s'])} at {e['peak_flops'] / 1e12:g} TFLOP/s and memory {_ms(e['memory_s'])} "
                   f"at {e['hbm_bandwidth'] / 1e9:g} GB/s, {e['chip']}; communication not counted)")]
     if cost.loops:
-        rows += [("lower bounds", f"the step has {cost.loops} while loop(s); XLA counts a loop body once, "
-                                  "so FLOPs, bytes and the estimate are undercounted")]
+        known = cost.loops - cost.unknown_loops
+        rows += [("loops", f"{cost.loops} while loop(s), {known} of known trip count, whose later iterations add "
+                           f"{cost.loop_flops:.4g} FLOPs; bytes count each loop body once (a lower bound)")]
+    if cost.unknown_loops:
+        rows += [("lower bounds", f"{cost.unknown_loops} loop(s) of unknown trip count, counted once: "
+                                  "FLOPs and the estimate are undercounted")]
     return rows
 
 

@@ -146,8 +146,12 @@ def measure_step(compiled: jax.stages.Compiled, name: str, peak_tflops: float = 
                  name, cost.flops / 1e9, cost.bytes_accessed / 2**20,
                  f"{peak / 1e12:g} TFLOP/s per device ({peak_name})" if peak else f"unknown for {kind!r}: no MFU")
     if cost.loops:
-        logging.warning("%s has %d while loop(s) (scans over layers or steps): XLA's cost analysis counts a "
-                        "loop body once, so its FLOPs, TFLOP/s and MFU are lower bounds", name, cost.loops)
+        logging.info("%s: %d while loop(s) (scans over layers or steps); %.4g GFLOPs of their iterations after "
+                     "the first added to the cost analysis, which counts a loop body once", name, cost.loops,
+                     cost.loop_flops / 1e9)
+    if cost.unknown_loops:
+        logging.warning("%s: %d while loop(s) of unknown trip count, counted once: FLOPs, TFLOP/s and MFU are "
+                        "lower bounds", name, cost.unknown_loops)
     return Throughput(cost, peak, peak_name)
 
 

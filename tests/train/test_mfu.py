@@ -152,3 +152,22 @@ def test_roofline_is_the_larger_of_compute_and_memory_time():
     assert hardware.roofline_seconds(cost, 1e12, 1e12) == {"compute_s": 2.0, "memory_s": 1e-3, "step_s": 2.0,
                                                            "bound": "compute"}
     assert hardware.roofline_seconds(cost, 1e15, 1e9)["bound"] == "memory"
+
+
+@pytest.mark.parametrize("layers", [4, 16])
+def test_scanned_layers_are_counted_every_iteration(layers):
+    """XLA's cost analysis counts a while loop's body once; step_cost adds the later iterations'
+    matmuls. A scan of L matmuls [M, K] @ [K, K] and its gradient: forward, input and weight
+    gradients for every iteration (the scan's body is the same each time), 2*M*K*K*3L. (With one
+    layer XLA removes the loop, and the first input gradient with it.)"""
+    m, k = 128, 256
+
+    def f(x, ws):
+        return jax.lax.scan(lambda c, w: (jnp.tanh(c @ w), None), x, ws)[0].sum()
+
+    compiled = jax.jit(jax.grad(f, argnums=1)).lower(jax.ShapeDtypeStruct((m, k), jnp.float32),
+                                                     jax.ShapeDtypeStruct((layers, k, k), jnp.float32)).compile()
+    cost = hardware.step_cost(compiled)
+    assert cost.flops == pytest.approx(2 * m * k * k * 3 * layers, rel=0.05)
+    assert cost.unknown_loops == 0 and cost.loops == 2     # the forward scan and its transpose
+    assert cost.loop_flops == 2 * m * k * k * 3 * (layers - 1)
