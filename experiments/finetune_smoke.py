@@ -71,6 +71,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.mesh = dict(shape=(1, -1, 1), rules=DEFAULT_RULES)
     # compiler_options: XLA options for the step's compile, "name=value,..." (tests use
     # xla_backend_optimization_level=0 to compile faster).
+    # train.peak_tflops: peak dense TFLOP/s per device that MFU is measured against; 0 takes the
+    # local chip's from rdance.core.hardware (none for a CPU: TFLOP/s are logged, MFU is not).
     c.train = dict(steps=200, log_every=5, checkpoint_every=50, keep_checkpoints=2, async_checkpoints=True,
-                   compiler_options="")
+                   compiler_options="", peak_tflops=0.0)
     return c

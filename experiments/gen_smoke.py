@@ -64,6 +64,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim = dict(name="adamw", learning_rate=1e-3, schedule="cosine", warmup_steps=100,
                    b1=0.9, b2=0.99, weight_decay=0.0, grad_clip_norm=1.0)
     c.mesh = dict(shape=(1, -1, 1), rules=DEFAULT_RULES)
+    # train.peak_tflops: peak dense TFLOP/s per device that MFU is measured against; 0 takes the
+    # local chip's from rdance.core.hardware (none for a CPU: TFLOP/s are logged, MFU is not).
     c.train = dict(steps=1500, log_every=50, eval_every=250, checkpoint_every=250,
-                   keep_checkpoints=2, async_checkpoints=True)
+                   keep_checkpoints=2, async_checkpoints=True, peak_tflops=0.0)
     return c

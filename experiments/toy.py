@@ -20,6 +20,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                    b1=0.9, b2=0.999, weight_decay=0.0, grad_clip_norm=1.0)
     # (data, fsdp, tensor); -1 takes the remaining devices.
     c.mesh = dict(shape=(1, -1, 1), rules=DEFAULT_RULES)
+    # train.peak_tflops: peak dense TFLOP/s per device that MFU is measured against; 0 takes the
+    # local chip's from rdance.core.hardware (none for a CPU: TFLOP/s are logged, MFU is not).
     c.train = dict(steps=300, log_every=25, eval_every=0, checkpoint_every=100, keep_checkpoints=3,
-                   async_checkpoints=True)
+                   async_checkpoints=True, peak_tflops=0.0)
     return c

@@ -67,7 +67,7 @@ ABSL_LINE = re.compile(r"^([IWEF])\d{4} [\d:.]+\s+\d+ \S+\] (.*)$")
 # Lines worth echoing to the console (everything goes to the stage's log file).
 SHOWN = re.compile(r"^step \d+/\d+|^eval at step|^exported|^reference bank|^reusing the reference|"
                    r"^building the reference|^resuming from|^preempted|^wrote |^judge |^train_step compiled|"
-                   r"^finetune_step compiled")
+                   r"^finetune_step compiled|^trained \d+ steps")
 QUIET = re.compile(r"Type handler registry")   # orbax's note on rdance's CPU checkpoint handler
 # The reference bank is built before the training loop starts writing progress.json: its log
 # lines ("reference bank: 3/16 prompts") are the only progress there is until then.

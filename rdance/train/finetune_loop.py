@@ -28,7 +28,7 @@ from rdance.train.finetune_step import FinetuneState, StepSettings
 from rdance.train.finetune_setup import build, compiler_options
 from rdance.train.generator_eval import Sampler, place
 from rdance.train.host import agree, sync, to_host
-from rdance.train.loop import Progress, batch_spec, due, run_loop
+from rdance.train.loop import Progress, batch_spec, due, measure_step, run_loop
 from rdance.train.metrics import MetricWriter
 from rdance.train.monitors import image_grid
 from rdance.train.step import log_memory, memory_per_device
@@ -182,11 +182,13 @@ def finetune(config: ml_collections.ConfigDict, workdir: str, devices=None) -> R
     compiled = lowered.compile(compiler_options=compiler_options(tc.compiler_options))
     log_memory(compiled, "finetune_step")
     memory = memory_per_device(compiled)
+    throughput = measure_step(compiled, "finetune_step", tc.get("peak_tflops", 0.0))
 
     monitor = Monitor(config, gen, sampler, prompts, writer, frozen)
     progress = Progress(workdir, writer, ckpt, config.to_dict(), total=tc.steps, start=start, per_step=True,
                         describe=lambda m: f"reward {m['reward/mean']:.4f} (std {m['reward/std']:.4f}, "
-                                           f"window std {m['reward/window_std']:.4f})")
+                                           f"window std {m['reward/window_std']:.4f})",
+                        throughput=throughput)
     if start == 0 and monitor.due(0, 0):  # the starting generator's numbers, for the curves
         progress.evaluate(0, lambda: monitor(state, 0))
     out = run_loop(lambda state, batch: compiled(state, batch, frozen, rm.params), state, data_iter, mesh,

@@ -20,7 +20,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from rdance.core import config_checks, sharding, status
+from rdance.core import config_checks, hardware, sharding, status
 from rdance.data.pipeline import RandomAccess, host_batches
 from rdance.train.checkpoint import Checkpointer, NonFiniteLoss, PreemptionWatch, last_good
 from rdance.train.metrics import MetricWriter, format_seconds
@@ -108,6 +108,61 @@ class Every:
         return self.fn(state, step)
 
 
+@dataclasses.dataclass(frozen=True)
+class Throughput:
+    """What a compiled step costs per device (``hardware.step_cost``) and the peak it is measured
+    against (None: unknown, e.g. a CPU without ``train.peak_tflops``), named ``peak_name``."""
+    cost: hardware.StepCost
+    peak_flops: float | None
+    peak_name: str
+
+    def utilisation(self, seconds_per_step: float) -> dict[str, float]:
+        return hardware.utilisation(self.cost.flops, seconds_per_step, self.peak_flops)
+
+    def describe(self, seconds_per_step: float) -> str:
+        usage = self.utilisation(seconds_per_step)
+        text = f"{usage['tflops_per_device']:.4g} TFLOP/s per device"
+        if "mfu" in usage:
+            return text + f", MFU {100 * usage['mfu']:.2f}% of {self.peak_flops / 1e12:g} TFLOP/s ({self.peak_name})"
+        return text + f", no MFU: the peak of {self.peak_name} is unknown (set train.peak_tflops)"
+
+
+def measure_step(compiled: jax.stages.Compiled, name: str, peak_tflops: float = 0.0) -> Throughput | None:
+    """The throughput bookkeeping of a compiled step: its per-device FLOPs and bytes from XLA's
+    cost analysis and the peak to compare with (``peak_tflops`` > 0, a config's
+    ``train.peak_tflops``, else the local chip's from ``rdance.core.hardware``). Logs what it
+    found; None when the backend has no cost analysis."""
+    cost = hardware.step_cost(compiled)
+    if cost is None:
+        logging.info("%s: no cost analysis on this backend; no TFLOP/s or MFU", name)
+        return None
+    kind = jax.devices()[0].device_kind
+    chip = hardware.chip_of(kind)
+    if peak_tflops and peak_tflops > 0:
+        peak, peak_name = peak_tflops * 1e12, "train.peak_tflops"
+    else:
+        peak, peak_name = (chip.peak_flops, chip.name) if chip else (None, kind)
+    logging.info("%s: %.4g GFLOPs and %.4g MiB accessed per device per step (XLA cost analysis); peak %s",
+                 name, cost.flops / 1e9, cost.bytes_accessed / 2**20,
+                 f"{peak / 1e12:g} TFLOP/s per device ({peak_name})" if peak else f"unknown for {kind!r}: no MFU")
+    if cost.loops:
+        logging.info("%s: %d while loop(s) (scans over layers or steps); %.4g GFLOPs of their iterations after "
+                     "the first added to the cost analysis, which counts a loop body once", name, cost.loops,
+                     cost.loop_flops / 1e9)
+    if cost.unknown_loops:
+        logging.warning("%s: %d while loop(s) of unknown trip count, counted once: FLOPs, TFLOP/s and MFU are "
+                        "lower bounds", name, cost.unknown_loops)
+    return Throughput(cost, peak, peak_name)
+
+
+def format_usage(usage: dict[str, float]) -> str:
+    """The log line's throughput text: '1.23 TFLOP/s/device  MFU 4.5%  ' (empty without one)."""
+    if not usage:
+        return ""
+    text = f"{usage['tflops_per_device']:.3g} TFLOP/s/device  "
+    return text + (f"MFU {100 * usage['mfu']:.1f}%  " if "mfu" in usage else "")
+
+
 class Progress:
     """The loop's bookkeeping: the metric writer, the checkpointer and the last step it saved, the
     steps/s clock (evals do not count against it), the totals, WORKDIR/progress.json and the
@@ -116,16 +171,22 @@ class Progress:
     ``per_step``: write every step's scalars (else one record per log line: the mean of the steps
     since the last, with steps/s and, given ``batch_size``, examples/s). ``describe(scalars)``:
     more text for the log line, after the loss.
+
+    ``throughput`` (``measure_step``'s, from the compiled step's cost analysis): each log line's
+    record also holds ``tflops_per_device`` (FLOPs per step per device x steps/s) and, where the
+    peak is known, ``mfu``; with ``per_step`` they go in the record of the log line's step. The
+    run ends with a one-line summary: steps, mean step time, TFLOP/s per device, MFU.
     """
 
     def __init__(self, workdir: str, writer: MetricWriter, ckpt: Checkpointer, config: dict, *, total: int,
                  start: int, batch_size: int | None = None, per_step: bool = False,
-                 describe: Callable[[dict], str] | None = None):
+                 describe: Callable[[dict], str] | None = None, throughput: Throughput | None = None):
         self.workdir, self.writer, self.ckpt, self.config = workdir, writer, ckpt, config
         self.total, self.start, self.batch_size = total, start, batch_size
-        self.per_step, self.describe = per_step, describe
+        self.per_step, self.describe, self.throughput = per_step, describe, throughput
         self.last_saved = start or None
         self.rate: float | None = None
+        self.stepped = (0, 0.0)   # steps timed and their seconds, evals excluded: the summary's
         self.reset_clock(start)
 
     def reset_clock(self, step: int) -> None:
@@ -150,24 +211,44 @@ class Progress:
         pending.clear()
         raise_on_non_finite(steps, fetched, self.ckpt.path_of(self.last_saved), self.ckpt.remedy)
         step, now = steps[-1], time.perf_counter()
-        self.rate = (step - self._clock[0]) / max(now - self._clock[1], 1e-9)
+        seconds = max(now - self._clock[1], 1e-9)
+        self.rate = (step - self._clock[0]) / seconds
+        self.stepped = (self.stepped[0] + step - self._clock[0], self.stepped[1] + seconds)
         self._clock = (step, now)
+        usage = self.throughput.utilisation(1 / self.rate) if self.throughput and self.rate > 0 else {}
         if self.per_step:
             for s, metrics in zip(steps, fetched):
-                self.writer.write(s, {k: float(v) for k, v in metrics.items() if k != "finite"})
+                self.writer.write(s, {k: float(v) for k, v in metrics.items() if k != "finite"}
+                                  | (usage if s == step else {}))
             shown = {k: float(v) for k, v in fetched[-1].items() if k != "finite"}
         else:
             shown = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0] if k != "finite"}
             shown["steps_per_s"] = self.rate
             if self.batch_size:
                 shown["examples_per_s"] = self.rate * self.batch_size
-            self.writer.write(step, shown)
+            self.writer.write(step, shown | usage)
         self._report("train", step)
         eta = (self.total - step) / self.rate if self.rate > 0 else float("nan")
         examples = f"{self.rate * self.batch_size:.1f} examples/s  " if self.batch_size else ""
         more = f"{self.describe(shown)}  " if self.describe else ""
-        logging.info("step %d/%d  loss %.5f  %s%.2f steps/s  %sETA %s", step, self.total, shown["loss"], more,
-                     self.rate, examples, format_seconds(eta))
+        logging.info("step %d/%d  loss %.5f  %s%.2f steps/s  %s%sETA %s", step, self.total, shown["loss"], more,
+                     self.rate, examples, format_usage(usage), format_seconds(eta))
+
+    def summary(self) -> str | None:
+        """One line on the steps run so far (evals excluded): their number, mean step time and,
+        with a throughput, TFLOP/s per device and MFU; None before any step was timed."""
+        steps, seconds = self.stepped
+        if steps <= 0:
+            return None
+        line = f"trained {steps} steps: mean step time {1000 * seconds / steps:.2f} ms"
+        if self.throughput:
+            line += f", {self.throughput.describe(seconds / steps)}"
+        return line
+
+    def _log_summary(self) -> None:
+        line = self.summary()
+        if line:
+            logging.info("%s", line)
 
     def evaluate(self, step: int, evaluator: Callable[[], dict[str, float]]) -> None:
         """Run ``evaluator``; write and log its scalars. Its time does not count against steps/s."""
@@ -191,9 +272,11 @@ class Progress:
         if self.writer.enabled:
             status.mark_preempted(self.workdir, step, self.ckpt.path_of(step))
         self._report("preempted", step)
+        self._log_summary()
 
     def finished(self, step: int) -> None:
         self._report("done", step)
+        self._log_summary()
 
     def close(self) -> None:
         self.ckpt.close()
@@ -273,6 +356,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: Task) -> Result
     compiled = compile_train_step(make_train_step(factory, task.loss_fn, schedule), factory,
                                   batch_spec(next(iter(data)), mesh))
     memory = memory_per_device(compiled)
+    throughput = measure_step(compiled, "train_step", tc.get("peak_tflops", 0.0))
 
     evaluators = []
     if task.evaluate:
@@ -280,7 +364,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: Task) -> Result
         evaluators.append(Every(tc.eval_every, lambda state, step: {
             f"eval/{k}": float(v) for k, v in evaluate(state.params, step).items()}))
     progress = Progress(workdir, writer, ckpt, config.to_dict(), total=tc.steps, start=start,
-                        batch_size=config.data.global_batch_size)
+                        batch_size=config.data.global_batch_size, throughput=throughput)
     out = run_loop(compiled, state, data_iter, mesh, progress, evaluators, log_every=tc.log_every,
                    checkpoint_every=tc.checkpoint_every)
     return Result(out.state, out.step, out.preempted, memory)

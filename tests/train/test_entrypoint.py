@@ -147,6 +147,19 @@ def test_fit_check_reports_tpu_memory():
     peak, unit = lines["peak per device"].split()
     assert float(peak) > 0 and unit in ("MiB", "GiB")
     assert lines["fits"].startswith("yes")
+    # The compiled step's cost, per device: the toy MLP's matmuls (in 16, hidden 64 x 3, out 4;
+    # 32 rows split 4 ways) are 4.2e5 FLOPs per device forward and backward; the elementwise rest
+    # (GELU, biases, AdamW) adds under 2x. The global program would be 4x that.
+    flops, unit = lines["FLOPs per step"].split(" ", 1)
+    matmuls = 2 * 32 * (16 * 64 + 2 * 64 * 64 + 64 * 4) * 3 / 4
+    assert unit == "per device (XLA cost analysis)" and matmuls < float(flops) < 2 * matmuls
+    assert lines["bytes accessed"].endswith("per device (XLA cost analysis)")
+    # The roofline: the larger of FLOPs at v5e's 197 TFLOP/s and bytes at 819 GB/s, labelled an estimate.
+    estimate = lines["roofline estimate"]
+    assert "per step per chip" in estimate and "-bound (estimate: the larger of compute" in estimate
+    assert "at 197 TFLOP/s" in estimate and "at 819 GB/s, TPU v5e" in estimate
+    step_ms, compute_ms = float(estimate.split()[0]), float(estimate.split("compute ")[1].split()[0])
+    assert compute_ms == pytest.approx(float(flops) / 197e12 * 1e3, rel=1e-2) and step_ms >= compute_ms
 
 
 def test_fit_check_rejects_unknown_topology():

@@ -73,6 +73,15 @@ def test_finetune_fit_check_compiles_the_refl_step_for_a_tpu_slice():
     peak, unit = rows["peak per device"].split()
     assert float(peak) > 0 and unit in ("MiB", "GiB")
     assert rows["fits"].startswith("yes")
+    flops, unit = rows["FLOPs per step"].split(" ", 1)
+    assert float(flops) > 0 and unit == "per device (XLA cost analysis)"
+    estimate = rows["roofline estimate"]
+    assert estimate.endswith("TPU v5e; communication not counted)") and "(estimate: the larger of" in estimate
+    assert float(estimate.split()[0]) > 0
+    # The rollout without gradient runs to a random stop step: a loop of unknown trip count,
+    # counted once, and the report says its FLOPs are undercounted.
+    assert rows["loops"].startswith("1 while loop(s), 0 of known trip count")
+    assert rows["lower bounds"].startswith("1 loop(s) of unknown trip count, counted once")
 
 
 def test_finetune_fit_check_explains_a_missing_architecture():
