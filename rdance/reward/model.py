@@ -15,8 +15,8 @@ from rdance.models.layers import Linear
 
 class RewardNet(nnx.Module):
     def __init__(self, config: InternVLConfig, *, regression_head: bool, rngs: nnx.Rngs,
-                 dtype=jnp.float32, remat: str = "none"):
-        self.vlm = InternVLModel(config, rngs=rngs, dtype=dtype, remat=remat)
+                 dtype=jnp.float32, remat: str = "none", attention: str = "auto"):
+        self.vlm = InternVLModel(config, rngs=rngs, dtype=dtype, remat=remat, attention=attention)
         self.head = (Linear(config.text.hidden_size, 1, axes=("embed", None), rngs=rngs,
                             kernel_init=nnx.initializers.zeros) if regression_head else None)
 

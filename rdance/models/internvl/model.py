@@ -36,12 +36,13 @@ class Projector(nnx.Module):
 
 
 class InternVLModel(nnx.Module):
-    def __init__(self, cfg: InternVLConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, remat: str = "none"):
+    def __init__(self, cfg: InternVLConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, remat: str = "none",
+                 attention: str = "auto"):
         self.cfg = cfg
-        self.vision = VisionTower(cfg.vision, rngs=rngs, dtype=dtype, remat=remat)
+        self.vision = VisionTower(cfg.vision, rngs=rngs, dtype=dtype, remat=remat, attention=attention)
         self.projector = Projector(cfg, rngs=rngs, dtype=dtype)
         self.language = Qwen2(cfg.text, tie_word_embeddings=cfg.tie_word_embeddings, rngs=rngs,
-                              dtype=dtype, remat=remat)
+                              dtype=dtype, remat=remat, attention=attention)
 
     def image_features(self, pixel_values):
         """[tiles, C, H, W] -> [tiles, tokens_per_tile, text hidden]."""
