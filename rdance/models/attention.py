@@ -29,12 +29,14 @@ import math
 import jax
 import jax.numpy as jnp
 
+from rdance.core import sharding
 from rdance.core.config_checks import ConfigValueError
 
 IMPLS = ("auto", "xla", "chunked", "cudnn", "splash")
 Q_CHUNK = 512
 K_CHUNK = 512
 SPLASH_BLOCK = 128
+SPLASH_INTERPRET = False   # tests: run the Pallas kernel in interpret mode (on CPU)
 
 _log = logging.getLogger(__name__)
 _said: set[str] = set()
@@ -247,6 +249,9 @@ def _cudnn(q, k, v, bias, mask, causal, scale):
 
 
 def _splash_unsupported(q, k, bias, mask) -> str | None:
+    if sharding.activation_mesh() is None and jax.default_backend() == "tpu" and jax.device_count() > 1:
+        return ("needs the mesh to shard_map over (a Pallas kernel is not partitioned by XLA): "
+                "trace under rdance.core.sharding.activations_on")
     if bias is not None:
         return "has no additive bias (T5's relative position bias)"
     if mask is not None:
@@ -258,25 +263,44 @@ def _splash_unsupported(q, k, bias, mask) -> str | None:
 
 
 def _splash(q, k, v, mask, causal, scale):
-    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
-    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
-
+    """Lengths padded to the kernel's block and head_dim to 128 lanes; padded keys (and masked
+    ones) get segment id 0, queries 1. Under a mesh (sharding.activations_on) the kernel runs in a
+    shard_map: batch over the data-parallel axes, heads over 'tensor', where they divide."""
     b, t, h, d = q.shape
     s, kvh = k.shape[1], k.shape[2]
     tp, sp = (-(-n // SPLASH_BLOCK) * SPLASH_BLOCK for n in (t, s))
     dp = -(-d // 128) * 128   # zero features change no logit; zero value columns are dropped
-    q = _pad(_pad(q * jnp.asarray(scale, q.dtype), 1, tp), 3, dp).swapaxes(1, 2)
-    k, v = (_pad(_pad(jnp.repeat(x.astype(q.dtype), h // kvh, axis=2), 1, sp), 3, dp).swapaxes(1, 2)
-            for x in (k, v))
-    segments = None
-    if mask is not None or sp != s:
-        valid = jnp.ones((b, s), bool) if mask is None else jnp.broadcast_to(_as4(mask)[:, 0, 0], (b, s))
-        kv_ids = _pad(valid, 1, sp).astype(jnp.int32)
-        segments = sk.SegmentIds(q=jnp.ones((b, tp), jnp.int32), kv=kv_ids)
+    q = _pad(_pad(q * jnp.asarray(scale, q.dtype), 1, tp), 3, dp)
+    k, v = (_pad(_pad(jnp.repeat(x.astype(q.dtype), h // kvh, axis=2), 1, sp), 3, dp) for x in (k, v))
+    valid = jnp.ones((b, s), bool) if mask is None else jnp.broadcast_to(_as4(mask)[:, 0, 0], (b, s))
+    kv_ids = _pad(valid, 1, sp).astype(jnp.int32)
+    padded = mask is not None or sp != s
+    run = lambda q, k, v, kv_ids: _splash_local(q, k, v, kv_ids, causal, padded)  # noqa: E731
+    mesh = sharding.activation_mesh()
+    if mesh is not None and mesh.size > 1:
+        from jax.sharding import PartitionSpec as P
+        batch_parts = math.prod(mesh.shape[a] for a in sharding.BATCH_AXES)
+        batch = sharding.BATCH_AXES if b % batch_parts == 0 else None
+        heads = "tensor" if h % mesh.shape["tensor"] == 0 else None
+        spec = P(batch, None, heads, None)
+        run = jax.shard_map(run, mesh=mesh, in_specs=(spec, spec, spec, P(batch, None)), out_specs=spec,
+                            check_vma=False)
+    return run(q, k, v, kv_ids)[:, :t, :, :d]
+
+
+def _splash_local(q, k, v, kv_ids, causal, padded):
+    """The kernel on this device's [B, T, H, D] blocks (lengths and head_dim already padded)."""
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
+    b, tp, h, _ = q.shape
+    sp = k.shape[1]
     one = sm.CausalMask((tp, sp)) if causal else sm.FullMask((tp, sp))
-    kernel = sk.make_splash_mha(sm.MultiHeadMask([one] * h), head_shards=1, q_seq_shards=1)
-    if segments is None:
+    kernel = sk.make_splash_mha(sm.MultiHeadMask([one] * h), head_shards=1, q_seq_shards=1,
+                                interpret=SPLASH_INTERPRET)
+    q, k, v = (x.swapaxes(1, 2) for x in (q, k, v))
+    if not padded:
         out = jax.vmap(kernel)(q, k, v)
     else:
+        segments = sk.SegmentIds(q=jnp.ones((b, tp), jnp.int32), kv=kv_ids)
         out = jax.vmap(lambda q, k, v, seg: kernel(q, k, v, segment_ids=seg))(q, k, v, segments)
-    return out.swapaxes(1, 2)[:, :t, :, :d]
+    return out.swapaxes(1, 2)

@@ -134,3 +134,56 @@ def test_model_configs_refuse_an_unknown_name():
         nnx.eval_shape(lambda: FluxTransformer(FluxConfig(num_layers=1, num_single_layers=1, attention_head_dim=8,
                                                           num_attention_heads=2, axes_dims_rope=(2, 2, 4),
                                                           attention="fast"), rngs=nnx.Rngs(0)))
+
+
+@pytest.mark.parametrize("kv_heads, kw", [(H, {}), (2, dict(causal=True, mask=_padding(T)))])
+def test_splash_kernel_matches_xla_in_interpret_mode(monkeypatch, kv_heads, kw):
+    """jax's Pallas splash kernel, interpreted on CPU: rdance's padding (lengths to the block,
+    head_dim to 128 lanes), key-padding segment ids, scale and grouped heads give xla's values and
+    gradients."""
+    monkeypatch.setattr(attention, "SPLASH_INTERPRET", True)
+    q, k, v = _inputs(kv_heads, s=T)
+    f = lambda impl: lambda q, k, v: jnp.sum(attention.attend(q, k, v, impl=impl, **kw) ** 2)  # noqa: E731
+    np.testing.assert_allclose(attention.attend(q, k, v, impl="splash", **kw),
+                               attention.attend(q, k, v, impl="xla", **kw), atol=2e-6, rtol=1e-5)
+    for a, b in zip(jax.grad(f("splash"), argnums=(0, 1, 2))(q, k, v), jax.grad(f("xla"), argnums=(0, 1, 2))(q, k, v)):
+        np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4)
+
+
+def _tpu_devices():
+    pytest.importorskip("libtpu")
+    from jax.experimental import topologies
+    try:
+        return topologies.get_topology_desc(topology_name="v5e:2x2", platform="tpu").devices
+    except Exception as e:  # noqa: BLE001  (libtpu present but unusable here)
+        pytest.skip(f"no TPU topology from libtpu: {e}")
+
+
+def test_splash_step_compiles_for_a_tpu_topology():
+    """With libtpu (no TPU): a FLUX transformer's forward and gradient, attention 'auto' chosen
+    for TPU, compile for v5e:2x2 with batch and heads sharded; the kernel runs in a shard_map over
+    the activation mesh (XLA cannot partition a Pallas call)."""
+    from flax import nnx
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from rdance.core import sharding
+    from rdance.models.flux.transformer import FluxConfig, FluxTransformer
+    mesh = sharding.make_mesh((1, 2, 2), _tpu_devices())
+    cfg = FluxConfig(num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=4,
+                     in_channels=8, joint_attention_dim=32, pooled_projection_dim=16, axes_dims_rope=(4, 6, 6),
+                     dtype="bfloat16")
+    graphdef, state = sharding.sharded_shapes(lambda: FluxTransformer(cfg, rngs=nnx.Rngs(0)), mesh,
+                                              sharding.DEFAULT_RULES)
+    batch = NamedSharding(mesh, P(sharding.BATCH_AXES))
+    shape = lambda *s, dtype=jnp.float32: jax.ShapeDtypeStruct(s, dtype, sharding=batch)  # noqa: E731
+    img, txt = shape(2, 64, 8), shape(2, 8, 32)
+
+    def loss(state, img, txt):
+        model = nnx.merge(graphdef, state)
+        out = model(img, txt, jnp.zeros((2, 16)), jnp.full((2,), 0.5), jnp.zeros((64, 3)), jnp.zeros((8, 3)))
+        return out.astype(jnp.float32).sum()
+
+    with attention.target_platform("tpu"), sharding.activations_on(mesh):
+        lowered = jax.jit(jax.grad(loss)).lower(state, img, txt)
+    assert "tpu_custom_call" in lowered.as_text()   # the splash kernel, not xla's softmax
+    assert lowered.compile().memory_analysis() is not None
