@@ -24,10 +24,8 @@ class RewardNet(nnx.Module):
         """Final-normed hidden states [batch, length, embed] of a left-padded batch (image
         ``features`` in place of ``pixel_values``: see InternVLModel.embed)."""
         x = self.vlm.embed(input_ids, pixel_values, features)
-        length = input_ids.shape[1]
-        causal = jnp.tril(jnp.ones((length, length), bool))
-        mask = causal[None] & attention_mask[:, None, :].astype(bool)
-        hidden, _ = self.vlm.language(x, positions_from_mask(attention_mask), mask)
+        # A [batch, keys] mask: causal over the row with padding keys masked.
+        hidden, _ = self.vlm.language(x, positions_from_mask(attention_mask), attention_mask.astype(bool))
         return hidden
 
     def logits(self, hidden) -> jax.Array:

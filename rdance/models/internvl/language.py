@@ -59,7 +59,9 @@ class Attention(nnx.Module):
         self.impl = attnlib.check(attention)
 
     def __call__(self, x, cos, sin, mask, kv_slot=None, index=None):
-        """mask [batch, queries, keys]; with ``kv_slot`` (this layer's cache) keys are its slots."""
+        """mask [batch, queries, keys], or [batch, keys] for causal attention over a whole padded
+        sequence (the form TPU's splash kernel takes); with ``kv_slot`` (this layer's cache) keys
+        are its slots."""
         b, l, _ = x.shape
         h, kvh, hd = self.shape
         q = apply_rope(self.q(x).reshape(b, l, h, hd), cos, sin)
@@ -71,7 +73,9 @@ class Attention(nnx.Module):
             v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, index, 0, 0))
             kv_slot = (k, v)
         # Grouped-query attention without repeating K/V (attend groups queries per KV head).
-        out = attnlib.attend(q, k, v, mask=mask[:, None], impl=self.impl).reshape(b, l, h * hd)
+        causal = mask.ndim == 2
+        mask = mask[:, None, None, :] if causal else mask[:, None]
+        out = attnlib.attend(q, k, v, mask=mask, causal=causal, impl=self.impl).reshape(b, l, h * hd)
         return self.o(out), kv_slot
 
 
@@ -112,7 +116,8 @@ class Qwen2(nnx.Module):
         self.remat = remat
 
     def __call__(self, x, positions, mask, cache: KVCache | None = None, index=None):
-        """x: input embeddings [batch, length, embed]; returns final-normed hidden states, cache."""
+        """x: input embeddings [batch, length, embed]; mask [batch, queries, keys] or, causal over
+        the whole sequence, [batch, keys] (real tokens); returns final-normed hidden states, cache."""
         cos, sin = rope(positions, self.cfg)
 
         @nnx.scan(in_axes=(nnx.Carry, 0, 0), out_axes=(nnx.Carry, 0))

@@ -73,10 +73,8 @@ class InternVLModel(nnx.Module):
     def __call__(self, input_ids, pixel_values, attention_mask, positions):
         """Logits [batch, length, vocab] of a whole (padded) sequence, no cache."""
         x = self.embed(input_ids, pixel_values)
-        length = input_ids.shape[1]
-        causal = jnp.tril(jnp.ones((length, length), bool))
-        mask = causal[None] & attention_mask[:, None, :].astype(bool)
-        hidden, _ = self.language(x, positions, mask)
+        # Causal over the padded row, padding keys masked (a [batch, keys] mask means both).
+        hidden, _ = self.language(x, positions, attention_mask.astype(bool))
         return self.language.logits(hidden)
 
     def prefill(self, input_ids, pixel_values, attention_mask, positions, slots: int):
