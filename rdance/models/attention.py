@@ -79,11 +79,11 @@ def choose(name: str = "auto", plat: str | None = None) -> str:
 
 
 def attend(q, k, v, *, bias=None, mask=None, causal: bool = False, scale: float | None = None,
-           impl: str = "auto", q_chunk: int = Q_CHUNK, k_chunk: int = K_CHUNK):
+           impl: str = "auto", q_chunk: int | None = None, k_chunk: int | None = None):
     """Softmax(q k^T * scale + bias, masked) v over [B, S, H, D]; returns [B, Sq, H, D] in q's dtype.
 
     ``scale`` defaults to head_dim ** -0.5 (T5 passes 1.0). ``impl`` is one of :data:`IMPLS`;
-    ``q_chunk``/``k_chunk`` size the chunks of 'chunked'.
+    ``q_chunk``/``k_chunk`` size the chunks of 'chunked' (default :data:`Q_CHUNK`, :data:`K_CHUNK`).
     """
     b, t, h, d = q.shape
     if k.shape != v.shape or k.shape[0] != b or k.shape[3] != d or h % k.shape[2]:
@@ -102,17 +102,17 @@ def attend(q, k, v, *, bias=None, mask=None, causal: bool = False, scale: float 
     if name == "xla":
         return _xla(q, k, v, bias, mask, causal, scale)
     if name == "chunked":
-        return _chunked(q, k, v, bias, mask, causal, scale, q_chunk, k_chunk)
+        return _chunked(q, k, v, bias, mask, causal, scale, q_chunk or Q_CHUNK, k_chunk or K_CHUNK)
     if name == "cudnn":
         return _cudnn(q, k, v, bias, mask, causal, scale)
     return _splash(q, k, v, mask, causal, scale)
 
 
 def score_bytes(batch: int, heads: int, q_len: int, k_len: int, impl: str = "xla",
-                q_chunk: int = Q_CHUNK, k_chunk: int = K_CHUNK) -> int:
+                q_chunk: int | None = None, k_chunk: int | None = None) -> int:
     """Float32 score elements alive at once in one call's forward, in bytes (a model's estimate)."""
     if choose(impl) == "chunked":
-        q_len, k_len = min(q_len, q_chunk), min(k_len, k_chunk)
+        q_len, k_len = min(q_len, q_chunk or Q_CHUNK), min(k_len, k_chunk or K_CHUNK)
     return 4 * batch * heads * q_len * k_len
 
 
