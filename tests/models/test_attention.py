@@ -114,6 +114,8 @@ def test_kernels_say_what_they_cannot_do():
     with pytest.raises(attention.Unsupported, match=r"'cudnn': needs float16/bfloat16 inputs.*'xla' or 'chunked'"):
         attention.attend(q, k, v, impl="cudnn")
     bias = jnp.zeros((1, H, T, S))
+    with pytest.raises(attention.Unsupported, match="'cudnn': is not given an additive bias"):
+        attention.attend(*(x.astype(jnp.bfloat16) for x in (q, k, v)), bias=bias, impl="cudnn")
     with pytest.raises(attention.Unsupported, match="'splash': has no additive bias"):
         attention.attend(q, k, v, bias=bias, impl="splash")
     with pytest.raises(attention.Unsupported, match=r"'splash': takes masks that are causal and/or key padding"):
