@@ -9,6 +9,10 @@ for chunked) and XLA's own temporary-buffer size for the compiled forward + back
 
 Batch 1, 8 heads, head_dim 64, float32 (--dtype=bfloat16 for the kernels that need it), no mask.
 Prints one table; times are medians of ``--reps`` calls after one warm-up.
+
+Measured (2 CPU cores shared with other jobs, load ~3-4, so times are rough; median of 3): at 1024
+tokens xla 119 ms forward / 212 ms forward+backward, chunked 61 / 198 ms; at 4096 tokens xla
+2509 / 4595 ms with 1552 MiB of XLA temporaries, chunked 768 / 2812 ms with 78 MiB.
 """
 import os
 import sys
