@@ -53,7 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model = dict(image_size=32, patch_size=4, max_tokens=12, text_dim=64, text_layers=2, text_heads=4,
                    heads=4, head_dim=32, double_layers=2, single_layers=2, axes_dims_rope=(8, 12, 12),
                    shift=1.0, caption_dropout=0.0, guidance_scale=1.0, param_dtype="float32", dtype="",
-                   remat="none")
+                   remat="none", attention="auto")
     c.data = dict(num_examples=1_000_000, global_batch_size=64, seed=0, t_sampling="uniform")
     # Held-out prompts judged during training (`samples` each, fixed noise).
     c.eval = dict(prompts=64, samples=2, prompt_seed=7, num_steps=20, chunk=64, sample_seed=0)

@@ -228,6 +228,12 @@ def activations_on(mesh: Mesh):
         _ACTIVATION_MESH.reset(token)
 
 
+def activation_mesh() -> Mesh | None:
+    """The mesh :func:`activations_on` set (None outside it): kernels that XLA cannot partition
+    (Pallas) shard_map over it."""
+    return _ACTIVATION_MESH.get()
+
+
 def constrain_batch(tree):
     """Arrays of ``tree`` with their leading (batch) axis split over the data-parallel axes of the
     mesh :func:`activations_on` set; unchanged outside it, or where the batch does not divide."""

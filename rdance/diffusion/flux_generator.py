@@ -65,24 +65,25 @@ class FluxGenerator:
 
     def __init__(self, configs: dict[str, dict], *, mesh, rules, height: int, width: int,
                  guidance_scale: float = 3.5, max_sequence_length: int = 512, dtype: str | None = None,
-                 remat: str = "none", vae_remat: str = "full", path=None, transformer_path=None,
-                 abstract: bool = False):
+                 remat: str = "none", vae_remat: str = "full", attention: str = "auto", path=None,
+                 transformer_path=None, abstract: bool = False):
         """``configs``: the pipeline's component configs (``PIPELINE_FILES``' keys). With ``path``
         (and not ``abstract``) the frozen parts are loaded from that folder; with ``abstract`` they
-        are sharded ShapeDtypeStructs built from ``configs``."""
+        are sharded ShapeDtypeStructs built from ``configs``. ``attention`` names the attention
+        implementation of every part (rdance.models.attention)."""
         if not abstract and path is None:
             raise ValueError("FluxGenerator needs the pipeline folder (path) unless abstract=True")
         self.path = Path(path) if path else None
         self.transformer_path = Path(transformer_path) if transformer_path else \
             (self.path / "transformer" if self.path else None)
         self.mesh, self.rules, self.abstract = mesh, rules, abstract
-        self.runtime = dict(dtype=dtype, remat=remat)
+        self.runtime = dict(dtype=dtype, remat=remat, attention=attention)
         self.cfg = cfglib.from_dict(FluxConfig, configs["transformer"], **self.runtime)
         self.schedule = flow_match.ScheduleConfig.from_dict(configs["scheduler"])
         self.guidance_scale, self.max_sequence_length = guidance_scale, max_sequence_length
         self._defs, self.frozen, modules, part_cfgs = {}, {}, {}, {}
         for name, (cfg_cls, model_cls, component, loader) in FROZEN_PARTS.items():
-            runtime = dict(dtype=dtype, **({"remat": vae_remat} if name == "vae" else {}))
+            runtime = dict(dtype=dtype, attention=attention, **({"remat": vae_remat} if name == "vae" else {}))
             if abstract:
                 cfg = part_cfgs[name] = cfglib.from_dict(cfg_cls, configs[component], **runtime)
                 self._defs[name], self.frozen[name] = sharding.sharded_shapes(
@@ -267,7 +268,7 @@ def open_flux(cfg, mesh, rules, abstract: bool = False) -> FluxGenerator:
     the folder's config files when it is one, else ``architecture`` (a dict of them)."""
     settings = dict(mesh=mesh, rules=rules, height=cfg.height, width=cfg.width, guidance_scale=cfg.guidance_scale,
                     max_sequence_length=cfg.max_sequence_length, dtype=cfg.dtype or None, remat=cfg.remat,
-                    transformer_path=cfg.transformer_path or None)
+                    attention=cfg.get("attention", "auto"), transformer_path=cfg.transformer_path or None)
     if not abstract:
         return FluxGenerator.from_pretrained(cfg.path, **settings)
     if cfg.path and os.path.isdir(cfg.path):

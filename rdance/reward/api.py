@@ -32,7 +32,7 @@ from rdance.reward.folder import HEAD_FILE, RM_CONFIG_FILE
 
 class RewardModel:
     def __init__(self, vlm: internvl.InternVL, settings: dict, head: dict | None = None,
-                 remat: str = "none"):
+                 remat: str = "none", attention: str = "auto"):
         self.vlm, self.settings = vlm, settings
         self.paradigm = settings.get("paradigm", "pairwise")
         self.normalise = settings.get("normalise", True)
@@ -46,7 +46,7 @@ class RewardModel:
         self.template = T.TokenTemplate(vlm.tokenizer)
         self.builder = RowBuilder(self.template, self.spec)
         net = nnx.eval_shape(lambda: RewardNet(cfg, regression_head=head is not None, rngs=nnx.Rngs(0),
-                                               remat=remat))
+                                               remat=remat, attention=attention))
         self.graphdef = nnx.split(net, nnx.Param)[0]
         self.params = {"vlm": nnx.to_pure_dict(vlm.state)}
         if head is not None:
@@ -54,24 +54,26 @@ class RewardModel:
 
     @classmethod
     def from_pretrained(cls, path: str, mesh=None, dtype=jnp.float32, *, rules=None, remat: str = "none",
-                        **overrides) -> "RewardModel":
+                        attention: str = "auto", **overrides) -> "RewardModel":
         """An RM folder (``train_reward``'s export) or any InternVL ``*-hf`` folder (then the
         settings default to pairwise, normalised P(yes), alignment criteria). ``rules`` shard it
         like the model it judges (fine-tuning); ``remat`` (a name in rdance.models.remat)
-        recomputes its layers when a reward gradient is taken through it."""
+        recomputes its layers when a reward gradient is taken through it; ``attention`` names the
+        attention implementation (rdance.models.attention)."""
         settings = read_settings(path, overrides)  # before the weights: a bad file fails fast
-        vlm = internvl.load(path, mesh=mesh, dtype=dtype, rules=rules or sharding.DEFAULT_RULES)
+        vlm = internvl.load(path, mesh=mesh, dtype=dtype, rules=rules or sharding.DEFAULT_RULES,
+                            attention=attention)
         head = None
         if settings.get("paradigm") == "regressive":
             head_file = os.path.join(path, HEAD_FILE)
             if not os.path.exists(head_file):
                 raise FileNotFoundError(f"{path} is a regressive RM but has no {HEAD_FILE}")
             head = dict(np.load(head_file))
-        return cls(vlm, settings, head, remat=remat)
+        return cls(vlm, settings, head, remat=remat, attention=attention)
 
     @classmethod
     def abstract(cls, path: str, mesh=None, dtype=jnp.float32, *, rules=None, remat: str = "none",
-                 settings: dict | None = None) -> "RewardModel":
+                 attention: str = "auto", settings: dict | None = None) -> "RewardModel":
         """The RM with sharded ShapeDtypeStructs for parameters, for lowering a step from shapes
         alone: reads ``path``'s config.json, tokenizer and (unless ``settings`` are given)
         reward_config.json, never its weights. Generative RMs only (a regressive head's weights
@@ -81,9 +83,10 @@ class RewardModel:
             raise ValueError(f"{path} is a regressive RM: only generative RMs (pairwise or pointwise P(yes)) "
                              "have an abstract form")
         vlm_config = internvl.load_config(path)
-        graphdef, state = internvl.api.abstract_model(vlm_config, jnp.dtype(dtype))
+        graphdef, state = internvl.api.abstract_model(vlm_config, jnp.dtype(dtype), attention=attention)
         state = sharding.with_shardings(state, sharding.state_shardings(state, mesh, rules or sharding.DEFAULT_RULES))
-        return cls(internvl.InternVL(graphdef, state, vlm_config, mesh, path), settings, remat=remat)
+        return cls(internvl.InternVL(graphdef, state, vlm_config, mesh, path), settings, remat=remat,
+                   attention=attention)
 
     # ----- tokens: depend on prompts and image shapes only, so they are built on the host once
     def tokens(self, prompts: Sequence[str], image_shape: tuple, *, pairwise: bool,

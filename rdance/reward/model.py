@@ -15,8 +15,8 @@ from rdance.models.layers import Linear
 
 class RewardNet(nnx.Module):
     def __init__(self, config: InternVLConfig, *, regression_head: bool, rngs: nnx.Rngs,
-                 dtype=jnp.float32, remat: str = "none"):
-        self.vlm = InternVLModel(config, rngs=rngs, dtype=dtype, remat=remat)
+                 dtype=jnp.float32, remat: str = "none", attention: str = "auto"):
+        self.vlm = InternVLModel(config, rngs=rngs, dtype=dtype, remat=remat, attention=attention)
         self.head = (Linear(config.text.hidden_size, 1, axes=("embed", None), rngs=rngs,
                             kernel_init=nnx.initializers.zeros) if regression_head else None)
 
@@ -24,10 +24,8 @@ class RewardNet(nnx.Module):
         """Final-normed hidden states [batch, length, embed] of a left-padded batch (image
         ``features`` in place of ``pixel_values``: see InternVLModel.embed)."""
         x = self.vlm.embed(input_ids, pixel_values, features)
-        length = input_ids.shape[1]
-        causal = jnp.tril(jnp.ones((length, length), bool))
-        mask = causal[None] & attention_mask[:, None, :].astype(bool)
-        hidden, _ = self.vlm.language(x, positions_from_mask(attention_mask), mask)
+        # A [batch, keys] mask: causal over the row with padding keys masked.
+        hidden, _ = self.vlm.language(x, positions_from_mask(attention_mask), attention_mask.astype(bool))
         return hidden
 
     def logits(self, hidden) -> jax.Array:

@@ -52,7 +52,8 @@ class RewardTraining:
                              no_id=template.no_id, answer_col=spec.max_prompt_tokens - 1,
                              image_size=spec.image_size, max_tiles=_stream_tiles(source[0], spec))
         make_model = lambda: RewardNet(vlm_config, regression_head=spec.paradigm == "regressive",
-                                       rngs=nnx.Rngs(config.seed), remat=config.rm.remat)
+                                       rngs=nnx.Rngs(config.seed), remat=config.rm.remat,
+                                       attention=config.rm.get("attention", "auto"))
         eval_sets = {}
         for i, entry in enumerate(filter(None, d.eval_sets.split(","))):
             name, _, eval_spec = entry.partition("=")

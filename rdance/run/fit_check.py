@@ -14,7 +14,8 @@ time (no communication, no overlap loss; a loop's bytes are counted once).
 ``--entry`` names the entrypoint module whose ``make_task(config)`` defines the model, loss and
 data; the mesh shape and rules come from the config, as they would on the slice. The fine-tuning
 entrypoint's step (generator, frozen text encoders and VAE, frozen RM) is built from shapes alone
-by :mod:`rdance.train.finetune_fit`.
+by :mod:`rdance.train.finetune_fit`. Attention ``auto`` chooses as on the slice (splash, TPU's
+Pallas kernel), not as on this machine's CPU.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ import rdance.world  # noqa: F401  (registers the 'world' generator kind a fine-
 from rdance.run import cli
 
 from rdance.core import console, hardware, sharding
+from rdance.models import attention
 from rdance.train.loop import batch_spec
 from rdance.train.optim import make_optimizer
 from rdance.train.state import StateFactory
@@ -187,10 +189,12 @@ def main(argv):
         sys.exit("error: --config is required")
     config = cli.CONFIG.value
     try:
-        if ENTRY.value in STEP_REPORTS:
-            report = STEP_REPORTS[ENTRY.value](config, TOPOLOGY.value)
-        else:
-            report = fit_report(config, importlib.import_module(ENTRY.value).make_task(config), TOPOLOGY.value)
+        with attention.target_platform("tpu"):
+            if ENTRY.value in STEP_REPORTS:
+                report = STEP_REPORTS[ENTRY.value](config, TOPOLOGY.value)
+            else:
+                report = fit_report(config, importlib.import_module(ENTRY.value).make_task(config),
+                                    TOPOLOGY.value)
     except (ValueError, FileNotFoundError, sharding.ShardingError) as e:
         sys.exit(f"error: {e}")
     print(format_report(report))

@@ -131,7 +131,8 @@ def open_reward(config, mesh, rules, scratch: str | None) -> RewardModel:
     ``reward.architecture`` (a word-level tokenizer written to ``scratch``: token ids differ,
     shapes do not)."""
     r = config.reward
-    kw = dict(mesh=mesh, dtype=jnp.dtype(r.dtype), rules=rules, remat=r.remat)
+    kw = dict(mesh=mesh, dtype=jnp.dtype(r.dtype), rules=rules, remat=r.remat,
+              attention=r.get("attention", "auto"))
     if scratch is None:
         return RewardModel.from_pretrained(r.path, **kw)
     if r.path and os.path.isdir(r.path):

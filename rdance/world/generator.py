@@ -58,6 +58,7 @@ class WorldGeneratorConfig:
     param_dtype: str = "float32"
     dtype: str | None = None
     remat: str = "none"
+    attention: str = "auto"        # rdance.models.attention (T5 and the transformer)
 
     def __post_init__(self):
         if self.image_size % self.patch_size:
@@ -89,7 +90,7 @@ class WorldGeneratorConfig:
                           axes_dims_rope=tuple(self.axes_dims_rope), **self._runtime())
 
     def _runtime(self) -> dict:
-        return dict(param_dtype=self.param_dtype, dtype=self.dtype, remat=self.remat)
+        return dict(param_dtype=self.param_dtype, dtype=self.dtype, remat=self.remat, attention=self.attention)
 
 
 class WorldGeneratorNet(nnx.Module):
@@ -178,7 +179,8 @@ class WorldGenerator:
         if not cfg.path:
             raise ValueError(f"generator.kind={cfg.kind!r} needs generator.path (a folder from "
                              "python -m rdance.run.pretrain_generator; the fit check reads only its config)")
-        return cls.abstract(cfg.path) if abstract else cls.from_pretrained(cfg.path)
+        runtime = {"attention": cfg.attention} if cfg.get("attention") else {}   # else the folder's
+        return cls.abstract(cfg.path, **runtime) if abstract else cls.from_pretrained(cfg.path, **runtime)
 
     def make_model(self) -> WorldGeneratorNet:
         return WorldGeneratorNet(self.cfg, rngs=nnx.Rngs(self.seed))

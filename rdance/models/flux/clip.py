@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from rdance.models import attention as attnlib
 from rdance.models.flux import config as cfglib
 from rdance.models.flux.stack import make_stack, run_stack
 from rdance.models.layers import Embed, LayerNorm, Linear
@@ -33,6 +34,7 @@ class CLIPTextConfig:
     param_dtype: str = "float32"
     dtype: str | None = None
     remat: str = "none"
+    attention: str = "auto"
 
 
 class Layer(nnx.Module):
@@ -47,14 +49,15 @@ class Layer(nnx.Module):
         self.fc1, self.fc2 = lin(d, m, ("embed", "mlp")), lin(m, d, ("mlp", "embed"))
         self.heads = cfg.num_attention_heads
         self.act = ACTIVATIONS[cfg.hidden_act]
+        self.impl = cfg.attention
 
     def __call__(self, x, mask):
+        """mask: None or key padding, bool [B, 1, 1, L]; attention is causal either way."""
         b, s, d = x.shape
         h = self.layer_norm1(x)
         split = lambda t: t.reshape(b, s, self.heads, -1)  # noqa: E731
         q, k, v = split(self.q_proj(h)), split(self.k_proj(h)), split(self.v_proj(h))
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * (d // self.heads) ** -0.5 + mask
-        attn = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits, -1).astype(v.dtype), v)
+        attn = attnlib.attend(q, k, v, mask=mask, causal=True, impl=self.impl)
         x = x + self.out_proj(attn.reshape(b, s, d))
         return x + self.fc2(self.act(self.fc1(self.layer_norm2(x))))
 
@@ -63,6 +66,7 @@ class CLIPTextModel(nnx.Module):
     def __init__(self, cfg: CLIPTextConfig, *, rngs: nnx.Rngs):
         if cfg.hidden_act not in ACTIVATIONS:
             raise ValueError(f"CLIP hidden_act {cfg.hidden_act!r} is not supported")
+        attnlib.check(cfg.attention)
         self.cfg = cfg
         pdt = jnp.dtype(cfg.param_dtype)
         self.token_embedding = Embed(cfg.vocab_size, cfg.hidden_size, rngs=rngs, param_dtype=pdt)
@@ -80,10 +84,7 @@ class CLIPTextModel(nnx.Module):
                              f"{cfg.max_position_embeddings}; truncate in the tokenizer")
         x = self.token_embedding(input_ids) + self.position_embedding.embedding[...][:length][None]
         x = x.astype(cfglib.dtype_of(cfg.dtype) or x.dtype)
-        causal = jnp.tril(jnp.ones((length, length), bool))[None, None]
-        if attention_mask is not None:
-            causal = causal & (attention_mask[:, None, None, :] > 0)
-        mask = jnp.where(causal, 0.0, jnp.finfo(jnp.float32).min)
+        mask = None if attention_mask is None else attention_mask[:, None, None, :] > 0
         x = self.final_layer_norm(run_stack(self.layers, x, mask, remat=cfg.remat))
         # Legacy configs (eos_token_id == 2) pool at the highest token id, which is the EOS token
         # in the original CLIP vocabulary; newer ones pool at the first EOS.

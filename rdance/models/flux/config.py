@@ -1,7 +1,7 @@
 """Model configs read from the checkpoint folder's config.json, checked against the model type.
 
 Each config is a frozen dataclass whose fields carry the reference library's names, so
-``config.json`` maps onto it key by key; rdance-only fields (dtypes, remat) are marked below.
+``config.json`` maps onto it key by key; rdance-only fields (dtypes, remat, attention) are marked below.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import jax.numpy as jnp
 _BOOKKEEPING = {"_class_name", "_diffusers_version", "_name_or_path", "architectures", "model_type",
                 "transformers_version", "dtype", "torch_dtype", "_commit_hash"}
 # rdance-only fields every config has; they never come from (or go to) config.json.
-RUNTIME_FIELDS = ("param_dtype", "dtype", "remat")
+RUNTIME_FIELDS = ("param_dtype", "dtype", "remat", "attention")
 
 
 class CheckpointTypeError(ValueError):

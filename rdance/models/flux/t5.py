@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from rdance.models import attention as attnlib
 from rdance.models.flux import config as cfglib
 from rdance.models.flux.stack import make_stack, run_stack
 from rdance.models.layers import Embed, Linear, RMSNorm
@@ -38,6 +39,7 @@ class T5Config:
     param_dtype: str = "float32"
     dtype: str | None = None
     remat: str = "none"
+    attention: str = "auto"   # splash has no additive bias: on TPU 'auto' runs T5 with xla
 
     @property
     def gated(self) -> bool:
@@ -76,13 +78,13 @@ class Attention(nnx.Module):
         self.v = lin(cfg.d_model, inner, ("embed", "heads"))
         self.o = lin(inner, cfg.d_model, ("heads", "embed"))
         self.d_kv = cfg.d_kv
+        self.impl = cfg.attention
 
     def __call__(self, x, bias):
         heads = lambda t: t.reshape(*t.shape[:2], -1, self.d_kv)  # noqa: E731
         q, k, v = heads(self.q(x)), heads(self.k(x)), heads(self.v(x))
         # T5 folds the 1/sqrt(d) scale into its initialisation: no scaling here.
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) + bias
-        out = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits, -1).astype(v.dtype), v)
+        out = attnlib.attend(q, k, v, bias=bias, scale=1.0, impl=self.impl)
         return self.o(out.reshape(*out.shape[:2], -1))
 
 
@@ -118,6 +120,7 @@ class Block(nnx.Module):
 
 class T5Encoder(nnx.Module):
     def __init__(self, cfg: T5Config, *, rngs: nnx.Rngs):
+        attnlib.check(cfg.attention)
         self.cfg = cfg
         self.shared = Embed(cfg.vocab_size, cfg.d_model, rngs=rngs, param_dtype=jnp.dtype(cfg.param_dtype))
         self.relative_attention_bias = Embed(cfg.relative_attention_num_buckets, cfg.num_heads, rngs=rngs,

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from rdance.models import attention as attnlib
 from rdance.models.flux import config as cfglib
 from rdance.models.flux.stack import make_stack, run_stack
 from rdance.models.layers import LayerNorm, Linear, RMSNorm
@@ -34,10 +35,12 @@ class FluxConfig:
     pooled_projection_dim: int = 768
     guidance_embeds: bool = False
     axes_dims_rope: tuple[int, ...] = (16, 56, 56)
-    # rdance-only: parameter and compute dtypes, activation rematerialisation per block.
+    # rdance-only: parameter and compute dtypes, activation rematerialisation per block, the
+    # attention implementation (rdance.models.attention).
     param_dtype: str = "float32"
     dtype: str | None = None
     remat: str = "none"
+    attention: str = "auto"
 
     @property
     def inner_dim(self) -> int:
@@ -80,12 +83,9 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return out.astype(x.dtype)
 
 
-def attention(q, k, v):
-    """Softmax attention over [B, S, H, D]; logits and softmax in float32."""
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * scale
-    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+def attention(q, k, v, impl: str = "auto"):
+    """Softmax attention over [B, S, H, D] (rdance.models.attention), heads merged in the output."""
+    out = attnlib.attend(q, k, v, impl=impl)
     return out.reshape(*out.shape[:2], -1)
 
 
@@ -152,6 +152,7 @@ class Attention(nnx.Module):
             self.norm_added_k = RMSNorm(hd, eps=1e-6)
             self.to_add_out = _linear(cfg, d, d, ("heads", "embed"), rngs)
         self.head_dim = hd
+        self.impl = cfg.attention
 
     def _heads(self, x):
         return x.reshape(*x.shape[:2], -1, self.head_dim)
@@ -164,9 +165,9 @@ class Attention(nnx.Module):
         return self.norm_q(self._heads(q)), self.norm_k(self._heads(k)), self._heads(v)
 
 
-def _attend(qkv_parts, cos, sin):
+def _attend(qkv_parts, cos, sin, impl):
     q, k, v = (jnp.concatenate(p, axis=1) for p in zip(*qkv_parts))
-    return attention(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v)
+    return attention(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, impl)
 
 
 class FeedForward(nnx.Module):
@@ -200,7 +201,7 @@ class DoubleBlock(nnx.Module):
         norm_img = _modulate(self.norm1.norm, img, shift, scale)
         norm_txt = _modulate(self.norm1_context.norm, txt, c_shift, c_scale)
         # Text first in the joint sequence, as the rotary ids (txt_ids, img_ids) are ordered.
-        out = _attend([self.attn.qkv(norm_txt, added=True), self.attn.qkv(norm_img)], cos, sin)
+        out = _attend([self.attn.qkv(norm_txt, added=True), self.attn.qkv(norm_img)], cos, sin, self.attn.impl)
         txt_attn, img_attn = out[:, :txt.shape[1]], out[:, txt.shape[1]:]
 
         img = img + gate[:, None] * self.attn.to_out(img_attn)
@@ -226,7 +227,7 @@ class SingleBlock(nnx.Module):
         shift, scale, gate = self.norm(x, temb)
         h = _modulate(self.norm.norm, x, shift, scale)
         mlp = jax.nn.gelu(self.proj_mlp(h), approximate=True)
-        attn = _attend([self.attn.qkv(h)], cos, sin)
+        attn = _attend([self.attn.qkv(h)], cos, sin, self.attn.impl)
         return x + gate[:, None] * self.proj_out(jnp.concatenate([attn, mlp], axis=-1))
 
 
@@ -237,6 +238,7 @@ class FluxTransformer(nnx.Module):
         if sum(cfg.axes_dims_rope) != cfg.attention_head_dim:
             raise ValueError(f"axes_dims_rope {cfg.axes_dims_rope} must sum to attention_head_dim "
                              f"{cfg.attention_head_dim}")
+        attnlib.check(cfg.attention)  # an unknown name fails here, not at the first call
         self.cfg = cfg
         self.time_text_embed = TimeTextEmbed(cfg, rngs)
         self.context_embedder = _linear(cfg, cfg.joint_attention_dim, d, (None, "embed"), rngs)

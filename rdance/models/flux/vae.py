@@ -15,6 +15,7 @@ import numpy as np
 from flax import nnx
 
 from rdance.models.flux import config as cfglib
+from rdance.models import attention as attnlib
 from rdance.models import remat as rematlib
 from rdance.models.layers import Conv2d, GroupNorm, Linear
 
@@ -45,8 +46,10 @@ class VAEConfig:
     param_dtype: str = "float32"
     dtype: str | None = None
     remat: str = "full"
+    attention: str = "auto"
 
     def __post_init__(self):
+        attnlib.check(self.attention)
         blocks = set(self.down_block_types) | set(self.up_block_types)
         if blocks - {"DownEncoderBlock2D", "UpDecoderBlock2D"} or self.act_fn != "silu":
             raise ValueError(f"AutoencoderKL variant with blocks {sorted(blocks)} and act_fn "
@@ -85,13 +88,13 @@ class SpatialAttention(nnx.Module):
                              param_dtype=jnp.dtype(cfg.param_dtype), dtype=cfglib.dtype_of(cfg.dtype))
         self.group_norm = GroupNorm(cfg.norm_num_groups, c, eps=1e-6)
         self.to_q, self.to_k, self.to_v, self.to_out = lin(), lin(), lin(), lin()
+        self.impl = cfg.attention
 
     def __call__(self, x):
         b, h, w, c = x.shape
         t = self.group_norm(x).reshape(b, h * w, c)
-        q, k, v = self.to_q(t), self.to_k(t), self.to_v(t)
-        logits = jnp.einsum("bqc,bkc->bqk", q, k).astype(jnp.float32) * c ** -0.5
-        out = jnp.einsum("bqk,bkc->bqc", jax.nn.softmax(logits, -1).astype(v.dtype), v)
+        q, k, v = (p(t)[:, :, None] for p in (self.to_q, self.to_k, self.to_v))  # one head of width c
+        out = attnlib.attend(q, k, v, impl=self.impl)[:, :, 0]
         return x + self.to_out(out).reshape(b, h, w, c)
 
 

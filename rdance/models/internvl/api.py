@@ -140,26 +140,28 @@ def export_state(state: nnx.State, config: InternVLConfig, out_dir: str, dtype=N
     convert.export(state, out_dir, keys.torch_key, hf, dtype=dtype, max_shard_bytes=max_shard_bytes)
 
 
-def abstract_model(config: InternVLConfig, dtype=jnp.float32, remat: str = "none"):
+def abstract_model(config: InternVLConfig, dtype=jnp.float32, remat: str = "none", attention: str = "auto"):
     """(graphdef, abstract state) of the model: shapes only, no memory."""
-    abstract = nnx.eval_shape(lambda: InternVLModel(config, rngs=nnx.Rngs(0), dtype=dtype, remat=remat))
+    abstract = nnx.eval_shape(lambda: InternVLModel(config, rngs=nnx.Rngs(0), dtype=dtype, remat=remat,
+                                                    attention=attention))
     return nnx.split(abstract)
 
 
 def load(path: str, mesh=None, dtype=jnp.float32, *, rules=sh.DEFAULT_RULES,
-         remat: str = "none") -> InternVL:
+         remat: str = "none", attention: str = "auto") -> InternVL:
     """Load a Hugging Face InternVL folder (config.json + safetensors) onto ``mesh``.
 
     Without a mesh the model lives on the first device. Parameters are created in ``dtype``,
     each read from disk directly onto its shards. ``remat`` names how the layers recompute
-    their activations in a backward pass (rdance.models.remat).
+    their activations in a backward pass (rdance.models.remat), ``attention`` the attention
+    implementation (rdance.models.attention).
     """
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path} is not a folder; pass a Hugging Face InternVL checkpoint folder")
     config = load_config(path)
     if mesh is None:
         mesh = sh.make_mesh((1, 1, 1), devices=jax.devices()[:1])
-    graphdef, abstract_state = abstract_model(config, dtype, remat)
+    graphdef, abstract_state = abstract_model(config, dtype, remat, attention)
     shardings = sh.state_shardings(abstract_state, mesh, rules)
     state = load_state(path, abstract_state, shardings)
     return InternVL(graphdef, state, config, mesh, path)

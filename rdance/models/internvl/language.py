@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rdance.core import sharding
+from rdance.models import attention as attnlib
 from rdance.models import remat as rematlib
 from rdance.models.layers import Embed, Linear, RMSNorm
 
@@ -47,7 +48,7 @@ def apply_rope(x, cos, sin):
 
 
 class Attention(nnx.Module):
-    def __init__(self, cfg: TextConfig, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    def __init__(self, cfg: TextConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, attention: str = "auto"):
         e, h, kv, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         kw = dict(rngs=rngs, param_dtype=dtype)
         self.q = Linear(e, h * hd, axes=("embed", "heads"), **kw)
@@ -55,9 +56,12 @@ class Attention(nnx.Module):
         self.v = Linear(e, kv * hd, axes=("embed", "kv_heads"), **kw)
         self.o = Linear(h * hd, e, axes=("heads", "embed"), use_bias=False, **kw)
         self.shape = (h, kv, hd)
+        self.impl = attnlib.check(attention)
 
     def __call__(self, x, cos, sin, mask, kv_slot=None, index=None):
-        """mask [batch, queries, keys]; with ``kv_slot`` (this layer's cache) keys are its slots."""
+        """mask [batch, queries, keys], or [batch, keys] for causal attention over a whole padded
+        sequence (the form TPU's splash kernel takes); with ``kv_slot`` (this layer's cache) keys
+        are its slots."""
         b, l, _ = x.shape
         h, kvh, hd = self.shape
         q = apply_rope(self.q(x).reshape(b, l, h, hd), cos, sin)
@@ -68,22 +72,19 @@ class Attention(nnx.Module):
             k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, index, 0, 0))
             v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, index, 0, 0))
             kv_slot = (k, v)
-        # Grouped-query attention without repeating K/V: queries grouped per KV head.
-        q = q.reshape(b, l, kvh, h // kvh, hd)
-        scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k.astype(q.dtype),
-                            preferred_element_type=jnp.float32) * hd ** -0.5
-        scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-        out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v.astype(q.dtype)).reshape(b, l, h * hd)
+        # Grouped-query attention without repeating K/V (attend groups queries per KV head).
+        causal = mask.ndim == 2
+        mask = mask[:, None, None, :] if causal else mask[:, None]
+        out = attnlib.attend(q, k, v, mask=mask, causal=causal, impl=self.impl).reshape(b, l, h * hd)
         return self.o(out), kv_slot
 
 
 class DecoderLayer(nnx.Module):
-    def __init__(self, cfg: TextConfig, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    def __init__(self, cfg: TextConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, attention: str = "auto"):
         e, m = cfg.hidden_size, cfg.intermediate_size
         kw = dict(rngs=rngs, param_dtype=dtype, use_bias=False)
         self.input_norm = RMSNorm(e, eps=cfg.rms_norm_eps, param_dtype=dtype)
-        self.attn = Attention(cfg, rngs=rngs, dtype=dtype)
+        self.attn = Attention(cfg, rngs=rngs, dtype=dtype, attention=attention)
         self.post_attn_norm = RMSNorm(e, eps=cfg.rms_norm_eps, param_dtype=dtype)
         self.gate = Linear(e, m, axes=("embed", "mlp"), **kw)
         self.up = Linear(e, m, axes=("embed", "mlp"), **kw)
@@ -99,14 +100,14 @@ class DecoderLayer(nnx.Module):
 
 class Qwen2(nnx.Module):
     def __init__(self, cfg: TextConfig, *, tie_word_embeddings: bool, rngs: nnx.Rngs,
-                 dtype=jnp.float32, remat: str = "none"):
+                 dtype=jnp.float32, remat: str = "none", attention: str = "auto"):
         self.cfg = cfg
         self.embed = Embed(cfg.vocab_size, cfg.hidden_size, rngs=rngs, param_dtype=dtype)
 
         @nnx.split_rngs(splits=cfg.num_layers)
         @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
         def make_layers(rngs):
-            return DecoderLayer(cfg, rngs=rngs, dtype=dtype)
+            return DecoderLayer(cfg, rngs=rngs, dtype=dtype, attention=attention)
         self.layers = make_layers(rngs)
         self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, param_dtype=dtype)
         self.lm_head = None if tie_word_embeddings else Linear(
@@ -115,7 +116,8 @@ class Qwen2(nnx.Module):
         self.remat = remat
 
     def __call__(self, x, positions, mask, cache: KVCache | None = None, index=None):
-        """x: input embeddings [batch, length, embed]; returns final-normed hidden states, cache."""
+        """x: input embeddings [batch, length, embed]; mask [batch, queries, keys] or, causal over
+        the whole sequence, [batch, keys] (real tokens); returns final-normed hidden states, cache."""
         cos, sin = rope(positions, self.cfg)
 
         @nnx.scan(in_axes=(nnx.Carry, 0, 0), out_axes=(nnx.Carry, 0))

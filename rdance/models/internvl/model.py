@@ -36,12 +36,13 @@ class Projector(nnx.Module):
 
 
 class InternVLModel(nnx.Module):
-    def __init__(self, cfg: InternVLConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, remat: str = "none"):
+    def __init__(self, cfg: InternVLConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, remat: str = "none",
+                 attention: str = "auto"):
         self.cfg = cfg
-        self.vision = VisionTower(cfg.vision, rngs=rngs, dtype=dtype, remat=remat)
+        self.vision = VisionTower(cfg.vision, rngs=rngs, dtype=dtype, remat=remat, attention=attention)
         self.projector = Projector(cfg, rngs=rngs, dtype=dtype)
         self.language = Qwen2(cfg.text, tie_word_embeddings=cfg.tie_word_embeddings, rngs=rngs,
-                              dtype=dtype, remat=remat)
+                              dtype=dtype, remat=remat, attention=attention)
 
     def image_features(self, pixel_values):
         """[tiles, C, H, W] -> [tiles, tokens_per_tile, text hidden]."""
@@ -72,10 +73,8 @@ class InternVLModel(nnx.Module):
     def __call__(self, input_ids, pixel_values, attention_mask, positions):
         """Logits [batch, length, vocab] of a whole (padded) sequence, no cache."""
         x = self.embed(input_ids, pixel_values)
-        length = input_ids.shape[1]
-        causal = jnp.tril(jnp.ones((length, length), bool))
-        mask = causal[None] & attention_mask[:, None, :].astype(bool)
-        hidden, _ = self.language(x, positions, mask)
+        # Causal over the padded row, padding keys masked (a [batch, keys] mask means both).
+        hidden, _ = self.language(x, positions, attention_mask.astype(bool))
         return self.language.logits(hidden)
 
     def prefill(self, input_ids, pixel_values, attention_mask, positions, slots: int):

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from rdance.models import attention as attnlib
 from rdance.models import remat as rematlib
 from rdance.models.layers import LayerNorm, Linear, RMSNorm
 from rdance.core import sharding
@@ -34,20 +35,11 @@ def make_norm(cfg: VisionConfig, features: int):
     return LayerNorm(features, eps=cfg.layer_norm_eps)
 
 
-def attention(q, k, v, mask=None):
-    """Softmax attention over [batch, length, heads, head_dim]; scores and softmax in float32."""
-    scale = q.shape[-1] ** -0.5
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
-    if mask is not None:
-        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
-
-
 class VisionAttention(nnx.Module):
-    def __init__(self, cfg: VisionConfig, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    def __init__(self, cfg: VisionConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, attention: str = "auto"):
         d = cfg.hidden_size
         kw = dict(rngs=rngs, param_dtype=dtype)
+        self.impl = attnlib.check(attention)
         self.q = Linear(d, d, axes=("embed", "heads"), use_bias=cfg.attention_bias, **kw)
         self.k = Linear(d, d, axes=("embed", "heads"), use_bias=cfg.attention_bias, **kw)
         self.v = Linear(d, d, axes=("embed", "heads"), use_bias=cfg.attention_bias, **kw)
@@ -63,14 +55,14 @@ class VisionAttention(nnx.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         split = lambda t: t.reshape(b, s, self.num_heads, d // self.num_heads)
-        return self.proj(attention(split(q), split(k), split(v)).reshape(b, s, d))
+        return self.proj(attnlib.attend(split(q), split(k), split(v), impl=self.impl).reshape(b, s, d))
 
 
 class VisionLayer(nnx.Module):
-    def __init__(self, cfg: VisionConfig, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    def __init__(self, cfg: VisionConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, attention: str = "auto"):
         d = cfg.hidden_size
         self.norm1 = make_norm(cfg, d)
-        self.attn = VisionAttention(cfg, rngs=rngs, dtype=dtype)
+        self.attn = VisionAttention(cfg, rngs=rngs, dtype=dtype, attention=attention)
         self.lambda_1 = param(jnp.full((d,), 0.1, dtype), ("norm",))
         self.norm2 = make_norm(cfg, d)
         self.fc1 = Linear(d, cfg.intermediate_size, axes=("embed", "mlp"), rngs=rngs, param_dtype=dtype)
@@ -86,7 +78,8 @@ class VisionLayer(nnx.Module):
 class VisionTower(nnx.Module):
     """pixel_values [tiles, C, H, W] -> hidden states [tiles, 1 + patches, D] (CLS first)."""
 
-    def __init__(self, cfg: VisionConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, remat: str = "none"):
+    def __init__(self, cfg: VisionConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, remat: str = "none",
+                 attention: str = "auto"):
         d, p = cfg.hidden_size, cfg.patch_size
         init = nnx.initializers.normal(0.02)
         self.cfg = cfg
@@ -102,7 +95,7 @@ class VisionTower(nnx.Module):
         @nnx.split_rngs(splits=cfg.num_layers)
         @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
         def make_layers(rngs):
-            return VisionLayer(cfg, rngs=rngs, dtype=dtype)
+            return VisionLayer(cfg, rngs=rngs, dtype=dtype, attention=attention)
         self.layers = make_layers(rngs)
         self.final_norm = None if cfg.use_mean_pooling else LayerNorm(d, eps=cfg.layer_norm_eps)
         rematlib.policy(remat)  # an unknown name fails here, not at the first call
