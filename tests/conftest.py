@@ -7,6 +7,9 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 # libtpu (from the test extra) is installed for the TPU fit check; tests themselves run on CPU.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+# Tests that compile for a TPU topology in-process load libtpu, which takes /tmp/libtpu_lockfile
+# for the process's life; child fit checks would then fail on the lock.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 import subprocess  # noqa: E402
 import sys  # noqa: E402
