@@ -292,9 +292,7 @@ def test_outside_paths_convert_when_allowed_and_a_converted_set_is_kept(tmp_path
 def test_workers_give_the_same_set(tmp_path, records):
     """Decoding on 4 threads writes the records, keys and counts that one thread does (a bad
     record skipped on the way), in source order."""
-    rows = {"caption": [r.prompt for r in records] * 3,
-            "jpg_0": [png(r.images[0]) for r in records] * 3, "jpg_1": [png(r.images[1]) for r in records] * 3,
-            "label_0": [float(r.label == 0) for r in records] * 3, "label_1": [float(r.label == 1) for r in records] * 3}
+    rows = pickapic_rows(records * 3).to_pydict()
     rows["jpg_0"][7] = b"broken"
     (tmp_path / "raw").mkdir()
     pq.write_table(pa.table(rows), tmp_path / "raw" / "train-00000-of-00001.parquet")

@@ -79,6 +79,14 @@ def hf_logits(model, ids, pixels, mask):
                      position_ids=torch.tensor(positions)).logits.numpy()
 
 
+def hf_greedy(model, ids, pixels, mask, new_tokens):
+    """transformers' greedy continuation of a padded batch: the new tokens only."""
+    with torch.no_grad():
+        return model.generate(input_ids=torch.tensor(ids), pixel_values=torch.tensor(pixels),
+                              attention_mask=torch.tensor(mask), max_new_tokens=new_tokens, do_sample=False,
+                              eos_token_id=None, pad_token_id=0)[:, ids.shape[1]:].numpy()
+
+
 def make_batch(seed=0):
     """A left-padded batch of 2 rows: 1 tile in row 0, 2 tiles in row 1 (3 tiles in all)."""
     rng = np.random.default_rng(seed)
@@ -99,3 +107,8 @@ def batch():
 @pytest.fixture(scope="session")
 def reference_logits():
     return hf_logits
+
+
+@pytest.fixture(scope="session")
+def reference_greedy():
+    return hf_greedy

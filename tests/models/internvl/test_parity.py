@@ -26,13 +26,10 @@ def test_logits_match_transformers(loaded, batch, reference_logits):
     assert err < 1e-4
 
 
-def test_greedy_16_tokens_match_transformers(loaded, batch):
+def test_greedy_16_tokens_match_transformers(loaded, batch, reference_greedy):
     flavour, hf_model, model = loaded
     ids, pixels, mask = batch(seed=1)
-    with torch.no_grad():
-        want = hf_model.generate(input_ids=torch.tensor(ids), pixel_values=torch.tensor(pixels),
-                                 attention_mask=torch.tensor(mask), max_new_tokens=16, do_sample=False,
-                                 eos_token_id=None, pad_token_id=0)[:, ids.shape[1]:].numpy()
+    want = reference_greedy(hf_model, ids, pixels, mask, 16)
     with jax.default_matmul_precision("highest"):
         out = model.generate(ids, pixels, mask, max_new_tokens=16)
     assert want.shape == (2, 16)
