@@ -32,6 +32,7 @@ setup(
         # torch must stay pinned: an unpinned torch pulls a multi-GB CUDA build.
         "test": [
             "pytest>=8",
+            "pytest-xdist>=3.6",  # the README's test command runs the suite on 2 workers (-n 2)
             "portpicker>=1.6",
             "torch==2.13.0",
             "transformers==5.23.0",

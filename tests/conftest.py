@@ -129,3 +129,21 @@ def gen_folder(tmp_path_factory):
 @pytest.fixture(scope="session")
 def rm_folder(tmp_path_factory):
     return make_rm_folder(tmp_path_factory.mktemp("rm"))
+
+
+# --- parallel runs (pytest -n 2 --dist loadgroup, as the README's test command runs) ----------
+
+# Folders whose conftest builds session fixtures (a fine-tuning run, the demo, reference models):
+# their tests stay on one worker, so each fixture is built once. Every other file is its own group
+# (module fixtures built once); pytest-xdist balances the groups over the workers.
+SHARED_FIXTURE_FOLDERS = ("tests/train", "tests/jobs", "tests/launch", "tests/models/internvl", "tests/models/flux")
+
+
+def xdist_group_of(path: str) -> str:
+    relative = os.path.relpath(path, REPO).replace(os.sep, "/")
+    return next((f for f in SHARED_FIXTURE_FOLDERS if relative.startswith(f + "/")), relative)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(xdist_group_of(str(item.path))))
