@@ -1,9 +1,22 @@
-r"""Text to image with a FLUX pipeline folder: PNGs plus a JSONL of prompts, seeds and settings.
+r"""Text to image with a FLUX pipeline folder (or a world generator folder): PNGs plus a JSONL of
+prompts, seeds and settings.
 
     python -m rdance.run.generate --pipeline=/ckpt/FLUX.1-dev --out_dir=/tmp/out \
         --prompts="a red cube" --prompts="two cats" --height=1024 --width=1024 --batch_size=2
 
 Image i uses seed ``--seed + i``, so any single image can be regenerated from its JSONL line.
+
+Inference-time search with a reward model as verifier (rdance.diffusion.search):
+
+    python -m rdance.run.generate --pipeline=... --out_dir=... --prompt_file=prompts.txt \
+        --search=paths --verifier=/tmp/rm/export --search_n=4 --search_m=2
+
+``--search=best_of_n`` samples ``--search_n`` candidates per prompt and keeps the verifier's best;
+``paths`` is search over paths (Ma et al. 2025). A pairwise RM scores each candidate against the
+prompt's running best, a pointwise or regressive RM scores it alone. Each JSONL line then carries
+the verifier's score and the search's compute (generator evaluations per prompt, as a multiple
+of plain sampling); the totals are printed at the end. Under search, a batch's noise is keyed
+by (``--seed`` + index of its first prompt, candidate), so a line's seed and settings regenerate it.
 """
 from __future__ import annotations
 
@@ -12,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 from absl import app, flags, logging
 
 from rdance.core import console
@@ -33,6 +47,16 @@ flags.DEFINE_integer("max_sequence_length", 512, "T5 tokens per prompt.")
 flags.DEFINE_enum("on_overflow", "warn", ["warn", "error"], "Prompt longer than the T5 limit: truncate "
                   "with a warning, or stop.")
 flags.DEFINE_string("dtype", None, "Compute dtype (e.g. bfloat16); parameters stay as loaded.")
+flags.DEFINE_enum("search", "none", ["none", "best_of_n", "paths"], "Inference-time search with --verifier "
+                  "(rdance.diffusion.search).")
+flags.DEFINE_string("verifier", None, "Reward model folder (train_reward's export or an InternVL -hf folder) "
+                    "that scores the search's candidates.")
+flags.DEFINE_string("verifier_criteria", None, "Criteria text the verifier is asked about (default: its own).")
+flags.DEFINE_integer("search_n", 4, "best_of_n: candidates per prompt; paths: paths kept per prompt.")
+flags.DEFINE_integer("search_m", 2, "paths: candidates each path branches into per round.")
+flags.DEFINE_integer("search_start", 0, "paths: Euler step of the first branching (0: half of --steps).")
+flags.DEFINE_integer("search_forward", 1, "paths: steps each round re-noises up the schedule.")
+flags.DEFINE_integer("search_backward", 2, "paths: steps each round then denoises (> --search_forward).")
 
 
 def read_prompts() -> list[str]:
@@ -58,19 +82,85 @@ def progress(done: int, total: int, started: float):
     sys.stderr.flush()
 
 
-def main(argv):
-    del argv
-    from PIL import Image
+def search_config():
+    from rdance.diffusion.search import SearchConfig
+    return SearchConfig(method=FLAGS.search, n=FLAGS.search_n, m=FLAGS.search_m, start_step=FLAGS.search_start,
+                        forward_steps=FLAGS.search_forward, backward_steps=FLAGS.search_backward)
 
-    from rdance.diffusion.flux_generator import FluxGenerator
-    prompts = read_prompts()
+
+def verifier_of(rm, prompts: list[str]):
+    """The verifier of one batch's prompts from the reward model ``rm`` (None: no search)."""
+    from rdance.diffusion.search import PairwiseAgainstBest, pointwise_verifier
+    if rm is None:
+        return None
+    if rm.paradigm == "pairwise":
+        score = rm.score_pairwise
+        if FLAGS.verifier_criteria:
+            score = lambda refs, images, ps: rm.score_pairwise(refs, images, ps, criteria=FLAGS.verifier_criteria)
+        return PairwiseAgainstBest(score, prompts)
+    return pointwise_verifier(rm.score_pointwise, prompts, criteria=FLAGS.verifier_criteria)
+
+
+def is_world_folder(path: str) -> bool:
+    config = Path(path) / "generator.json"
+    return config.is_file() and json.loads(config.read_text()).get("kind") == "world"
+
+
+def open_searcher(pipeline: str):
+    """(generator, searcher, trainable, frozen, settings) for --pipeline: a FluxPipeline folder
+    or a world generator folder (python -m rdance.run.pretrain_generator's export)."""
+    from flax import nnx
+
+    from rdance.diffusion.search import Searcher
+    if is_world_folder(pipeline):
+        from rdance.world.generator import WorldGenerator
+        gen = WorldGenerator.from_pretrained(pipeline)
+        graphdef = nnx.split(nnx.eval_shape(gen.make_model), nnx.Param)[0]
+        trainable = gen.initial_params(None, None)
+        settings = dict(height=gen.image_shape[0], width=gen.image_shape[1], num_steps=FLAGS.steps)
+    else:
+        from rdance.diffusion.flux_generator import FluxGenerator
+        gen = FluxGenerator.from_pretrained(pipeline, height=FLAGS.height, width=FLAGS.width,
+                                            guidance_scale=FLAGS.guidance, max_sequence_length=FLAGS.max_sequence_length,
+                                            dtype=FLAGS.dtype or None, vae_remat="none")
+        graphdef, trainable = gen.transformer()
+        settings = dict(height=FLAGS.height, width=FLAGS.width, num_steps=FLAGS.steps, guidance_scale=FLAGS.guidance,
+                        max_sequence_length=FLAGS.max_sequence_length)
+    return gen, Searcher(gen, graphdef, FLAGS.steps, search_config()), trainable, settings
+
+
+def check_flags(pipeline_is_world: bool):
     if FLAGS.batch_size < 1:
         raise app.UsageError("--batch_size must be at least 1")
     if FLAGS.true_cfg > 1 and FLAGS.negative_prompt is None:
         raise app.UsageError("--true_cfg > 1 needs --negative_prompt (use '' for an empty one)")
+    searching = FLAGS.search != "none" or pipeline_is_world
+    if FLAGS.search != "none" and not FLAGS.verifier:
+        raise app.UsageError(f"--search={FLAGS.search} needs --verifier (a reward model folder)")
+    if FLAGS.verifier and FLAGS.search == "none":
+        raise app.UsageError("--verifier is used only by a search: add --search=best_of_n or --search=paths")
+    if searching and FLAGS.true_cfg > 1:
+        raise app.UsageError("--true_cfg is not supported with --search or a world generator folder")
+    try:
+        search_config().check(FLAGS.steps)
+    except ValueError as e:
+        raise app.UsageError(f"{e} (flags --search_n, --search_m, --search_start, --search_forward, "
+                             "--search_backward, --steps)") from e
+
+
+def main(argv):
+    del argv
+    prompts = read_prompts()
+    world = is_world_folder(FLAGS.pipeline)
+    check_flags(world)
     out_dir = Path(FLAGS.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if FLAGS.search != "none" or world:
+        return main_search(prompts, out_dir)
 
+    from PIL import Image
+
+    from rdance.diffusion.flux_generator import FluxGenerator
     pipe = FluxGenerator.from_pretrained(FLAGS.pipeline, height=FLAGS.height, width=FLAGS.width,
                                          guidance_scale=FLAGS.guidance, max_sequence_length=FLAGS.max_sequence_length,
                                          dtype=FLAGS.dtype or None, vae_remat="none")
@@ -90,6 +180,41 @@ def main(argv):
                 log.write(json.dumps(dict(file=name, prompt=prompt, seed=seed, negative_prompt=FLAGS.negative_prompt,
                                           pipeline=str(FLAGS.pipeline), **settings)) + "\n")
             progress(start + len(batch), len(prompts), started)
+    logging.info("wrote %d images to %s", len(prompts), out_dir)
+
+
+def main_search(prompts: list[str], out_dir: Path):
+    """Sampling through rdance.diffusion.search (plain sampling when --search=none): each batch
+    is one search, its noise keyed by (--seed + the batch's first index, candidate row)."""
+    from PIL import Image
+    rm = None
+    if FLAGS.verifier:
+        from rdance.reward.api import RewardModel
+        rm = RewardModel.from_pretrained(FLAGS.verifier)
+    gen, searcher, trainable, settings = open_searcher(FLAGS.pipeline)
+    search = dict(search=FLAGS.search, verifier=FLAGS.verifier, verifier_criteria=FLAGS.verifier_criteria)
+    if FLAGS.search != "none":
+        search["search_n"] = FLAGS.search_n
+    if FLAGS.search == "paths":
+        search.update(search_m=FLAGS.search_m, search_start=searcher.cfg.first_branch(FLAGS.steps),
+                      search_forward=FLAGS.search_forward, search_backward=FLAGS.search_backward)
+    started, nfe, scored = time.time(), 0, 0
+    with open(out_dir / "samples.jsonl", "a") as log:
+        for start in range(0, len(prompts), FLAGS.batch_size):
+            batch = prompts[start:start + FLAGS.batch_size]
+            result = searcher(trainable, gen.frozen, batch, verifier_of(rm, batch), seed=FLAGS.seed + start)
+            nfe, scored = nfe + result.nfe_per_prompt * len(batch), scored + result.verifier_images
+            for i, (prompt, image, score) in enumerate(zip(batch, result.images, result.scores)):
+                name = f"{start + i:05d}.png"
+                Image.fromarray(image).save(out_dir / name)
+                log.write(json.dumps(dict(file=name, prompt=prompt, seed=FLAGS.seed + start, row=i,
+                                          pipeline=str(FLAGS.pipeline), **settings, **search,
+                                          verifier_score=None if np.isnan(score) else float(score),
+                                          sampling_units=result.sampling_units)) + "\n")
+            progress(start + len(batch), len(prompts), started)
+    wall = time.time() - started
+    print(f"compute: {nfe} generator evaluations ({nfe / len(prompts) / FLAGS.steps:.2f}x plain sampling per "
+          f"prompt), {scored} verifier images, {wall:.1f} s ({wall / len(prompts):.2f} s per prompt)")
     logging.info("wrote %d images to %s", len(prompts), out_dir)
 
 
