@@ -72,6 +72,20 @@ class SearchConfig:
     def first_branch(self, num_steps: int) -> int:
         return self.start_step or num_steps // 2
 
+    def nfe_per_prompt(self, num_steps: int) -> int:
+        """The generator evaluations a search of this setting spends per prompt (plan a budget)."""
+        if self.method == "none":
+            return num_steps
+        if self.method == "best_of_n":
+            return self.n * num_steps
+        at = self.first_branch(num_steps)
+        nfe = self.n * at
+        while at < num_steps:
+            up = at - self.forward_steps
+            at = min(up + self.backward_steps, num_steps)
+            nfe += self.n * self.m * (at - up)
+        return nfe
+
 
 @dataclasses.dataclass
 class SearchResult:

@@ -60,6 +60,10 @@ def test_the_verifier_finds_its_property_more_than_plain_sampling_at_the_reporte
     assert paths.nfe_per_prompt == 2 * 3 + 3 * 4 * 2 and paths.rounds == 3
     assert paths.verifier_images == 3 * 4 * len(PROMPTS)
     assert paths.images.shape == (len(PROMPTS), 32, 32, 3) and paths.images.dtype == np.uint8
+    # The plan agrees with what was spent.
+    for result, config in ((plain, SearchConfig()), (best, SearchConfig(method="best_of_n", n=4)),
+                           (paths, SearchConfig(method="paths", n=2, m=2, start_step=3))):
+        assert config.nfe_per_prompt(STEPS) == result.nfe_per_prompt
 
 
 def test_a_search_is_deterministic_for_a_seed(world):
