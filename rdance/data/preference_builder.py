@@ -20,10 +20,13 @@ sets written as 1.0.0 (before them) are still read, as records with no tie and w
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import functools
 import itertools
 import os
+import struct
+import uuid
 from concurrent import futures
 from typing import Callable, Iterable, Iterator
 
@@ -62,6 +65,80 @@ def _spill_without_tensorflow() -> None:
     except ImportError:
         from tensorflow_datasets.core import shuffle
         shuffle.tf = _LocalFiles
+
+
+class _InOrder:
+    """TFDS's Shuffler for a split whose examples come in key order and are kept in that order
+    (``disable_shuffling``): examples go to one scratch file as they come and are read back in
+    the same order, so memory stays flat whatever the split's size.
+
+    TFDS's own Shuffler keeps a split in memory up to 1 GB, then spills it to 1,000 bucket files
+    by hashed key; but with shuffling disabled a key is the example's own small index, so every
+    example falls in bucket 0, which the writer reads back whole and sorts in memory: peak memory
+    grew with the split (measured: bench/bench_convert.py) and Pick-a-Pic v2's 322 GB train split
+    would have been held in memory at once."""
+
+    def __init__(self, dirpath, hash_salt, disable_shuffling: bool = False, ignore_duplicates: bool = False):
+        del hash_salt, disable_shuffling, ignore_duplicates   # in order, keys checked below
+        os.makedirs(dirpath, exist_ok=True)
+        self._path = os.path.join(dirpath, f"in_order_{uuid.uuid4().hex}.tmp")
+        self._file = open(self._path, "wb")
+        self._last: int | None = None
+        self._num_examples = self._size = 0
+
+    def add(self, key, data: bytes) -> None:
+        if self._file is None:
+            raise AssertionError("add() cannot be called after the examples are read")
+        if not isinstance(key, int) or (self._last is not None and key <= self._last):
+            raise ValueError(f"example key {key!r} after {self._last!r}: keys must be increasing integers")
+        self._last = key
+        self._file.write(struct.pack("<QQ", key, len(data)))
+        self._file.write(data)
+        self._num_examples += 1
+        self._size += len(data)
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def num_examples(self) -> int:
+        return self._num_examples
+
+    @property
+    def bucket_lengths(self) -> list[int]:
+        return [self._num_examples]
+
+    def __iter__(self):
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        try:
+            with open(self._path, "rb") as f:
+                for _ in range(self._num_examples):
+                    key, length = struct.unpack("<QQ", f.read(16))
+                    yield key, f.read(length)
+        finally:
+            os.remove(self._path)
+
+
+@contextlib.contextmanager
+def _write_in_order():
+    """Within, TFDS's writer keeps an unshuffled split's examples in a scratch file, in order
+    (:class:`_InOrder`); a shuffled split (never ours) gets TFDS's own Shuffler."""
+    from tensorflow_datasets.core import shuffle   # tfds.core.writer calls shuffle.Shuffler(...)
+    original = shuffle.Shuffler
+
+    def choose(dirpath, hash_salt, disable_shuffling=False, ignore_duplicates=False):
+        local = "://" not in str(dirpath)
+        cls = _InOrder if disable_shuffling and local and not ignore_duplicates else original
+        return cls(dirpath, hash_salt, disable_shuffling=disable_shuffling, ignore_duplicates=ignore_duplicates)
+
+    shuffle.Shuffler = choose
+    try:
+        yield
+    finally:
+        shuffle.Shuffler = original
 
 
 @functools.cache  # TFDS registers the class by name: define it once
@@ -128,6 +205,10 @@ def builder_class():
                                 + "; ".join(f"{s}: {', '.join(f'{k}={v}' for k, v in sorted(c.items())) or 'no rows'}"
                                             for s, c in sorted(self.empty_splits.items())), "bad_file")
             return generators
+
+        def _download_and_prepare(self, *args, **kwargs):
+            with _write_in_order():
+                return super()._download_and_prepare(*args, **kwargs)
 
         def _generate_examples(self, split, source, root):
             fmt = self.builder_config.name

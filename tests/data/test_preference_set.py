@@ -310,7 +310,9 @@ def test_workers_give_the_same_set(tmp_path, records):
 
 def test_a_split_over_the_writers_memory_buffer_converts_without_tensorflow(tmp_path, records, monkeypatch):
     """TFDS spills a split larger than its memory buffer (1 GB) to scratch files through
-    tf.io.gfile; with no TensorFlow installed that crashed. A 2 kB buffer forces the spill."""
+    tf.io.gfile; with no TensorFlow installed that crashed. A 2 kB buffer forces the spill
+    wherever TFDS's Shuffler is still used (the builder now writes through its in-order
+    scratch file, tests/data/test_conversion_memory.py)."""
     from tensorflow_datasets.core import shuffle
     monkeypatch.setattr(shuffle, "MAX_MEM_BUFFER_SIZE", 2_000)
     (tmp_path / "raw").mkdir()
