@@ -22,8 +22,8 @@ the wall times are not this converter's own; CPU times are):
 | 800 | 2 | 180.4 | 180.9 | 1.00 | 22.7 | 35.2 | 10.3 | 3.3 | 378 |
 
 Peak RSS from 200 to 800 rows: +0% with 1 thread, -0% with 2 (goal: within 10%). Before the
-builder's in-order writer (rdance.data.preference_builder._InOrder), the same command at the
-previous commit: 407 MB at 200 rows, 528 MB at 800 (+30%): TFDS's Shuffler held the whole
+builder's in-order writer (rdance.data.preference_builder._InOrder), the same command at
+commit 83cf432: 407 MB at 200 rows, 528 MB at 800 (+30%): TFDS's Shuffler held the whole
 unshuffled split in memory (to 1 GB, then all of it again from its single bucket file), so it
 grew with the set without bound. A row costs 11 ms of CPU (9 ms with one thread), 2 ms of it on
 the main thread with 2 threads (parquet reading, TFDS encoding, writing). Projected for Pick-a-Pic
