@@ -1,17 +1,48 @@
 """Converting a Pick-a-Pic-like set: rows/s, output size against input size, peak memory.
 
-    python bench/bench_convert.py [--rows 100,400] [--min_px 512 --max_px 768]
+    python bench/bench_convert.py [--rows 100,400] [--min_px 512 --max_px 768] [--workers 1,2]
 
 Writes synthetic Pick-a-Pic v2 parquet files (two photo-like JPEGs a row, 512-768 px, quality
 90, as the set's images are), converts each with ``python -m rdance.run.preference_set`` in a
 child process, with one decoding thread and with one per core (``--workers``), and prints one
-table: rows, workers, input MB, output MB and their ratio, wall time, rows/s, and the child's
-peak RSS, so two sizes show whether memory stays bounded. The last lines project Pick-a-Pic
-v2's train split (959,040 rows) at the rate between the two largest sizes (start-up left out).
+table: rows, threads, input MB, output MB and their ratio, wall time and rows/s, the child's CPU
+seconds (all threads, and its main thread's) and its peak RSS, so two sizes show whether memory
+stays bounded. The last lines project Pick-a-Pic v2's train split (959,040 rows) on 1, 2 and 64
+dedicated cores from the CPU a row costs between the two sizes (start-up left out; see
+:func:`projection`): CPU time, not wall time, because the machine may be shared.
+
+Measured (``--rows 200,800``, Intel Xeon, 2 cores shared with other jobs: load average 13.6, so
+the wall times are not this converter's own; CPU times are):
+
+| rows | threads | input MB | output MB | output / input | wall s | rows/s (wall) | CPU s | main thread CPU s | peak RSS MB |
+|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
+| 200 | 1 | 45.0 | 45.2 | 1.00 | 7.7 | 26.1 | 3.6 | 3.5 | 366 |
+| 200 | 2 | 45.0 | 45.2 | 1.00 | 7.3 | 27.5 | 3.5 | 1.9 | 379 |
+| 800 | 1 | 180.4 | 180.9 | 1.00 | 18.7 | 42.7 | 8.9 | 8.6 | 368 |
+| 800 | 2 | 180.4 | 180.9 | 1.00 | 22.7 | 35.2 | 10.3 | 3.3 | 378 |
+
+Peak RSS from 200 to 800 rows: +0% with 1 thread, -0% with 2 (goal: within 10%). Before the
+builder's in-order writer (rdance.data.preference_builder._InOrder), the same command at
+commit 83cf432: 407 MB at 200 rows, 528 MB at 800 (+30%): TFDS's Shuffler held the whole
+unshuffled split in memory (to 1 GB, then all of it again from its single bucket file), so it
+grew with the set without bound. A row costs 11 ms of CPU (9 ms with one thread), 2 ms of it on
+the main thread with 2 threads (parquet reading, TFDS encoding, writing). Projected for Pick-a-Pic
+v2's train split, one process with a decoding thread per core (an upper bound: GIL waits and disk
+I/O are not modelled):
+
+| cores | rows/s | Pick-a-Pic v2 train |
+|---:|---:|---:|
+| 1 | 88 | 3.0 h |
+| 2 | 175 | 1.5 h |
+| 64 | 418 | 0.6 h (bound by the main thread: 2.3 ms a row) |
+
+More cores than about 5 do not help one process; several processes (TFDS's Beam path) would,
+but apache-beam cannot be installed beside this project's pins (README, Preference data).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import os
 import subprocess
@@ -62,15 +93,24 @@ def folder_bytes(folder: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, names in os.walk(folder) for f in names)
 
 
-# The converter as `python -m` runs it, reporting its own peak RSS as it exits.
-CHILD = ("import atexit, resource, runpy, sys; "
-         "atexit.register(lambda: print('peak_rss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
-         "file=sys.stderr)); sys.argv[0] = 'preference_set'; "
+# The converter as `python -m` runs it, reporting as it exits its peak RSS, its CPU time and the
+# main thread's (the main thread reads parquet, encodes and writes; --workers threads decode).
+CHILD = ("import atexit, resource, runpy, sys, time; "
+         "atexit.register(lambda: print('child_stats', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
+         "time.process_time(), time.thread_time(), file=sys.stderr)); sys.argv[0] = 'preference_set'; "
          "runpy.run_module('rdance.run.preference_set', run_name='__main__')")
 
 
-def convert(raw: str, out: str, workers: int) -> tuple[float, float]:
-    """(wall seconds, the converting process's peak RSS in MB)."""
+@dataclasses.dataclass
+class Run:
+    rows: int
+    wall: float       # seconds
+    peak_mb: float    # the converting process's peak RSS
+    cpu: float        # its CPU seconds, all threads
+    main_cpu: float   # its main thread's CPU seconds
+
+
+def convert(raw: str, out: str, workers: int, rows: int) -> Run:
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", CHILD, "--format=pickapic_v2", f"--manual_dir={raw}",
                            f"--data_dir={out}", f"--workers={workers}"], cwd=REPO, capture_output=True, text=True,
@@ -78,8 +118,8 @@ def convert(raw: str, out: str, workers: int) -> tuple[float, float]:
     wall = time.perf_counter() - start
     if done.returncode:
         sys.exit(done.stderr[-3000:])
-    peak_kb = int(next(line.split()[1] for line in done.stderr.splitlines() if line.startswith("peak_rss_kb")))
-    return wall, peak_kb / 1024
+    stats = next(line.split()[1:] for line in done.stderr.splitlines() if line.startswith("child_stats"))
+    return Run(rows, wall, int(stats[0]) / 1024, float(stats[1]), float(stats[2]))
 
 
 def main():
@@ -87,29 +127,53 @@ def main():
     parser.add_argument("--rows", default="100,400", help="comma-separated set sizes, increasing")
     parser.add_argument("--min_px", type=int, default=512)
     parser.add_argument("--max_px", type=int, default=768)
+    parser.add_argument("--workers", default="", help="comma-separated decoding threads (default: 1 and one per core)")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
-    print(f"CPU: {cpu_name()}, {cores} cores; one converting process")
-    print("| rows | workers | input MB | output MB | output / input | wall s | rows/s | peak RSS MB |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-    runs: dict[int, list] = {1: [], cores: []}
+    print(f"CPU: {cpu_name()}, {cores} cores, load average {os.getloadavg()[0]:.1f} at the start; one converting process")
+    print("| rows | threads | input MB | output MB | output / input | wall s | rows/s (wall) | CPU s | "
+          "main thread CPU s | peak RSS MB |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    runs: dict[int, list[Run]] = {int(w): [] for w in (args.workers or f"1,{cores}").split(",")}
     for rows in map(int, args.rows.split(",")):
         with tempfile.TemporaryDirectory() as tmp:
             raw = os.path.join(tmp, "raw")
             size_in = write_set(raw, rows, args.min_px, args.max_px)
             for workers in runs:
                 out = os.path.join(tmp, f"tfds{workers}")
-                wall, peak = convert(raw, out, workers)
+                run = convert(raw, out, workers, rows)
                 size_out = folder_bytes(out)
-                runs[workers].append((rows, wall))
+                runs[workers].append(run)
                 print(f"| {rows} | {workers} | {size_in / 1e6:.1f} | {size_out / 1e6:.1f} | {size_out / size_in:.2f} | "
-                      f"{wall:.1f} | {rows / wall:.1f} | {peak:.0f} |")
+                      f"{run.wall:.1f} | {rows / run.wall:.1f} | {run.cpu:.1f} | {run.main_cpu:.1f} | {run.peak_mb:.0f} |")
     for workers, done in runs.items():
-        # The rate between the two largest sizes leaves out the start-up both pay (imports, TFDS setup).
-        (rows_a, wall_a), (rows_b, wall_b) = done[-2:] if len(done) > 1 else ((0, 0.0), done[-1])
-        rate = (rows_b - rows_a) / max(wall_b - wall_a, 1e-9)
-        print(f"{workers} worker(s): marginal rate {rate:.1f} rows/s; Pick-a-Pic v2 train "
-              f"({PICKAPIC_TRAIN_ROWS:,} rows) {PICKAPIC_TRAIN_ROWS / rate / 3600:.1f} h on this machine")
+        if len(done) > 1:
+            print(f"{workers} thread(s): peak RSS {done[-1].peak_mb / done[0].peak_mb - 1:+.0%} from {done[0].rows} "
+                  f"to {done[-1].rows} rows")
+    most = max(runs)
+    if len(runs[most]) > 1:
+        for cores_then in (1, 2, 64):
+            print(projection(runs[most], cores_then))
+
+
+def projection(done: list[Run], cores: int) -> str:
+    """Pick-a-Pic v2's train split on ``cores`` dedicated cores, one converting process with a
+    decoding thread per core, from CPU time (so other load on this machine does not count).
+
+    Per row, between the two largest sizes (start-up left out): ``main`` CPU seconds on the
+    main thread (parquet reading, TFDS encoding, writing: one thread, whatever the cores) and
+    ``total`` CPU seconds over all threads. The main thread and the decoders work as a pipeline,
+    so a row costs max(main, total / cores) of wall time; GIL waits are not modelled, so this
+    is an upper bound on the rate."""
+    a, b = done[-2], done[-1]
+    rows = b.rows - a.rows
+    main, total = (b.main_cpu - a.main_cpu) / rows, (b.cpu - a.cpu) / rows
+    per_row = max(main, total / cores)
+    if main <= 0 or total <= 0:
+        return f"projection, {cores} core(s): too few rows to measure a row's cost; run with more --rows"
+    return (f"projection, {cores} core(s), one process: {1 / per_row:.0f} rows/s (CPU a row: {total * 1e3:.0f} ms, "
+            f"{main * 1e3:.0f} ms of it on the main thread); Pick-a-Pic v2 train ({PICKAPIC_TRAIN_ROWS:,} rows) "
+            f"{PICKAPIC_TRAIN_ROWS * per_row / 3600:.1f} h")
 
 
 def cpu_name() -> str:

@@ -13,13 +13,20 @@ read, so neither building nor reading needs TensorFlow; the public sets' images 
 their own encoding, as the dataset holds them (decoded once to check them, never re-encoded). A split in which no record survives
 (all ties, or every record skipped) is left out and reported with its counts; the others are
 written.
+
+Version 1.1.0 stores each record's ``tie`` (a pair kept as a 0.5/0.5 target) and ``weight``;
+sets written as 1.0.0 (before them) are still read, as records with no tie and weight 1.
 """
 from __future__ import annotations
 
 import collections
+import contextlib
+import dataclasses
 import functools
 import itertools
 import os
+import struct
+import uuid
 from concurrent import futures
 from typing import Callable, Iterable, Iterator
 
@@ -60,6 +67,80 @@ def _spill_without_tensorflow() -> None:
         shuffle.tf = _LocalFiles
 
 
+class _InOrder:
+    """TFDS's Shuffler for a split whose examples come in key order and are kept in that order
+    (``disable_shuffling``): examples go to one scratch file as they come and are read back in
+    the same order, so memory stays flat whatever the split's size.
+
+    TFDS's own Shuffler keeps a split in memory up to 1 GB, then spills it to 1,000 bucket files
+    by hashed key; but with shuffling disabled a key is the example's own small index, so every
+    example falls in bucket 0, which the writer reads back whole and sorts in memory: peak memory
+    grew with the split (measured: bench/bench_convert.py) and Pick-a-Pic v2's 322 GB train split
+    would have been held in memory at once."""
+
+    def __init__(self, dirpath, hash_salt, disable_shuffling: bool = False, ignore_duplicates: bool = False):
+        del hash_salt, disable_shuffling, ignore_duplicates   # in order, keys checked below
+        os.makedirs(dirpath, exist_ok=True)
+        self._path = os.path.join(dirpath, f"in_order_{uuid.uuid4().hex}.tmp")
+        self._file = open(self._path, "wb")
+        self._last: int | None = None
+        self._num_examples = self._size = 0
+
+    def add(self, key, data: bytes) -> None:
+        if self._file is None:
+            raise AssertionError("add() cannot be called after the examples are read")
+        if not isinstance(key, int) or (self._last is not None and key <= self._last):
+            raise ValueError(f"example key {key!r} after {self._last!r}: keys must be increasing integers")
+        self._last = key
+        self._file.write(struct.pack("<QQ", key, len(data)))
+        self._file.write(data)
+        self._num_examples += 1
+        self._size += len(data)
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def num_examples(self) -> int:
+        return self._num_examples
+
+    @property
+    def bucket_lengths(self) -> list[int]:
+        return [self._num_examples]
+
+    def __iter__(self):
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        try:
+            with open(self._path, "rb") as f:
+                for _ in range(self._num_examples):
+                    key, length = struct.unpack("<QQ", f.read(16))
+                    yield key, f.read(length)
+        finally:
+            os.remove(self._path)
+
+
+@contextlib.contextmanager
+def _write_in_order():
+    """Within, TFDS's writer keeps an unshuffled split's examples in a scratch file, in order
+    (:class:`_InOrder`); a shuffled split (never ours) gets TFDS's own Shuffler."""
+    from tensorflow_datasets.core import shuffle   # tfds.core.writer calls shuffle.Shuffler(...)
+    original = shuffle.Shuffler
+
+    def choose(dirpath, hash_salt, disable_shuffling=False, ignore_duplicates=False):
+        local = "://" not in str(dirpath)
+        cls = _InOrder if disable_shuffling and local and not ignore_duplicates else original
+        return cls(dirpath, hash_salt, disable_shuffling=disable_shuffling, ignore_duplicates=ignore_duplicates)
+
+    shuffle.Shuffler = choose
+    try:
+        yield
+    finally:
+        shuffle.Shuffler = original
+
+
 @functools.cache  # TFDS registers the class by name: define it once
 def builder_class():
     core, features = tfds().core, tfds().features
@@ -67,14 +148,17 @@ def builder_class():
 
     class PreferenceSet(core.GeneratorBasedBuilder):
         """Pairwise or pointwise preference records with encoded images."""
-        VERSION = core.Version("1.0.0")
+        VERSION = core.Version("1.1.0")
+        SUPPORTED_VERSIONS = [core.Version("1.0.0")]   # read, never written
+        RELEASE_NOTES = {"1.1.0": "tie and weight per record", "1.0.0": "prompt, criteria, rationale, label, images"}
         BUILDER_CONFIGS = [core.BuilderConfig(name=f) for f in sources.FORMATS]
         MANUAL_DOWNLOAD_INSTRUCTIONS = __doc__
 
         def __init__(self, *, skip_bad_records: bool = False, allow_outside_paths: bool = False, workers: int = 1,
-                     **kwargs):
+                     ties: str = "drop", weights: str = "dataset", **kwargs):
             self.skip_bad_records, self.allow_outside_paths = skip_bad_records, allow_outside_paths
             self.workers = workers
+            self.options = sources.Options(ties=ties, weights=weights)
             self.counter = sources.Counter()
             self.split_counters: dict[str, sources.Counter] = {}
             self.empty_splits: dict[str, dict] = {}   # split -> its counts, for splits with no record
@@ -87,6 +171,7 @@ def builder_class():
                 # Encoded frames of all images, and how many frames each image has (1: a still).
                 "images": features.Sequence(features.Tensor(shape=(), dtype=np.object_)),
                 "frames": features.Sequence(np.int32),
+                **({} if str(self.version) == "1.0.0" else {"tie": np.bool_, "weight": np.float32}),
             })
             # Keep the source order (grain shuffles at read time), so record i is row i.
             return self.dataset_info_from_configs(features=feature_dict, description=__doc__,
@@ -121,12 +206,19 @@ def builder_class():
                                             for s, c in sorted(self.empty_splits.items())), "bad_file")
             return generators
 
+        def _download_and_prepare(self, *args, **kwargs):
+            with _write_in_order():
+                return super()._download_and_prepare(*args, **kwargs)
+
         def _generate_examples(self, split, source, root):
             fmt = self.builder_config.name
-            reader = sources.READERS[fmt]
             counter = self.split_counters[split] = sources.Counter(total=self.counter)
-            items = (reader(source, counter, self.skip_bad_records, self.allow_outside_paths)
-                     if fmt == "jsonl" else reader(source, counter, root))
+            items = self._items(fmt, source, root, counter, self.options)
+            per_prompt = None
+            if self.options.weights == "per_prompt":   # a first pass over the prompts alone
+                per_prompt = sources.prompt_counts(self._items(
+                    fmt, source, root, sources.Counter(), dataclasses.replace(self.options, text_only=True)))
+            stored = set(self.info.features.keys())
             # Keys are source positions, so the set is the same whatever the number of workers.
             for key, (record, error) in enumerate(ordered_map(decode_and_check, items, self.workers)):
                 if error is not None:
@@ -136,14 +228,22 @@ def builder_class():
                     logging.warning("skipping bad record: %s", error)
                     continue
                 counter.add("written")
-                yield key, to_example(record)
+                if per_prompt is not None:
+                    record = dataclasses.replace(record, weight=1.0 / per_prompt[record.prompt])
+                example = to_example(record)
+                yield key, {k: v for k, v in example.items() if k in stored}
+
+        def _items(self, fmt, source, root, counter, options):
+            if fmt == "jsonl":
+                return sources.jsonl(source, counter, self.skip_bad_records, self.allow_outside_paths)
+            return sources.READERS[fmt](source, counter, root, options)
 
     return PreferenceSet
 
 
-def decode_and_check(item: tuple[str, Callable[[], PreferenceRecord]]) -> tuple[PreferenceRecord | None,
-                                                                              BadRecord | None]:
-    where, make = item
+def decode_and_check(item: tuple[str, str, Callable[[], PreferenceRecord]]) -> tuple[PreferenceRecord | None,
+                                                                                   BadRecord | None]:
+    where, _, make = item
     try:
         return validate(make(), where), None
     except BadRecord as e:
@@ -175,7 +275,8 @@ def to_example(record: PreferenceRecord) -> dict:
     stills = [data if data is not None and im.ndim == 3 else encode_png(frame)
               for im, data in zip(record.images, source) for frame in (im if im.ndim == 4 else [im])]
     return {"prompt": record.prompt, "criteria": record.criteria, "rationale": record.rationale,
-            "label": int(record.label), "images": stills, "frames": frames}
+            "label": int(record.label), "images": stills, "frames": frames, "tie": bool(record.tie),
+            "weight": np.float32(record.weight)}
 
 
 def from_example(example: dict) -> PreferenceRecord:
@@ -186,18 +287,26 @@ def from_example(example: dict) -> PreferenceRecord:
         chunk = stills[start:start + count]
         images.append(chunk[0] if count == 1 else np.stack(chunk))
         start += count
+    # A 1.0.0 set has neither tie nor weight: no tie, weight 1.
     return PreferenceRecord(text(example["prompt"]), tuple(images), int(example["label"]),
-                            text(example["criteria"]), text(example["rationale"]))
+                            text(example["criteria"]), text(example["rationale"]),
+                            tie=bool(example.get("tie", False)), weight=float(example.get("weight", 1.0)))
 
 
 class PreferenceSource:
     """Random access (for grain) to a converted split, decoding records on access."""
 
     def __init__(self, data_dir: str, fmt: str, split: str = "train"):
-        builder = builder_class()(config=fmt, data_dir=data_dir)
-        if not builder.is_prepared():
+        cls = builder_class()
+        # The newest version written there: a set converted before 1.1.0 reads as it was.
+        for version in (cls.VERSION, *cls.SUPPORTED_VERSIONS):
+            builder = cls(config=fmt, data_dir=data_dir, version=str(version))
+            if builder.is_prepared():
+                break
+        else:
             raise FileNotFoundError(f"no converted {fmt} preference set in {data_dir}; run "
                                     f"python -m rdance.run.preference_set --format={fmt} ...")
+        self.version = str(builder.version)
         self.source = builder.as_data_source(split=split)
 
     def __len__(self) -> int:

@@ -53,6 +53,12 @@ class PreferenceRecord:
     # clip): the conversion stores these as they are, never re-encoding (a photo's JPEG grows
     # 4-9x as PNG), and reading decodes them to ``images``.
     encoded: tuple[bytes | None, ...] = dataclasses.field(default=(), compare=False, repr=False)
+    # A pair with no preference kept as a soft target (the reward model is taught P(yes) = 0.5
+    # in both orders; ``label`` is then 0 and means nothing), and the record's weight in the loss
+    # when training is asked to use weights (rm.row_weights): PickScore weights each Pick-a-Pic
+    # row by 1 / num_example_per_prompt.
+    tie: bool = False
+    weight: float = 1.0
 
     @property
     def kind(self) -> str:
@@ -76,6 +82,11 @@ def validate(record: PreferenceRecord, where: str) -> PreferenceRecord:
                             "[H, W, 3] or a clip [T, H, W, 3]", "image_shape")
     if record.label not in (0, 1):
         raise BadRecord(f"{where}: label {record.label!r} out of range; use 0 or 1", "label_out_of_range")
+    if record.tie and len(record.images) != 2:
+        raise BadRecord(f"{where}: a tie needs two images, got {len(record.images)}", "image_count")
+    if not (isinstance(record.weight, (int, float)) and np.isfinite(record.weight) and record.weight >= 0):
+        raise BadRecord(f"{where}: weight {record.weight!r} is not a finite number >= 0; fix the dataset's "
+                        "weight column, or convert with --weights=none", "bad_weight")
     return record
 
 

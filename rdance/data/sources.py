@@ -9,8 +9,9 @@ Splits are found as the datasets publish them (:func:`parquet_splits`): a Hub do
 after their split; every split the files name is kept as that split.
 
 - Pick-a-Pic v2: ``caption``, ``jpg_0``, ``jpg_1`` (image bytes), ``label_0``, ``label_1``
-  (1/0, or 0.5/0.5 for a tie; ties carry no preference and are skipped and counted), and where
-  the file has it ``has_label`` (rows without a label are skipped and counted as ``unlabelled``).
+  (1/0, or 0.5/0.5 for a tie), and where the file has them ``has_label`` (rows without a label
+  are skipped and counted as ``unlabelled``) and ``num_example_per_prompt`` (a row's weight is
+  1 / num_example_per_prompt, as PickScore weights its loss).
 - HPDv2 as published: ``<split>.json`` arrays (train: ``prompt``, ``image_path`` (or
   ``file_path``), ``human_preference``; test: ``prompt``, ``image_path``, ``rank``) with the images
   in ``<split>/`` or ``<split>.zip``; or parquet with ``prompt``, ``image`` (a list of images) and
@@ -20,19 +21,26 @@ after their split; every split the files name is kept as that split.
   one prompt are consecutive; they are paired as they stream by, one prompt in memory at a time.
 
 Rankings become pairs as the datasets' authors pair them: every two images of a prompt, the
-lower rank wins, equal ranks are ties (skipped and counted); with ``human_preference`` the
-preferred image is paired with each other one. The winner's side alternates, so labels are
-balanced.
+lower rank wins, equal ranks are ties; with ``human_preference`` the preferred image is paired
+with each other one. The winner's side alternates, so labels are balanced.
+
+Ties (:class:`Options`): ``drop`` (the default, as Diffusion-DPO) skips and counts them as
+``ties``; ``soft`` keeps them as pairs with ``tie=True`` (a 0.5/0.5 target, as PickScore), counted
+as ``soft_ties``. Weights: ``dataset`` (the default) keeps the set's own (Pick-a-Pic's
+``num_example_per_prompt``), 1 elsewhere; ``per_prompt`` gives each record 1 / the number of
+records of its prompt in its split (a first pass reads the prompts alone, no image); ``none``
+gives 1.
 
 An image cell may be raw bytes or a ``{"bytes": ..., "path": ...}`` struct (the Hugging Face
 datasets Image encoding).
 
-Readers yield ``(where, make)``: ``make()`` decodes the record and may raise BadRecord, so a
-converter can skip one bad record and go on.
+Readers yield ``(where, prompt, make)``: ``make()`` decodes the record and may raise BadRecord,
+so a converter can skip one bad record and go on; ``prompt`` is known without decoding.
 """
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import glob
 import itertools
@@ -54,7 +62,25 @@ _COLUMNS = {   # every one of these, and at least one of each tuple in _ONE_OF
     "imagerewarddb": ("prompt_id", "prompt", "rank"),
 }
 _ONE_OF = {"hpdv2": [("human_preference", "rank")], "imagerewarddb": [("image", "image_path")]}
-_OPTIONAL_COLUMNS = {"pickapic_v2": ("has_label",)}
+_OPTIONAL_COLUMNS = {"pickapic_v2": ("has_label", "num_example_per_prompt")}
+_IMAGE_COLUMNS = {"jpg_0", "jpg_1", "image"}   # left unread by a pass over the prompts
+TIES = ("drop", "soft")
+WEIGHTS = ("dataset", "per_prompt", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """How a reader treats ties and weights (see the module docstring); ``text_only`` leaves the
+    image columns unread, for a pass that needs only each record's prompt."""
+    ties: str = "drop"
+    weights: str = "dataset"
+    text_only: bool = False
+
+    def __post_init__(self):
+        if self.ties not in TIES:
+            raise ValueError(f"--ties={self.ties!r}; use one of {', '.join(TIES)}")
+        if self.weights not in WEIGHTS:
+            raise ValueError(f"--weights={self.weights!r}; use one of {', '.join(WEIGHTS)}")
 
 
 def parquet_files(folder: str) -> list[str]:
@@ -100,7 +126,7 @@ def parquet_splits(root: str) -> dict[str, list[str]]:
     return dict(splits)
 
 
-def _rows(path: str, fmt: str) -> Iterator[dict]:
+def _rows(path: str, fmt: str, text_only: bool = False) -> Iterator[dict]:
     import pyarrow.parquet as pq
     table = pq.ParquetFile(path)
     names = table.schema_arrow.names
@@ -111,7 +137,10 @@ def _rows(path: str, fmt: str) -> Iterator[dict]:
                         f"found {', '.join(names)}", "bad_file")
     present = [c for group in _ONE_OF.get(fmt, []) for c in group if c in names]
     optional = [c for c in _OPTIONAL_COLUMNS.get(fmt, ()) if c in names]
-    for batch in table.iter_batches(columns=[*_COLUMNS[fmt], *present, *optional], batch_size=64):
+    columns = [*_COLUMNS[fmt], *present, *optional]
+    if text_only and fmt != "hpdv2":   # HPDv2's parquet image list gives the image count
+        columns = [c for c in columns if c not in _IMAGE_COLUMNS]
+    for batch in table.iter_batches(columns=columns, batch_size=64):
         yield from batch.to_pylist()
 
 
@@ -128,8 +157,10 @@ def _image(cell, where: str) -> tuple[np.ndarray, bytes]:
         raise BadRecord(f"{where}: image cannot be decoded ({e})", "image_unreadable") from None
 
 
-def _pair(prompt: str, first: tuple[np.ndarray, bytes], second: tuple[np.ndarray, bytes], label: int) -> PreferenceRecord:
-    return PreferenceRecord(prompt, (first[0], second[0]), label, encoded=(first[1], second[1]))
+def _pair(prompt: str, first: tuple[np.ndarray, bytes], second: tuple[np.ndarray, bytes], label: int,
+          tie: bool = False, weight: float = 1.0) -> PreferenceRecord:
+    return PreferenceRecord(prompt, (first[0], second[0]), label, encoded=(first[1], second[1]), tie=tie,
+                            weight=weight)
 
 
 class Counter:
@@ -154,55 +185,74 @@ class Counter:
         self.add(f"bad/{kind}", n)
 
 
-Lazy = Iterator[tuple[str, Callable[[], PreferenceRecord]]]
+Lazy = Iterator[tuple[str, str, Callable[[], PreferenceRecord]]]
 
 
-def pickapic_v2(paths: list[str], counter: Counter, root: str) -> Lazy:
+def _pickapic_weight(row: dict, where: str, options: Options) -> float:
+    count = row.get("num_example_per_prompt")
+    if options.weights != "dataset" or count is None:
+        return 1.0
+    if not isinstance(count, (int, float)) or count <= 0:
+        raise BadRecord(f"{where}: num_example_per_prompt={count!r}, not a count >= 1; fix the row, or "
+                        "convert with --weights=none or --weights=per_prompt", "bad_weight")
+    return 1.0 / count
+
+
+def pickapic_v2(paths: list[str], counter: Counter, root: str, options: Options = Options()) -> Lazy:
     for path in paths:
-        for i, row in enumerate(_rows(path, "pickapic_v2")):
+        for i, row in enumerate(_rows(path, "pickapic_v2", options.text_only)):
             where = f"row {i} of {path}"
             if row.get("has_label") is False:
                 counter.add("unlabelled")
                 continue
-            if row["label_0"] == row["label_1"]:
+            tie = row["label_0"] == row["label_1"]
+            if tie and options.ties == "drop":
                 counter.add("ties")
                 continue
-            yield where, lambda row=row, where=where: _pair(
+            if tie:
+                counter.add("soft_ties")
+            yield where, row["caption"] or "", lambda row=row, where=where, tie=tie: _pair(
                 row["caption"] or "", _image(row["jpg_0"], where), _image(row["jpg_1"], where),
-                int(row["label_1"] > row["label_0"]))
+                0 if tie else int(row["label_1"] > row["label_0"]), tie, _pickapic_weight(row, where, options))
 
 
-def ranked_pairs(ranks: list, counter: Counter) -> Iterator[tuple[int, int, int]]:
-    """(first, second, label) for every two items whose ranks differ (lower wins; label 1 when
-    ``second`` wins), the winner's side alternating; equal ranks are counted as ties."""
+def ranked_pairs(ranks: list, counter: Counter, ties: str = "drop") -> Iterator[tuple[int, int, int, bool]]:
+    """(first, second, label, tie) for every two items (lower rank wins; label 1 when ``second``
+    wins), the winner's side alternating; equal ranks are ties: counted and skipped (``drop``) or
+    yielded with tie=True and label 0 (``soft``)."""
     made = 0
     for a, b in itertools.combinations(range(len(ranks)), 2):
         if ranks[a] == ranks[b]:
-            counter.add("ties")
+            if ties == "soft":
+                counter.add("soft_ties")
+                yield a, b, 0, True
+            else:
+                counter.add("ties")
             continue
         winner, loser = (a, b) if ranks[a] < ranks[b] else (b, a)
-        yield (loser, winner, 1) if made % 2 else (winner, loser, 0)
+        yield (loser, winner, 1, False) if made % 2 else (winner, loser, 0, False)
         made += 1
 
 
-def _hpdv2_ranks(row: dict, count: int, where: str) -> list:
-    """Ranks from ``rank``, else from ``human_preference`` (the one preferred image first, the
-    others tied behind it, so only pairs with the preferred image are made)."""
+def _hpdv2_ranks(row: dict, count: int, where: str) -> tuple[list, bool]:
+    """(ranks, whether equal ranks are ties): from ``rank``, else from ``human_preference`` (the
+    one preferred image first, the others equal behind it, so only pairs with the preferred
+    image are made: its other images were not judged against each other, no tie)."""
     if row.get("rank") is not None:
-        ranks = list(row["rank"])
+        ranks, judged = list(row["rank"]), True
     else:
         prefs = list(row.get("human_preference") or [])
         if len(prefs) != count or sum(prefs) != 1:
             raise BadRecord(f"{where}: expected a rank per image, or human_preference with exactly one "
                             f"preferred, for {count} images; got human_preference={prefs}", "image_count")
-        ranks = [0 if p else 1 for p in prefs]
+        ranks, judged = [0 if p else 1 for p in prefs], False
     if len(ranks) != count or count < 2:
         raise BadRecord(f"{where}: {count} images and {len(ranks)} ranks; a record needs two or more "
                         "images, one rank each", "image_count")
-    return ranks
+    return ranks, judged
 
 
-def hpdv2(source: list[str], counter: Counter, root: str) -> Lazy:
+def hpdv2(source: list[str], counter: Counter, root: str, options: Options = Options()) -> Lazy:
     """HPDv2 records from its published ``<split>.json`` (images by path) or from parquet."""
     files = ImageFiles(root)
     for path in source:
@@ -214,10 +264,11 @@ def hpdv2(source: list[str], counter: Counter, root: str) -> Lazy:
             cells = (row.get("image_path") or row.get("file_path") or []) if is_json else (row["image"] or [])
             if not isinstance(cells, list):
                 raise BadRecord(f"{where}: image_path is a {type(cells).__name__}, not a list of images", "wrong_type")
+            prompt = row.get("prompt") or ""
             try:
-                ranks = _hpdv2_ranks(row, len(cells), where)
+                ranks, judged = _hpdv2_ranks(row, len(cells), where)
             except BadRecord as e:   # a bad record, skipped or not like every other
-                yield where, functools.partial(_raise, e)
+                yield where, prompt, functools.partial(_raise, e)
                 continue
             if not is_json:
                 def image(k, row=row, where=where):
@@ -226,9 +277,9 @@ def hpdv2(source: list[str], counter: Counter, root: str) -> Lazy:
                 def image(k, cells=cells, where=where):
                     name = cells[k] if "/" in cells[k] else f"{split}/{cells[k]}"
                     return _image(files.read(name, where), where)
-            for first, second, label in ranked_pairs(ranks, counter):
-                yield where, lambda f=first, s=second, label=label, row=row, image=image: _pair(
-                    row.get("prompt") or "", image(f), image(s), label)
+            for first, second, label, tie in ranked_pairs(ranks, counter, options.ties if judged else "drop"):
+                yield where, prompt, lambda f=first, s=second, label=label, tie=tie, image=image, prompt=prompt: _pair(
+                    prompt, image(f), image(s), label, tie)
 
 
 def _raise(error: Exception):
@@ -240,7 +291,7 @@ def _consecutive_groups(rows: Iterator[tuple[str, dict]], key: str) -> Iterator[
         yield list(group)
 
 
-def imagerewarddb(paths: list[str], counter: Counter, root: str) -> Lazy:
+def imagerewarddb(paths: list[str], counter: Counter, root: str, options: Options = Options()) -> Lazy:
     """Pairs of each prompt's images as its rows stream by (one prompt in memory at a time)."""
     files = ImageFiles(root)
 
@@ -248,13 +299,15 @@ def imagerewarddb(paths: list[str], counter: Counter, root: str) -> Lazy:
         data = row["image"] if row.get("image") is not None else files.read(row["image_path"], where)
         return _image(data, where)
 
-    rows = ((f"row {i} of {path}", row) for path in paths for i, row in enumerate(_rows(path, "imagerewarddb")))
+    rows = ((f"row {i} of {path}", row) for path in paths
+            for i, row in enumerate(_rows(path, "imagerewarddb", options.text_only)))
     for group in _consecutive_groups(rows, "prompt_id"):
         prompt_id = group[0][1]["prompt_id"]
-        for first, second, label in ranked_pairs([row["rank"] for _, row in group], counter):
+        for first, second, label, tie in ranked_pairs([row["rank"] for _, row in group], counter, options.ties):
             (wa, a), (wb, b) = group[first], group[second]
-            yield f"{wa} and {wb} (prompt_id {prompt_id})", lambda a=a, b=b, wa=wa, wb=wb, label=label: _pair(
-                a["prompt"] or "", image(a, wa), image(b, wb), label)
+            yield f"{wa} and {wb} (prompt_id {prompt_id})", a["prompt"] or "", \
+                lambda a=a, b=b, wa=wa, wb=wb, label=label, tie=tie: _pair(
+                    a["prompt"] or "", image(a, wa), image(b, wb), label, tie)
 
 
 def jsonl(path: str, counter: Counter, skip_bad_records: bool = False,
@@ -265,7 +318,13 @@ def jsonl(path: str, counter: Counter, skip_bad_records: bool = False,
     for kind, n in source.skipped.items():
         counter.add_bad(kind, n)
     for i in range(len(source)):
-        yield source.where(i), lambda i=i: source[i]
+        yield source.where(i), source.entries[i][1]["prompt"], lambda i=i: source[i]
+
+
+def prompt_counts(items: Lazy) -> collections.Counter:
+    """How many records each prompt has among ``items`` (nothing decoded): the per_prompt
+    weights' denominators."""
+    return collections.Counter(prompt for _, prompt, _ in items)
 
 
 READERS = {"jsonl": jsonl, "pickapic_v2": pickapic_v2, "hpdv2": hpdv2, "imagerewarddb": imagerewarddb}

@@ -50,7 +50,8 @@ class RewardTraining:
         loss_spec = LossSpec(paradigm=spec.paradigm, rationale_weight=config.rm.rationale_weight,
                              pointwise_ce_weight=config.rm.pointwise_ce_weight, yes_id=template.yes_id,
                              no_id=template.no_id, answer_col=spec.max_prompt_tokens - 1,
-                             image_size=spec.image_size, max_tiles=_stream_tiles(source[0], spec))
+                             image_size=spec.image_size, max_tiles=_stream_tiles(source[0], spec),
+                             row_weights=row_weights(config.rm))
         make_model = lambda: RewardNet(vlm_config, regression_head=spec.paradigm == "regressive",
                                        rngs=nnx.Rngs(config.seed), remat=config.rm.remat,
                                        attention=config.rm.get("attention", "auto"))
@@ -83,6 +84,15 @@ def model_folder(config, workdir: str | None, corpus: Callable[[], Iterable[str]
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices("base_model_written")
     return folder
+
+
+def row_weights(rm) -> bool:
+    """rm.row_weights: whether the loss weights each record (its stored weight); off by default."""
+    value = rm.get("row_weights", False)
+    if not isinstance(value, bool):
+        raise ValueError(f"rm.row_weights={value!r}; use true (each record's loss times its weight) or "
+                         "false (every record counts alike)")
+    return value
 
 
 def _stream_tiles(record, spec) -> int:

@@ -8,6 +8,10 @@ regressive  the pointwise rows without an answer; a scalar head scores them.
 caption     one row per single-image record, "Describe the image." answered by the record's
             prompt, or, for a record whose criteria is "question", 'Does the image show "PROMPT"?'
             answered yes (label 1) or no: the VLM pretraining a from-scratch smoke RM starts from.
+
+Every row also carries ``target``, the P(yes) its decision is trained towards (1 or 0; 0.5 for
+both rows of a tie, whose answer text is "yes" but whose decision token is trained on yes and no
+alike), and ``weight``, its record's weight (used by the loss only with rm.row_weights).
 """
 from __future__ import annotations
 
@@ -93,7 +97,8 @@ class RowBuilder:
                       self.template.tokenizer.pad_token_id, ())
         return {"input_ids": rows.input_ids, "attention_mask": rows.attention_mask,
                 "targets": rows.targets, "target_kind": rows.target_kind,
-                "images": image.reshape(-1, *image.shape[-3:]), "yes": np.ones((1,), np.int32)}
+                "images": image.reshape(-1, *image.shape[-3:]), "yes": np.ones((1,), np.int32),
+                "target": np.ones((1,), np.float32), "weight": np.full((1,), record.weight, np.float32)}
 
     def __call__(self, record: PreferenceRecord, training: bool = True) -> dict[str, np.ndarray]:
         if self.spec.paradigm == "caption":
@@ -106,7 +111,7 @@ class RowBuilder:
         with_answer = training and self.spec.paradigm != "regressive"
         a, b = record.images
         if self.spec.paradigm == "pairwise":
-            yes = [record.label == 1, record.label == 0]   # candidate b won; candidate a won
+            yes = [True, True] if record.tie else [record.label == 1, record.label == 0]   # b won; a won
             encoded = [self.encode_pairwise(record.prompt, criteria, ref, cand, fmt,
                                             y if with_answer else None, record.rationale)
                        for (ref, cand), y in zip(((a, b), (b, a)), yes)]
@@ -120,10 +125,12 @@ class RowBuilder:
             images = [winner, loser]
         rows = T.pack(encoded, self.spec.max_prompt_tokens, self.spec.max_answer_tokens,
                       self.template.tokenizer.pad_token_id, (self.template.yes_id, self.template.no_id))
+        target = np.full(2, 0.5, np.float32) if record.tie else np.asarray(yes, np.float32)
         frames = np.concatenate([im.reshape(-1, *im.shape[-3:]) for im in images])
         return {"input_ids": rows.input_ids, "attention_mask": rows.attention_mask,
                 "targets": rows.targets, "target_kind": rows.target_kind,
-                "images": frames, "yes": np.asarray(yes, np.int32)}
+                "images": frames, "yes": np.asarray(yes, np.int32), "target": target,
+                "weight": np.full(2, record.weight, np.float32)}
 
 
 def _frames(image: np.ndarray) -> int:

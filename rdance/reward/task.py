@@ -25,6 +25,7 @@ class LossSpec:
     answer_col: int        # max_prompt_tokens - 1: where every row's answer is read
     image_size: int
     max_tiles: int
+    row_weights: bool = False   # rm.row_weights: each row's loss times its record's weight
 
 
 def forward_rows(net: RewardNet, batch: dict, spec: LossSpec):
@@ -76,18 +77,30 @@ def make_loss_fn(spec: LossSpec):
                 predicted = jnp.argmax(logits, -1) == targets
                 metrics = {"token_accuracy": (predicted * (kind > 0)).sum() / jnp.maximum((kind > 0).sum(), 1)}
                 return loss, metrics
-            loss, metrics = losses.answer_ce(logits, targets, kind, spec.rationale_weight)
+            target = batch["target"].reshape(-1)
+            weight = batch["weight"].reshape(-1) if spec.row_weights else None
+            loss, metrics = losses.answer_ce(logits, targets, kind, spec.rationale_weight,
+                                             soft=(target, spec.yes_id, spec.no_id), row_weight=weight)
             odds = losses.yes_log_odds(logits[:, 0].astype(jnp.float32), spec.yes_id, spec.no_id)
-            metrics["accuracy"] = jnp.mean((odds > 0) == (yes == 1))
+            metrics["accuracy"] = _decided_mean((odds > 0) == (yes == 1), target)
             return loss, metrics
         scores = row_scores(net, hidden, spec).reshape(-1, 2)  # rows: winner, loser
+        p_first = batch["target"].reshape(-1, 2)[:, 0]          # 1, or 0.5 for a tie
+        weight = batch["weight"].reshape(-1, 2)[:, 0] if spec.row_weights else None
         if spec.paradigm == "pointwise":
-            loss, metrics = losses.pointwise_generative(scores[:, 0], scores[:, 1], spec.pointwise_ce_weight)
+            loss, metrics = losses.pointwise_generative(scores[:, 0], scores[:, 1], spec.pointwise_ce_weight,
+                                                        p_first, weight)
         else:
-            loss, metrics = losses.bradley_terry(scores[:, 0], scores[:, 1]), {}
-        metrics["accuracy"] = jnp.mean(scores[:, 0] > scores[:, 1])
+            loss, metrics = losses.bradley_terry(scores[:, 0], scores[:, 1], p_first, weight), {}
+        metrics["accuracy"] = _decided_mean(scores[:, 0] > scores[:, 1], p_first)
         return loss, metrics
     return loss_fn
+
+
+def _decided_mean(correct: jax.Array, target: jax.Array) -> jax.Array:
+    """Accuracy over rows with a preference (a tie has no right answer)."""
+    decided = target != 0.5
+    return (correct * decided).sum() / jnp.maximum(decided.sum(), 1)
 
 
 def pair_metrics(paradigm: str, scores: np.ndarray, yes: np.ndarray) -> dict[str, float]:
@@ -151,7 +164,10 @@ class Evaluator:
                 batch = jax.device_put({k: v[idx] for k, v in rows.items()}, replicated)
                 chunks.append(np.asarray(self._scores(params, batch)).reshape(self.batch, -1))
             scores = np.concatenate(chunks)[:n]
-            for key, value in pair_metrics(self.spec.paradigm, scores, rows["yes"]).items():
+            decided = (rows["target"] != 0.5).all(axis=1)   # ties have no right answer
+            if not decided.any():
+                continue
+            for key, value in pair_metrics(self.spec.paradigm, scores[decided], rows["yes"][decided]).items():
                 out[f"{name}/{key}"] = value
         return out
 

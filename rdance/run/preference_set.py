@@ -1,7 +1,8 @@
 """Preference sets converted once to ArrayRecord through a TFDS builder, read back by grain.
 
     python -m rdance.run.preference_set --format=pickapic_v2 --manual_dir=/data/pickapic \
-        --data_dir=/data/tfds [--workers=N] [--skip_bad_records] [--allow_outside_paths] [--max_image_pixels=N]
+        --data_dir=/data/tfds [--workers=N] [--ties=drop|soft] [--weights=dataset|per_prompt|none] \
+        [--skip_bad_records] [--allow_outside_paths] [--max_image_pixels=N]
 
 ``manual_dir`` holds the raw files: for parquet formats the dataset's files as published, every
 split kept as its own (a Hub download's ``data/<split>-NNNNN-of-NNNNN-<hash>.parquet``, the Hub's
@@ -12,6 +13,12 @@ rdance.data.records). Images are stored as PNG/JPEG bytes and decoded on read, s
 building nor reading needs TensorFlow. The set is built in a hidden folder inside ``data_dir``
 and moved into place when done: a conversion that fails or is interrupted leaves nothing in
 ``data_dir``. The builder itself lives in rdance.data.preference_builder.
+
+``--ties=drop`` (default) skips pairs with no preference and counts them (``ties``);
+``--ties=soft`` keeps them as 0.5/0.5 targets (``soft_ties``). ``--weights=dataset`` (default)
+stores the set's own row weights (Pick-a-Pic v2: 1 / num_example_per_prompt, as PickScore), 1
+where it has none; ``per_prompt`` computes 1 / (records of the prompt in its split); ``none``
+stores 1. Training uses weights only with ``--config.rm.row_weights=true``.
 """
 from __future__ import annotations
 
@@ -34,11 +41,12 @@ SKIP_HINT = "; or pass --skip_bad_records to skip and count such records"
 
 def convert(fmt: str, manual_dir: str, data_dir: str, skip_bad_records: bool = False,
             allow_outside_paths: bool = False, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-            workers: int = 1) -> dict:
+            workers: int = 1, ties: str = "drop", weights: str = "dataset") -> dict:
     """Build the ArrayRecord files; returns the counts over all splits (written, ties, bad and
     bad/KIND) and, under ``splits``, each split's (an empty split, left out, has no ``written``)."""
     if fmt not in sources.FORMATS:
         raise ValueError(f"--format={fmt!r}; use one of {sources.FORMATS}")
+    sources.Options(ties=ties, weights=weights)   # a bad value is named before any work
     if not os.path.isdir(manual_dir):
         raise FileNotFoundError(f"--manual_dir={manual_dir} is not a folder; give the folder that "
                                 "holds the raw files")
@@ -48,7 +56,7 @@ def convert(fmt: str, manual_dir: str, data_dir: str, skip_bad_records: bool = F
         with tempfile.TemporaryDirectory(prefix=f".{fmt}-incomplete-", dir=data_dir) as scratch:
             return _build_and_move(fmt, manual_dir, scratch, data_dir, max_image_pixels,
                                    skip_bad_records=skip_bad_records, allow_outside_paths=allow_outside_paths,
-                                   workers=workers)
+                                   workers=workers, ties=ties, weights=weights)
     except BadRecord as e:
         hint = "" if e.kind == "bad_file" or skip_bad_records else SKIP_HINT
         raise BadRecord(f"{e}{hint}", e.kind) from None
@@ -97,6 +105,10 @@ flags.adopt_module_key_flags(record_flags)   # --help lists them with this modul
 SKIP = flags.DEFINE_bool("skip_bad_records", False, "skip and count bad records instead of stopping")
 WORKERS = flags.DEFINE_integer("workers", os.cpu_count() or 1, "threads decoding and checking images (the set "
                                "is the same for any number)", lower_bound=1)
+TIES = flags.DEFINE_enum("ties", "drop", list(sources.TIES), "pairs with no preference: drop (skip and count) "
+                         "or soft (keep as a 0.5/0.5 target)")
+WEIGHTS = flags.DEFINE_enum("weights", "dataset", list(sources.WEIGHTS), "row weights stored: the set's own "
+                            "(Pick-a-Pic: 1/num_example_per_prompt), 1/records of the prompt, or 1")
 
 
 def main(argv):
@@ -104,7 +116,8 @@ def main(argv):
     tfds().disable_progress_bar()  # so a failure's one-line message is what the terminal shows
     try:
         counts = convert(FORMAT.value, MANUAL_DIR.value, DATA_DIR.value, SKIP.value,
-                         record_flags.ALLOW_OUTSIDE_PATHS.value, record_flags.MAX_IMAGE_PIXELS.value, WORKERS.value)
+                         record_flags.ALLOW_OUTSIDE_PATHS.value, record_flags.MAX_IMAGE_PIXELS.value, WORKERS.value,
+                         TIES.value, WEIGHTS.value)
     except (BadRecord, FileNotFoundError, FileExistsError) as e:
         sys.exit(f"error: {e}")
     print(f"{summary(counts)}; read it as tfds:{DATA_DIR.value}:{FORMAT.value}")

@@ -270,7 +270,8 @@ def test_command_stops_on_a_bad_record_with_one_line_and_writes_nothing(data_dir
     write_lines(data, [good, dict(good, **entry)], name="train.jsonl")
     before = listing(data_dir_with_a_set)
     options = dict(format="jsonl", manual_dir=str(data), data_dir=str(data_dir_with_a_set), skip_bad_records="false",
-                   allow_outside_paths="false", max_image_pixels=str(ps.DEFAULT_MAX_IMAGE_PIXELS), workers="2")
+                   allow_outside_paths="false", max_image_pixels=str(ps.DEFAULT_MAX_IMAGE_PIXELS), workers="2",
+                   ties="drop", weights="dataset")
     with flagsaver.as_parsed(**{**options, **flags}), pytest.raises(SystemExit) as stopped:
         ps.main([])
     assert re.fullmatch(r"error: line 2 of .*train\.jsonl: " + message +
@@ -283,7 +284,7 @@ def test_outside_paths_convert_when_allowed_and_a_converted_set_is_kept(tmp_path
     write_lines(data, [{"prompt": "x", "images": ["../outside.png", "link.png"], "label": 1}], name="train.jsonl")
     assert totals(ps.convert("jsonl", str(data), str(tmp_path / "tfds"), allow_outside_paths=True)) == {"written": 1}
     assert PreferenceSource(str(tmp_path / "tfds"), "jsonl")[0].images[0].shape == (4, 4, 3)
-    with pytest.raises(FileExistsError, match=r"tfds/preference_set/jsonl/1.0.0 already holds a converted jsonl set; "
+    with pytest.raises(FileExistsError, match=r"tfds/preference_set/jsonl/1.1.0 already holds a converted jsonl set; "
                                               r"delete that folder to convert again"):
         ps.convert("jsonl", str(data), str(tmp_path / "tfds"), allow_outside_paths=True)
     assert len(PreferenceSource(str(tmp_path / "tfds"), "jsonl")) == 1
@@ -309,7 +310,9 @@ def test_workers_give_the_same_set(tmp_path, records):
 
 def test_a_split_over_the_writers_memory_buffer_converts_without_tensorflow(tmp_path, records, monkeypatch):
     """TFDS spills a split larger than its memory buffer (1 GB) to scratch files through
-    tf.io.gfile; with no TensorFlow installed that crashed. A 2 kB buffer forces the spill."""
+    tf.io.gfile; with no TensorFlow installed that crashed. A 2 kB buffer forces the spill
+    wherever TFDS's Shuffler is still used (the builder now writes through its in-order
+    scratch file, tests/data/test_conversion_memory.py)."""
     from tensorflow_datasets.core import shuffle
     monkeypatch.setattr(shuffle, "MAX_MEM_BUFFER_SIZE", 2_000)
     (tmp_path / "raw").mkdir()

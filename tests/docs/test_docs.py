@@ -23,7 +23,7 @@ RUN_BY = {
     "rdance.run.fit_check": "tests/train/test_entrypoint.py",
     "rdance.run.train_reward": "tests/reward/test_train_reward.py",
     "rdance.run.score": "tests/run/test_score_cli.py",
-    "rdance.run.preference_set": "tests/data/test_preference_set.py",
+    "rdance.run.preference_set": "tests/data/test_readme_commands.py",
     "rdance.run.generate": "tests/models/flux/test_generate.py",
     "rdance.run.finetune": "tests/train/conftest.py",
     "rdance.run.pretrain_generator": "demo",
