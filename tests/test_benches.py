@@ -27,3 +27,11 @@ def test_bench_prints_its_table(script, args, row):
     out = run_bench(script, *args)
     line = next(line for line in out.splitlines() if line.startswith(row))
     assert "nan" not in line, line
+
+
+def test_bench_search_prints_its_table(gen_folder, rm_folder):
+    out = run_bench("bench/bench_search.py", f"--generator={gen_folder}", f"--rm=tiny={rm_folder}", "--prompts=2",
+                    "--seeds=1", "--steps=4", "--max_units=2")
+    rows = [line for line in out.splitlines() if line.startswith(("| judge (oracle)", "| RM tiny"))]
+    # none, best_of_n 2, paths n=1 m=1 (1.5x) for each verifier; nothing above 2x.
+    assert len(rows) == 6 and all("nan" not in row for row in rows), out
