@@ -29,6 +29,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from rdance.core import console
+from rdance.run.folders import is_world_folder, open_generator_folder
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("pipeline", None, "FluxPipeline folder (model_index.json layout).", required=True)
@@ -101,34 +102,6 @@ def verifier_of(rm, prompts: list[str]):
     return pointwise_verifier(rm.score_pointwise, prompts, criteria=FLAGS.verifier_criteria)
 
 
-def is_world_folder(path: str) -> bool:
-    config = Path(path) / "generator.json"
-    return config.is_file() and json.loads(config.read_text()).get("kind") == "world"
-
-
-def open_searcher(pipeline: str):
-    """(generator, searcher, trainable, frozen, settings) for --pipeline: a FluxPipeline folder
-    or a world generator folder (python -m rdance.run.pretrain_generator's export)."""
-    from flax import nnx
-
-    from rdance.diffusion.search import Searcher
-    if is_world_folder(pipeline):
-        from rdance.world.generator import WorldGenerator
-        gen = WorldGenerator.from_pretrained(pipeline)
-        graphdef = nnx.split(nnx.eval_shape(gen.make_model), nnx.Param)[0]
-        trainable = gen.initial_params(None, None)
-        settings = dict(height=gen.image_shape[0], width=gen.image_shape[1], num_steps=FLAGS.steps)
-    else:
-        from rdance.diffusion.flux_generator import FluxGenerator
-        gen = FluxGenerator.from_pretrained(pipeline, height=FLAGS.height, width=FLAGS.width,
-                                            guidance_scale=FLAGS.guidance, max_sequence_length=FLAGS.max_sequence_length,
-                                            dtype=FLAGS.dtype or None, vae_remat="none")
-        graphdef, trainable = gen.transformer()
-        settings = dict(height=FLAGS.height, width=FLAGS.width, num_steps=FLAGS.steps, guidance_scale=FLAGS.guidance,
-                        max_sequence_length=FLAGS.max_sequence_length)
-    return gen, Searcher(gen, graphdef, FLAGS.steps, search_config()), trainable, settings
-
-
 def check_flags(pipeline_is_world: bool):
     if FLAGS.batch_size < 1:
         raise app.UsageError("--batch_size must be at least 1")
@@ -191,7 +164,10 @@ def main_search(prompts: list[str], out_dir: Path):
     if FLAGS.verifier:
         from rdance.reward.api import RewardModel
         rm = RewardModel.from_pretrained(FLAGS.verifier)
-    gen, searcher, trainable, settings = open_searcher(FLAGS.pipeline)
+    opened = open_generator_folder(FLAGS.pipeline, steps=FLAGS.steps, search=search_config(), height=FLAGS.height,
+                                   width=FLAGS.width, guidance=FLAGS.guidance,
+                                   max_sequence_length=FLAGS.max_sequence_length, dtype=FLAGS.dtype or None)
+    searcher = opened.searcher
     search = dict(search=FLAGS.search, verifier=FLAGS.verifier, verifier_criteria=FLAGS.verifier_criteria)
     if FLAGS.search != "none":
         search["search_n"] = FLAGS.search_n
@@ -202,13 +178,13 @@ def main_search(prompts: list[str], out_dir: Path):
     with open(out_dir / "samples.jsonl", "a") as log:
         for start in range(0, len(prompts), FLAGS.batch_size):
             batch = prompts[start:start + FLAGS.batch_size]
-            result = searcher(trainable, gen.frozen, batch, verifier_of(rm, batch), seed=FLAGS.seed + start)
+            result = opened.sample(batch, verifier_of(rm, batch), seed=FLAGS.seed + start)
             nfe, scored = nfe + result.nfe_per_prompt * len(batch), scored + result.verifier_images
             for i, (prompt, image, score) in enumerate(zip(batch, result.images, result.scores)):
                 name = f"{start + i:05d}.png"
                 Image.fromarray(image).save(out_dir / name)
                 log.write(json.dumps(dict(file=name, prompt=prompt, seed=FLAGS.seed + start, row=i,
-                                          pipeline=str(FLAGS.pipeline), **settings, **search,
+                                          pipeline=str(FLAGS.pipeline), **opened.settings, **search,
                                           verifier_score=None if np.isnan(score) else float(score),
                                           sampling_units=result.sampling_units)) + "\n")
             progress(start + len(batch), len(prompts), started)

@@ -25,6 +25,7 @@ RUN_BY = {
     "rdance.run.score": "tests/run/test_score_cli.py",
     "rdance.run.preference_set": "tests/data/test_readme_commands.py",
     "rdance.run.generate": "tests/models/flux/test_generate.py",
+    "rdance.run.evaluate": "tests/run/test_evaluate.py",
     "rdance.run.finetune": "tests/train/conftest.py",
     "rdance.run.pretrain_generator": "demo",
     "rdance.run.judge_generators": "demo",
