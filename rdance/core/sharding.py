@@ -42,6 +42,15 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
 )
 
 
+def with_rule(rules: Rules, name: str, target: Any) -> tuple[tuple[str, Any], ...]:
+    """``rules`` with logical axis ``name`` mapped to ``target`` (added when absent): e.g.
+    ``with_rule(DEFAULT_RULES, 'tokens', 'fsdp')`` turns on sequence sharding over 'fsdp'."""
+    rules = tuple((k, v) for k, v in rules)
+    if name not in dict(rules):
+        return rules + ((name, target),)
+    return tuple((k, target if k == name else v) for k, v in rules)
+
+
 class ShardingError(ValueError):
     """A parameter or mesh that cannot be sharded as configured."""
 
