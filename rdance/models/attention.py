@@ -147,7 +147,7 @@ def attend(q, k, v, *, bias=None, mask=None, causal: bool = False, scale: float 
     seq = _sequence_layout(q, k)
     if name in ("cudnn", "splash"):
         why = (_cudnn_unsupported if name == "cudnn" else _splash_unsupported)(q, k, bias, mask)
-        if not why and name == "splash" and seq is not None and causal:
+        if not why and seq is not None and causal:   # both kernels' causal masks start at query 0
             why = "has no causal mask offset by a sequence shard's position (sequence sharding)"
         if why:
             if base != "auto":

@@ -107,6 +107,23 @@ def test_lengths_that_do_not_divide_run_unsharded(devices):
     np.testing.assert_allclose(got, ref, atol=2e-6)
 
 
+def test_kernels_refuse_causal_sequence_shards(devices):
+    """splash and cudnn start their causal mask at query 0, wrong for a later shard's queries:
+    asked for by name they refuse; 'auto' on TPU runs such a call with xla, still sequence-sharded."""
+    q, k, v = _inputs(s=T)
+    mesh = sharding.make_mesh((1, 8, 1))
+    with sharding.activations_on(mesh, _rules("fsdp")):
+        for impl in ("splash", "cudnn"):
+            with pytest.raises(attention.Unsupported, match="causal mask offset by a sequence shard"):
+                attention.attend(*(x.astype(jnp.bfloat16) for x in (q, k, v)), causal=True, impl=impl)
+        with attention.target_platform("tpu"):
+            f = lambda q, k, v: attention.attend(q, k, v, causal=True)  # noqa: E731
+            jaxpr = str(jax.make_jaxpr(f)(q, k, v))
+            got = jax.jit(f)(q, k, v)
+    assert "all_gather" in jaxpr and "tpu_custom_call" not in jaxpr
+    np.testing.assert_allclose(got, attention.attend(q, k, v, causal=True, impl="xla"), atol=2e-6)
+
+
 def test_token_rule_must_name_a_mesh_axis(devices):
     with pytest.raises(sharding.ShardingError, match=r"rule \('tokens', 'seq'\) names mesh axes \['seq'\]"):
         with sharding.activations_on(sharding.make_mesh((1, 8, 1)), _rules("seq")):
