@@ -42,8 +42,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # kind: world (a rdance.run.pretrain_generator export) | flux (a diffusers FluxPipeline folder).
     c.generator = dict(kind="world", path="", transformer_path="", height=32, width=32,
                        guidance_scale=3.5, max_sequence_length=512, dtype="", remat="none",
-                       attention="auto")   # rdance.models.attention: auto, xla, chunked, cudnn, splash
-    c.reward = dict(path="", dtype="float32", criteria="", remat="none", attention="auto")
+                       attention="auto",   # rdance.models.attention: auto, xla, chunked, cudnn, splash
+                       attention_q_chunk=512, attention_k_chunk=512)   # queries / keys per chunk of 'chunked'
+    c.reward = dict(path="", dtype="float32", criteria="", remat="none", attention="auto",
+                    attention_q_chunk=512, attention_k_chunk=512)
     c.lora = dict(rank=0, alpha=8.0, targets=r"(attn|ff|ff_context|proj_mlp)/")  # rank 0: full fine-tuning
     c.sampler = dict(num_steps=20, t_sampling="uniform")
     c.data = dict(prompt_file="", eval_prompt_file="", prompt_seed=1, train_prompts=128, eval_prompts=64,

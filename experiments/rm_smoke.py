@@ -56,6 +56,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         max_prompt_tokens=120, max_tiles=1, remat="none",
         attention="auto",              # rdance.models.attention: auto, xla, chunked, cudnn, splash
         row_weights=False,             # true: each record's loss times its stored weight (converted sets)
+        attention_q_chunk=512, attention_k_chunk=512,   # queries / keys per chunk of 'chunked'
         max_answer_tokens=4)  # 72 with rationales
     c.data = dict(train="world", eval_sets="in_domain=world,relations=world:relation",
                   train_pairs=200000, eval_pairs=256, eval_batch_size=64, image_size=32,

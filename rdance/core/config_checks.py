@@ -50,6 +50,10 @@ BOUNDS = {
     "pairs.rendered_pairs": (0, None, "rendered training pairs"),
     "pairs.eval_rendered_pairs": (0, None, "rendered eval pairs"),
 }
+# Chunk sizes of attention 'chunked' (rdance.models.attention) beside each section's ``attention``.
+for _section in ("generator", "reward", "rm"):
+    BOUNDS[f"{_section}.attention_q_chunk"] = (1, None, "queries per chunk of attention 'chunked'")
+    BOUNDS[f"{_section}.attention_k_chunk"] = (1, None, "keys per chunk of attention 'chunked'")
 
 
 # Keys renamed since configs were written with them: old dotted key -> new dotted key.

@@ -36,9 +36,19 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("layers", None),
     ("norm", None),
     ("length", None),
+    ("tokens", None),   # activations' sequence axis: map it to a mesh axis for sequence sharding
     ("conv", None),
     ("channels", None),
 )
+
+
+def with_rule(rules: Rules, name: str, target: Any) -> tuple[tuple[str, Any], ...]:
+    """``rules`` with logical axis ``name`` mapped to ``target`` (added when absent): e.g.
+    ``with_rule(DEFAULT_RULES, 'tokens', 'fsdp')`` turns on sequence sharding over 'fsdp'."""
+    rules = tuple((k, v) for k, v in rules)
+    if name not in dict(rules):
+        return rules + ((name, target),)
+    return tuple((k, target if k == name else v) for k, v in rules)
 
 
 class ShardingError(ValueError):
@@ -206,13 +216,30 @@ def global_batch(local_batch: Any, mesh: Mesh) -> Any:
     return jax.tree.map(to_global, local_batch)
 
 
-# The mesh whose data-parallel axes split activations' batch dimension while a step is traced.
+# The mesh whose data-parallel axes split activations' batch dimension while a step is traced,
+# and the mesh axes its rules put activations' token axis on (sequence sharding; () for none).
 _ACTIVATION_MESH: contextvars.ContextVar[Mesh | None] = contextvars.ContextVar("activation_mesh", default=None)
+_TOKEN_AXES: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("token_axes", default=())
+
+
+def token_axes(rules: Rules | None, mesh: Mesh | None = None) -> tuple[str, ...]:
+    """The mesh axes ``rules`` map the logical axis ``'tokens'`` to (activations' sequence axis),
+    () when they leave it unsharded or do not name it; a ShardingError for an axis the mesh lacks."""
+    target = dict(rules or ()).get("tokens")
+    axes = (target,) if isinstance(target, str) else tuple(target or ())
+    unknown = [a for a in axes if a not in (mesh.axis_names if mesh is not None else MESH_AXES)]
+    if unknown:
+        raise ShardingError(f"rule ('tokens', {target!r}) names mesh axes {unknown} the mesh does not have "
+                            f"(axes {MESH_AXES}); use one of them or None")
+    return axes
 
 
 @contextlib.contextmanager
-def activations_on(mesh: Mesh):
-    """Trace under this so that :func:`constrain_batch` pins activations to ``mesh``'s batch axes.
+def activations_on(mesh: Mesh, rules: Rules | None = None):
+    """Trace under this so that :func:`constrain_batch` pins activations to ``mesh``'s batch axes
+    and, where ``rules`` map ``'tokens'`` to mesh axes, their token axis to those (sequence
+    sharding: the batch then splits over the data-parallel axes the token axis does not use, and
+    rdance.models.attention runs each attention with its queries split along the tokens).
 
     Weights are FSDP-sharded on their embedding dimension; left alone, XLA's sharding propagation
     may follow the weights and gather the batch onto every device (on a FLUX.1-dev ReFL step,
@@ -221,10 +248,12 @@ def activations_on(mesh: Mesh):
     It acts while a function is traced: lower a fresh ``jax.jit`` under it, since jit's cache
     does not know the context.
     """
-    token = _ACTIVATION_MESH.set(mesh)
+    axes = token_axes(rules, mesh)
+    token, token_axes_token = _ACTIVATION_MESH.set(mesh), _TOKEN_AXES.set(axes)
     try:
         yield mesh
     finally:
+        _TOKEN_AXES.reset(token_axes_token)
         _ACTIVATION_MESH.reset(token)
 
 
@@ -234,16 +263,34 @@ def activation_mesh() -> Mesh | None:
     return _ACTIVATION_MESH.get()
 
 
-def constrain_batch(tree):
-    """Arrays of ``tree`` with their leading (batch) axis split over the data-parallel axes of the
-    mesh :func:`activations_on` set; unchanged outside it, or where the batch does not divide."""
+def sequence_axes() -> tuple[Mesh | None, tuple[str, ...]]:
+    """(the activation mesh, the mesh axes of size > 1 activations' token axis is split over):
+    (None, ()) outside :func:`activations_on`, (mesh, ()) without sequence sharding."""
     mesh = _ACTIVATION_MESH.get()
     if mesh is None:
+        return None, ()
+    return mesh, tuple(a for a in _TOKEN_AXES.get() if mesh.shape[a] > 1)
+
+
+def constrain_batch(tree):
+    """Arrays of ``tree`` with their leading (batch) axis split over the data-parallel axes of the
+    mesh :func:`activations_on` set and, with sequence sharding, the token axis of [batch, tokens,
+    features] arrays over the rules' token axes; unchanged outside it. An axis that does not
+    divide is left unsplit."""
+    mesh, seq = sequence_axes()
+    if mesh is None:
         return tree
-    parts = math.prod(mesh.shape[a] for a in BATCH_AXES)
+    batch_axes = tuple(a for a in BATCH_AXES if a not in seq)
+    parts = math.prod(mesh.shape[a] for a in batch_axes)
+    seq_parts = math.prod(mesh.shape[a] for a in seq)
 
     def constrain(x):
-        if parts == 1 or x.ndim == 0 or x.shape[0] % parts:
+        if x.ndim == 0:
             return x
-        return jax.lax.with_sharding_constraint(x, batch_sharding(mesh, x.ndim))
+        spec = [batch_axes if parts > 1 and x.shape[0] % parts == 0 else None] + [None] * (x.ndim - 1)
+        if seq and x.ndim == 3 and x.shape[1] % seq_parts == 0:
+            spec[1] = seq if len(seq) > 1 else seq[0]
+        if spec == [None] * x.ndim:
+            return x
+        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(*spec)))
     return jax.tree.map(constrain, tree)

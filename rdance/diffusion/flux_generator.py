@@ -32,6 +32,7 @@ from rdance.core import sharding
 from rdance.diffusion import flow_match
 from rdance.diffusion.generator import register_generator
 from rdance.diffusion.sampler import flux_velocity, sample
+from rdance.models import attention as attnlib
 from rdance.models.flux import (PIPELINE_FILES, config as cfglib, export_transformer, load_clip, load_t5,
                                 load_transformer, load_vae, pipeline_configs)
 from rdance.models.flux.clip import CLIPTextConfig, CLIPTextModel
@@ -268,7 +269,7 @@ def open_flux(cfg, mesh, rules, abstract: bool = False) -> FluxGenerator:
     the folder's config files when it is one, else ``architecture`` (a dict of them)."""
     settings = dict(mesh=mesh, rules=rules, height=cfg.height, width=cfg.width, guidance_scale=cfg.guidance_scale,
                     max_sequence_length=cfg.max_sequence_length, dtype=cfg.dtype or None, remat=cfg.remat,
-                    attention=cfg.get("attention", "auto"), transformer_path=cfg.transformer_path or None)
+                    attention=attnlib.from_config(cfg), transformer_path=cfg.transformer_path or None)
     if not abstract:
         return FluxGenerator.from_pretrained(cfg.path, **settings)
     if cfg.path and os.path.isdir(cfg.path):

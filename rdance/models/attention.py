@@ -19,6 +19,18 @@ True = attend) and a ``bias`` (added to the scaled logits) broadcast to [batch, 
 - ``auto``: splash on TPU, cudnn on GPU, xla on CPU; where the chosen kernel cannot do what a call
   asks (T5's relative bias, float32 on cudnn, a dense mask on splash) that call uses xla, and the
   reason is logged once.
+
+An implementation name may carry chunk sizes for 'chunked', ``"chunked:Q:K"`` (:func:`spec` builds
+it from the config keys ``attention_q_chunk`` / ``attention_k_chunk`` beside ``attention``).
+
+**Sequence (context) sharding.** When a step is traced under
+``rdance.core.sharding.activations_on(mesh, rules)`` and the rules map the logical axis ``'tokens'``
+to mesh axes (e.g. ``('tokens', 'fsdp')``), each call runs in a ``shard_map``: every device keeps
+its slice of the queries along the token axis (batch over the remaining data-parallel axes, heads
+over ``'tensor'`` where they divide), all-gathers K and V along the token axis, and runs the chosen
+implementation on its query slice (causal masks offset by the slice's position; masks and biases
+with a query axis sliced with it). The backward of the all-gather is a reduce-scatter of dK/dV.
+Score memory per device is (q / n) x k; K/V memory is the whole sequence's (not ring attention).
 """
 from __future__ import annotations
 
@@ -50,11 +62,47 @@ class Unsupported(ValueError):
     """An implementation asked for something it cannot do (the message says what and what to use)."""
 
 
-def check(name: str) -> str:
-    """``name`` if it is an implementation; a config error listing the valid names otherwise."""
-    if name not in IMPLS:
+def parse(name: str) -> tuple[str, int | None, int | None]:
+    """(implementation, q_chunk, k_chunk) of a name, ``"chunked:Q:K"`` giving chunk sizes; a
+    config error listing the valid names for anything else."""
+    base, *chunks = str(name).split(":")
+    if base not in IMPLS:
         raise ConfigValueError(f"unknown attention {name!r}; choose one of {', '.join(IMPLS)}")
+    if not chunks:
+        return base, None, None
+    if base != "chunked" or len(chunks) != 2 or not all(c.isdigit() and int(c) > 0 for c in chunks):
+        raise ConfigValueError(f"attention {name!r}: chunk sizes go with 'chunked' only, as 'chunked:Q:K' "
+                               f"with Q and K positive whole numbers")
+    return base, int(chunks[0]), int(chunks[1])
+
+
+def check(name: str) -> str:
+    """``name`` if it is an implementation (with chunk sizes: ``chunked:Q:K``); a config error
+    listing the valid names otherwise."""
+    parse(name)
     return name
+
+
+def spec(name: str = "auto", q_chunk: int | None = None, k_chunk: int | None = None) -> str:
+    """The implementation name a model takes from the config keys ``attention``,
+    ``attention_q_chunk`` and ``attention_k_chunk``: ``chunked:Q:K`` for 'chunked' (a size left out
+    (None) keeps its default, :data:`Q_CHUNK` / :data:`K_CHUNK`); other implementations have no
+    chunks and ignore them. Sizes are checked (whole numbers >= 1)."""
+    base = parse(name)[0]
+    for key, value in (("attention_q_chunk", q_chunk), ("attention_k_chunk", k_chunk)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigValueError(f"config key {key}={value!r} is out of range: it must be a whole number >= 1 "
+                                   f"(queries / keys per chunk of attention 'chunked')")
+    if base != "chunked" or (q_chunk is None and k_chunk is None):
+        return name
+    _, named_q, named_k = parse(name)
+    return f"chunked:{q_chunk or named_q or Q_CHUNK}:{k_chunk or named_k or K_CHUNK}"
+
+
+def from_config(section) -> str:
+    """:func:`spec` of a config section's ``attention``, ``attention_q_chunk``, ``attention_k_chunk``."""
+    return spec(section.get("attention", "auto") or "auto", section.get("attention_q_chunk"),
+                section.get("attention_k_chunk"))
 
 
 @contextlib.contextmanager
@@ -74,7 +122,8 @@ def platform() -> str:
 
 def choose(name: str = "auto", plat: str | None = None) -> str:
     """The implementation ``name`` stands for on ``plat`` (default: :func:`platform`)."""
-    if check(name) != "auto":
+    name = parse(name)[0]
+    if name != "auto":
         return name
     return {"tpu": "splash", "gpu": "cudnn", "cuda": "cudnn", "rocm": "cudnn"}.get(plat or platform(), "xla")
 
@@ -83,37 +132,102 @@ def attend(q, k, v, *, bias=None, mask=None, causal: bool = False, scale: float 
            impl: str = "auto", q_chunk: int | None = None, k_chunk: int | None = None):
     """Softmax(q k^T * scale + bias, masked) v over [B, S, H, D]; returns [B, Sq, H, D] in q's dtype.
 
-    ``scale`` defaults to head_dim ** -0.5 (T5 passes 1.0). ``impl`` is one of :data:`IMPLS`;
-    ``q_chunk``/``k_chunk`` size the chunks of 'chunked' (default :data:`Q_CHUNK`, :data:`K_CHUNK`).
+    ``scale`` defaults to head_dim ** -0.5 (T5 passes 1.0). ``impl`` is one of :data:`IMPLS`
+    (``chunked:Q:K`` with chunk sizes); ``q_chunk``/``k_chunk`` size the chunks of 'chunked' (over
+    the name's; default :data:`Q_CHUNK`, :data:`K_CHUNK`). Under a mesh whose rules shard
+    ``'tokens'`` the call is sequence-sharded (module docstring).
     """
     b, t, h, d = q.shape
     if k.shape != v.shape or k.shape[0] != b or k.shape[3] != d or h % k.shape[2]:
         raise ValueError(f"attend: q {q.shape}, k {k.shape}, v {v.shape}: expected [B, S, H, D] with "
                          f"K/V heads dividing H")
     scale = d ** -0.5 if scale is None else scale
-    name = choose(impl)
+    base, named_q, named_k = parse(impl)
+    name = choose(base)
+    seq = _sequence_layout(q, k)
     if name in ("cudnn", "splash"):
         why = (_cudnn_unsupported if name == "cudnn" else _splash_unsupported)(q, k, bias, mask)
+        if not why and seq is not None and causal:   # both kernels' causal masks start at query 0
+            why = "has no causal mask offset by a sequence shard's position (sequence sharding)"
         if why:
-            if impl != "auto":
+            if base != "auto":
                 raise Unsupported(f"attention {name!r}: {why}; use 'auto' (falls back to xla), "
                                   f"'xla' or 'chunked' for this model")
             _say_once(f"attention auto: {name} {why}; this call uses xla")
             name = "xla"
+    chunks = (q_chunk or named_q or Q_CHUNK, k_chunk or named_k or K_CHUNK)
+    if seq is not None:
+        return _sequence_sharded(q, k, v, bias, mask, causal, scale, name, chunks, seq)
+    return _local(q, k, v, bias, mask, causal, scale, name, chunks)
+
+
+def _local(q, k, v, bias, mask, causal, scale, name, chunks, q_offset=0, in_shard_map=False):
+    """The implementation ``name`` on these arrays (one device's, inside a shard_map, where the
+    queries start at position ``q_offset`` of the sequence)."""
     if name == "xla":
-        return _xla(q, k, v, bias, mask, causal, scale)
+        return _xla(q, k, v, bias, mask, causal, scale, q_offset)
     if name == "chunked":
-        return _chunked(q, k, v, bias, mask, causal, scale, q_chunk or Q_CHUNK, k_chunk or K_CHUNK)
+        return _chunked(q, k, v, bias, mask, causal, scale, *chunks, q_offset)
     if name == "cudnn":
         return _cudnn(q, k, v, bias, mask, causal, scale)
-    return _splash(q, k, v, mask, causal, scale)
+    return _splash(q, k, v, mask, causal, scale, shard=not in_shard_map)
+
+
+def _sequence_layout(q, k):
+    """(mesh, batch axes, token axes, heads axis) when the activation rules shard the token axis
+    and this call's lengths divide it; None otherwise (the call runs unsharded)."""
+    mesh, seq_axes = sharding.sequence_axes()
+    if mesh is None or not seq_axes:
+        return None
+    parts = math.prod(mesh.shape[a] for a in seq_axes)
+    b, t, h, _ = q.shape
+    s, kvh = k.shape[1], k.shape[2]
+    if t % parts or s % parts:
+        _say_once(f"attention: query length {t} / key length {s} do not divide the {parts} sequence "
+                  f"shards over {seq_axes}; such calls run with the token axis unsharded")
+        return None
+    batch = tuple(a for a in sharding.BATCH_AXES if a not in seq_axes and mesh.shape[a] > 1)
+    if b % math.prod(mesh.shape[a] for a in batch):
+        batch = ()
+    heads = "tensor" if ("tensor" not in seq_axes and mesh.shape["tensor"] > 1
+                         and h % mesh.shape["tensor"] == 0 and kvh % mesh.shape["tensor"] == 0) else None
+    return mesh, batch or None, seq_axes if len(seq_axes) > 1 else seq_axes[0], heads
+
+
+def _sequence_sharded(q, k, v, bias, mask, causal, scale, name, chunks, layout):
+    """Queries split along the token axis over the mesh; K/V all-gathered along it in the
+    shard_map; masks and biases split along whichever of their axes the queries' split matches."""
+    from jax.sharding import PartitionSpec as P
+    mesh, batch, seq, heads = layout
+    b, t, h, _ = q.shape
+    qspec = P(batch, seq, heads, None)
+
+    def side_spec(x):   # a mask or bias as [B|1, H|1, Tq|1, Tk|1]
+        return P(batch if x.shape[0] == b and b > 1 else None, heads if x.shape[1] == h and h > 1 else None,
+                 seq if x.shape[2] == t and t > 1 else None, None)
+
+    bias, mask = _as4(bias), _as4(mask)
+    extras = [x for x in (bias, mask) if x is not None]
+
+    def run(q, k, v, *extras):
+        k, v = (jax.lax.all_gather(x, seq, axis=1, tiled=True) for x in (k, v))
+        it = iter(extras)
+        local_bias = next(it) if bias is not None else None
+        local_mask = next(it) if mask is not None else None
+        offset = jax.lax.axis_index(seq) * q.shape[1]
+        return _local(q, k, v, local_bias, local_mask, causal, scale, name, chunks, offset, in_shard_map=True)
+
+    return jax.shard_map(run, mesh=mesh, in_specs=(qspec, qspec, qspec, *map(side_spec, extras)),
+                         out_specs=qspec, check_vma=False)(q, k, v, *extras)
 
 
 def score_bytes(batch: int, heads: int, q_len: int, k_len: int, impl: str = "xla",
                 q_chunk: int | None = None, k_chunk: int | None = None) -> int:
     """Float32 score elements alive at once in one call's forward, in bytes (a model's estimate)."""
+    _, named_q, named_k = parse(impl)
     if choose(impl) == "chunked":
-        q_len, k_len = min(q_len, q_chunk or Q_CHUNK), min(k_len, k_chunk or K_CHUNK)
+        q_len = min(q_len, q_chunk or named_q or Q_CHUNK)
+        k_len = min(k_len, k_chunk or named_k or K_CHUNK)
     return 4 * batch * heads * q_len * k_len
 
 
@@ -138,7 +252,12 @@ def _grouped(x, kv_heads: int, groups: int):
     return x.reshape(x.shape[0], kv_heads, groups, *x.shape[2:])
 
 
-def _xla(q, k, v, bias, mask, causal, scale):
+def _causal(t: int, s: int, q_offset=0):
+    """[t, s]: query i (at position q_offset + i) sees keys 0..q_offset + i."""
+    return jnp.arange(s)[None, :] <= (q_offset + jnp.arange(t))[:, None]
+
+
+def _xla(q, k, v, bias, mask, causal, scale, q_offset=0):
     b, t, h, d = q.shape
     s, kvh = k.shape[1], k.shape[2]
     g = h // kvh
@@ -149,7 +268,7 @@ def _xla(q, k, v, bias, mask, causal, scale):
         logits = logits + _grouped(bias, kvh, g).astype(jnp.float32)
     keep = _grouped(mask, kvh, g)
     if causal:
-        tril = jnp.tril(jnp.ones((t, s), bool))
+        tril = _causal(t, s, q_offset)
         keep = tril if keep is None else keep & tril
     if keep is not None:
         logits = jnp.where(keep, logits, jnp.finfo(jnp.float32).min)
@@ -174,7 +293,7 @@ def _block(x, axis: int, index, size: int):
     return jax.lax.dynamic_slice_in_dim(x, index * size, size, axis=axis)
 
 
-def _chunked(q, k, v, bias, mask, causal, scale, q_chunk, k_chunk):
+def _chunked(q, k, v, bias, mask, causal, scale, q_chunk, k_chunk, q_offset=0):
     if q_chunk < 1 or k_chunk < 1:
         raise ValueError(f"attend: chunk sizes must be positive, got q_chunk={q_chunk}, k_chunk={k_chunk}")
     b, t, h, d = q.shape
@@ -203,7 +322,7 @@ def _chunked(q, k, v, bias, mask, causal, scale, q_chunk, k_chunk):
             logits = logits + _block(_block(bias, 3, i, qc), 4, j, kc).astype(jnp.float32)
         keep = _block(_block(mask, 3, i, qc), 4, j, kc)
         if causal:
-            tril = (j * kc + jnp.arange(kc))[None, :] <= (i * qc + jnp.arange(qc))[:, None]
+            tril = (j * kc + jnp.arange(kc))[None, :] <= (q_offset + i * qc + jnp.arange(qc))[:, None]
             keep = tril if keep is None else keep & tril
         if keep is not None:
             logits = jnp.where(keep, logits, lowest)
@@ -265,7 +384,7 @@ def _splash_unsupported(q, k, bias, mask) -> str | None:
     return None
 
 
-def _splash(q, k, v, mask, causal, scale):
+def _splash(q, k, v, mask, causal, scale, shard: bool = True):
     """Lengths padded to the kernel's block and head_dim to 128 lanes; padded keys (and masked
     ones) get segment id 0, queries 1. Under a mesh (sharding.activations_on) the kernel runs in a
     shard_map: batch over the data-parallel axes, heads over 'tensor', where they divide."""
@@ -279,7 +398,7 @@ def _splash(q, k, v, mask, causal, scale):
     kv_ids = _pad(valid, 1, sp).astype(jnp.int32)
     padded = mask is not None or sp != s
     run = lambda q, k, v, kv_ids: _splash_local(q, k, v, kv_ids, causal, padded)  # noqa: E731
-    mesh = sharding.activation_mesh()
+    mesh = sharding.activation_mesh() if shard else None
     if mesh is not None and mesh.size > 1:
         from jax.sharding import PartitionSpec as P
         batch_parts = math.prod(mesh.shape[a] for a in sharding.BATCH_AXES)

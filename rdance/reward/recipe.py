@@ -16,6 +16,7 @@ import jax
 from flax import nnx
 
 from rdance.data.registry import open_source
+from rdance.models import attention as attnlib
 from rdance.models.internvl.config import InternVLConfig, load_config
 from rdance.reward import folder as rm_folder
 from rdance.reward.model import RewardNet
@@ -54,7 +55,7 @@ class RewardTraining:
                              row_weights=row_weights(config.rm))
         make_model = lambda: RewardNet(vlm_config, regression_head=spec.paradigm == "regressive",
                                        rngs=nnx.Rngs(config.seed), remat=config.rm.remat,
-                                       attention=config.rm.get("attention", "auto"))
+                                       attention=attnlib.from_config(config.rm))
         eval_sets = {}
         for i, entry in enumerate(filter(None, d.eval_sets.split(","))):
             name, _, eval_spec = entry.partition("=")

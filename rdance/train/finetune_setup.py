@@ -29,6 +29,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rdance.core import sharding
 from rdance.diffusion import generator as genlib
+from rdance.models import attention as attnlib
 from rdance.reward.api import RewardModel, check_settings
 from rdance.reward.folder import write_model_folder
 from rdance.train import lora
@@ -56,6 +57,7 @@ class Setup:
     state_spec: FinetuneState       # sharded ShapeDtypeStructs of the state
     step_fn: Callable               # the pure step(state, batch, frozen, rm_params) -> (state, metrics)
     scratch: Any = None             # a folder the abstract RM's tokenizer lives in, kept while this lives
+    rules: Any = None               # the mesh rules (config.mesh.rules); 'tokens' among them shards sequences
 
     def jit_step(self, batch) -> Callable:
         """The step jitted for a batch like ``batch`` (arrays or structs): state donated, every
@@ -67,7 +69,8 @@ class Setup:
     def lower(self, batch) -> jax.stages.Lowered:
         """The step lowered for a batch like ``batch``, ready to compile ahead of time."""
         batch = sharding.spec_of(batch)
-        with sharding.activations_on(self.mesh):   # activations keep the batch split (FSDP)
+        # Activations keep the batch split (FSDP) and, where the rules say, the token axis (sequence sharding).
+        with sharding.activations_on(self.mesh, self.rules):
             return self.jit_step(batch).lower(self.state_spec, batch, sharding.spec_of(self.frozen),
                                               sharding.spec_of(self.rm.params))
 
@@ -122,7 +125,7 @@ def build(config: ml_collections.ConfigDict, mesh, rules, abstract: bool = False
     step_fn = make_step(gen, graphdef, rm.pairwise_fn if paradigm == "pairwise" else rm.pointwise_fn,
                         settings, tx, schedule, mesh)
     return Setup(mesh, gen, rm, paradigm, settings, graphdef, base, trainable, frozen, tx, schedule,
-                 init_state, state_shardings, state_spec, step_fn, scratch)
+                 init_state, state_shardings, state_spec, step_fn, scratch, rules)
 
 
 def open_reward(config, mesh, rules, scratch: str | None) -> RewardModel:
@@ -132,7 +135,7 @@ def open_reward(config, mesh, rules, scratch: str | None) -> RewardModel:
     shapes do not)."""
     r = config.reward
     kw = dict(mesh=mesh, dtype=jnp.dtype(r.dtype), rules=rules, remat=r.remat,
-              attention=r.get("attention", "auto"))
+              attention=attnlib.from_config(r))
     if scratch is None:
         return RewardModel.from_pretrained(r.path, **kw)
     if r.path and os.path.isdir(r.path):

@@ -30,7 +30,7 @@ class StateFactory:
 
     def __init__(self, make_model: Callable[[], nnx.Module], tx: optax.GradientTransformation,
                  mesh: Mesh, rules, seed: int):
-        self.make_model, self.tx, self.mesh, self.seed = make_model, tx, mesh, seed
+        self.make_model, self.tx, self.mesh, self.rules, self.seed = make_model, tx, mesh, rules, seed
         abstract_model = nnx.eval_shape(make_model)
         graphdef, abstract_params, *rest = nnx.split(abstract_model, nnx.Param, ...)
         leftovers = [leaf for part in rest for leaf in jax.tree.leaves(part)]

@@ -42,7 +42,8 @@ def compile_train_step(train_step, factory: StateFactory, batch_spec) -> jax.sta
     batch_shardings = jax.tree.map(lambda s: s.sharding, batch_spec)
     jitted = jax.jit(train_step, in_shardings=(factory.shardings, batch_shardings),
                      out_shardings=(factory.shardings, replicated), donate_argnums=0)
-    with sharding.activations_on(factory.mesh):   # activations keep the batch split (FSDP)
+    # Activations keep the batch split (FSDP) and, where the rules say, the token axis (sequence sharding).
+    with sharding.activations_on(factory.mesh, factory.rules):
         lowered = jitted.lower(factory.abstract_with_shardings(), batch_spec)
     compiled = lowered.compile()
     log_memory(compiled, "train_step")

@@ -28,6 +28,7 @@ from rdance.train.generator_eval import Sampler
 from rdance.world.evaluate import JudgeEval
 from rdance.world.prompts import COLOURS, NUMBER_WORDS, RELATIONS, SHAPES, Scene
 from rdance.diffusion import flow_match, generator as genlib
+from rdance.models import attention as attnlib
 from rdance.models.flux import config as flux_config_lib, export_t5, export_transformer, load_t5, load_transformer
 from rdance.models.flux.t5 import T5Config, T5Encoder
 from rdance.models.flux.transformer import FluxConfig, FluxTransformer
@@ -179,7 +180,7 @@ class WorldGenerator:
         if not cfg.path:
             raise ValueError(f"generator.kind={cfg.kind!r} needs generator.path (a folder from "
                              "python -m rdance.run.pretrain_generator; the fit check reads only its config)")
-        runtime = {"attention": cfg.attention} if cfg.get("attention") else {}   # else the folder's
+        runtime = {"attention": attnlib.from_config(cfg)} if cfg.get("attention") else {}   # else the folder's
         return cls.abstract(cfg.path, **runtime) if abstract else cls.from_pretrained(cfg.path, **runtime)
 
     def make_model(self) -> WorldGeneratorNet:

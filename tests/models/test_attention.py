@@ -161,10 +161,12 @@ def _tpu_devices():
         pytest.skip(f"no TPU topology from libtpu: {e}")
 
 
-def test_splash_step_compiles_for_a_tpu_topology():
+@pytest.mark.parametrize("tokens", [None, "fsdp"])
+def test_splash_step_compiles_for_a_tpu_topology(tokens):
     """With libtpu (no TPU): a FLUX transformer's forward and gradient, attention 'auto' chosen
-    for TPU, compile for v5e:2x2 with batch and heads sharded; the kernel runs in a shard_map over
-    the activation mesh (XLA cannot partition a Pallas call)."""
+    for TPU, compile for v5e:2x2 with batch and heads sharded (and, tokens='fsdp', the token axis:
+    sequence sharding, K/V all-gathered); the kernel runs in a shard_map over the activation mesh
+    (XLA cannot partition a Pallas call)."""
     from flax import nnx
     from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -185,7 +187,9 @@ def test_splash_step_compiles_for_a_tpu_topology():
         out = model(img, txt, jnp.zeros((2, 16)), jnp.full((2,), 0.5), jnp.zeros((64, 3)), jnp.zeros((8, 3)))
         return out.astype(jnp.float32).sum()
 
-    with attention.target_platform("tpu"), sharding.activations_on(mesh):
+    rules = tuple((k, tokens if k == "tokens" else v) for k, v in sharding.DEFAULT_RULES)
+    with attention.target_platform("tpu"), sharding.activations_on(mesh, rules):
         lowered = jax.jit(jax.grad(loss)).lower(state, img, txt)
     assert "tpu_custom_call" in lowered.as_text()   # the splash kernel, not xla's softmax
+    assert ("all_gather" in lowered.as_text()) == (tokens is not None)
     assert lowered.compile().memory_analysis() is not None
