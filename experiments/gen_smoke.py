@@ -50,10 +50,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     # rdance.world.generator.WorldGeneratorConfig fields (vocab_size comes from the tokenizer).
-    c.model = dict(image_size=32, patch_size=4, max_tokens=12, text_dim=64, text_layers=2, text_heads=4,
+    # vae_*: the AutoencoderKL whose packed latents the transformer generates (vae_channels=()
+    # trains the old pixel-space generator, patch_size pixels a token); vae_scale/vae_shift are
+    # measured after the VAE trains.
+    c.model = dict(image_size=32, patch_size=4, vae_channels=(32, 64), vae_latent_channels=4, vae_layers=1,
+                   vae_groups=8, max_tokens=12, text_dim=64, text_layers=2, text_heads=4,
                    heads=4, head_dim=32, double_layers=2, single_layers=2, axes_dims_rope=(8, 12, 12),
-                   shift=1.0, caption_dropout=0.0, guidance_scale=1.0, param_dtype="float32", dtype="",
+                   shift=1.0, caption_dropout=0.1, guidance_scale=3.0, param_dtype="float32", dtype="",
                    remat="none", attention="auto")
+    # The VAE stage (rdance.world.autoencoder): Adam with warm-up and cosine decay; L1 + MSE +
+    # edge_weight * edge L1 + kl_weight * KL; eval_prompts held-out renders reconstructed and judged.
+    c.vae = dict(steps=600, batch_size=32, learning_rate=2e-3, warmup_steps=20, kl_weight=1e-4, edge_weight=1.0,
+                 seed=0, log_every=50, eval_prompts=64)
     c.data = dict(num_examples=1_000_000, global_batch_size=64, seed=0, t_sampling="uniform")
     # Held-out prompts judged during training (`samples` each, fixed noise).
     c.eval = dict(prompts=64, samples=2, prompt_seed=7, num_steps=20, chunk=64, sample_seed=0)
