@@ -78,4 +78,4 @@ def test_guidance_settings_are_checked_and_travel_with_the_export(tmp_path):
     mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
     opened, sampler, params = open_folder_sampler(folder, mesh, sharding.DEFAULT_RULES, 2, 2, 0, guidance_scale=1.5)
     assert opened.cfg.guidance_scale == 1.5
-    assert sampler(params, {}, opened.tokenize(["a red square"]), [0]).shape == (1, 32, 32, 3)
+    assert sampler(params, opened.frozen, opened.tokenize(["a red square"]), [0]).shape == (1, 32, 32, 3)
