@@ -44,7 +44,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         raise ValueError(f"experiments/demo.py:{variant}: variants are full (the default) and ci")
     c = ml_collections.ConfigDict()
     c.variant = variant
-    c.generator = stage("experiments/gen_smoke.py", 270,
+    # The VAE stage (gen_smoke's 900 steps) comes first: about 1.5 s/step on 2 cores shared at load
+    # 10-14, an estimated 0.5 s/step idle (not measured idle), so about 7.5 + 4.5 minutes in all.
+    c.generator = stage("experiments/gen_smoke.py", 720,
                         train=dict(steps=600, eval_every=150, checkpoint_every=150, log_every=25))
     # Judge-labelled pairs over the generator's samples: the RM's held-out test on the images RL
     # will show it ("samples" eval set) and, with rm.train_data=pairs, its training set.
@@ -68,8 +70,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                train=dict(steps=40, log_every=10, eval_every=40, checkpoint_every=20))
         c.generator.estimate_s = 25
         c.pairs.set = dict(eval=dict(num_steps=4, chunk=8),
-                           pairs=dict(num_prompts=0, eval_prompts=8, samples_per_prompt=2))
-        c.pairs.estimate_s = 15
+                           pairs=dict(num_prompts=0, eval_prompts=8, samples_per_prompt=2, eval_rendered_pairs=8))
+        c.pairs.estimate_s = 15   # rendered pairs too: a 40-step tiny generator's samples may all tie
         c.vlm.set = dict(model=TINY_VLM, data=dict(global_batch_size=8, eval_pairs=16, eval_batch_size=16),
                          optim=dict(warmup_steps=2), train=dict(steps=10, log_every=5, eval_every=10,
                                                                 checkpoint_every=10))
