@@ -85,7 +85,8 @@ def compile_cache(tmp_path_factory):
 # --- tiny random models ------------------------------------------------------------------------
 
 TINY_GENERATOR = dict(text_dim=32, text_layers=1, text_heads=2, heads=2, head_dim=16,
-                      axes_dims_rope=(4, 6, 6), double_layers=1, single_layers=1)
+                      axes_dims_rope=(4, 6, 6), double_layers=1, single_layers=1,
+                      vae_channels=(8, 8), vae_latent_channels=4, vae_groups=4)
 
 
 def make_generator_folder(path, seed=0) -> str:

@@ -2,12 +2,16 @@
 
     python -m rdance.run.pretrain_generator --config=experiments/gen_smoke.py --workdir=/tmp/gen
 
-The text encoder (a small T5 over the world's word tokenizer) and the pixel-space FLUX
-transformer train jointly on random world scenes (rdance.world.generator). Every
+With a VAE (``model.vae_channels``, the recipe's default) the VAE is trained first on world
+renders (rdance.world.autoencoder, config section ``vae``; written to WORKDIR/vae with its latent
+statistics and reconstruction judge in WORKDIR/vae_stats.json, reused when the command is rerun),
+then frozen. The text encoder (a small T5 over the world's word tokenizer) and the FLUX
+transformer then train jointly by flow matching on the VAE's packed latents of random world
+scenes (rdance.world.generator). Every
 ``train.eval_every`` steps the programmatic judge scores one sample per held-out prompt
 (``eval/judge``; ``eval/check/*``: which kinds of check pass, see docs/finetune.md). At the end
 the generator is exported to ``WORKDIR/export`` (generator.json, tokenizer/, text_encoder/ in
-transformers' T5 layout, transformer/ in diffusers' layout), the folder ``rdance.run.finetune``
+transformers' T5 layout, transformer/ and vae/ in diffusers' layouts), the folder ``rdance.run.finetune``
 starts from (``--config.generator.path=WORKDIR/export``).
 
 With ``pairs.num_prompts > 0`` it also writes ``WORKDIR/pairs/{train,eval}.jsonl``: preference
@@ -28,6 +32,7 @@ from rdance.run import cli
 
 from rdance.core import console, sharding, status
 from rdance.diffusion import generator as genlib
+from rdance.world.autoencoder import train_vae
 from rdance.world.generator import WorldGenerator
 from rdance.train.generator_eval import Sampler
 from rdance.world.captions import RenderedCaptions, world_prompt_split
@@ -59,7 +64,7 @@ def make_task(config, gen: WorldGenerator) -> Task:
         return {"image": image, **{k: v[0] for k, v in gen.tokenize([prompt]).items()}}
 
     def loss_fn(model, batch, rng):
-        x0 = gen.encode({}, batch["image"])
+        x0 = gen.encode(gen.frozen, batch["image"])   # the frozen VAE's latents (constants here)
         ids = jnp.arange(x0.shape[0], dtype=jnp.int32)
         tokens = gen.drop_captions({"ids": batch["ids"], "mask": batch["mask"]}, jax.random.fold_in(rng, 2), ids)
         cond = gen.condition(model, {}, tokens)
@@ -74,13 +79,15 @@ def make_evaluator(config, gen: WorldGenerator):
     mesh = sharding.make_mesh(config.mesh.shape)
     graphdef = nnx.split(nnx.eval_shape(gen.make_model), nnx.Param)[0]
     judge_eval = JudgeEval(Sampler(gen, graphdef, mesh, e.num_steps, e.chunk, e.sample_seed), gen, scenes, e.samples)
-    return lambda params, step: judge_eval(params, {})[0]
+    return lambda params, step: judge_eval(params, gen.frozen)[0]
 
 
 def main(argv):
     del argv
     config, workdir = cli.start()
     gen = make_generator(config, workdir)
+    if gen.cfg.vae_channels:
+        gen, _ = train_vae(gen, config.vae, workdir)
     task = make_task(config, gen)
     if config.eval.prompts:
         task.evaluate = make_evaluator(config, gen)

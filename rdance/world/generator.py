@@ -1,15 +1,24 @@
-"""The synthetic world's generator: a small FLUX transformer in pixel space, conditioned by a small
-T5 encoder over the world's word tokenizer.
+"""The synthetic world's generator: a miniature FLUX. A small FLUX transformer, conditioned by a
+small T5 encoder over the world's word tokenizer, generates the latents of a small ``AutoencoderKL``
+of the FLUX VAE's architecture (rdance.models.flux.vae at tiny width), packed 2x2 as FLUX packs them.
 
-There is no VAE: the "latents" are the pixels themselves. A 32x32x3 image in [-1, 1] is cut into
-4x4 patches, each a token of 48 channels (channel-major, like FLUX's packing), so the transformer
-sees 64 image tokens with rotary ids over the 8x8 grid. ``decode`` is therefore the identity up
-to layout and range: unpatchify and map [-1, 1] to [0, 1]. The pooled text vector that FLUX takes
-from CLIP is the masked mean of the T5 states. Text encoder and transformer train together.
+With ``vae_channels`` set (the recipe's default, experiments/gen_smoke.py) the VAE is trained first on
+world renders (rdance.world.autoencoder) and then frozen: ``encode`` maps renders to scaled latents
+for flow matching, ``decode`` is the VAE decoder, differentiable, which sampling, ReFL and RWR go
+through exactly as with FLUX (``frozen["vae"]``). At 32x32 with ``vae_channels=(32, 64)`` the VAE
+downsamples by 2, so its 16x16 latents pack into 64 tokens of 4 x ``vae_latent_channels``.
+
+With ``vae_channels=()`` (folders written before the VAE) there is no VAE: the "latents" are the
+pixels themselves, cut into ``patch_size`` patches (channel-major, like FLUX's packing), and
+``decode`` is unpatchify and map [-1, 1] to [0, 1].
+
+The pooled text vector that FLUX takes from CLIP is the masked mean of the T5 states. Text
+encoder and transformer train together.
 
 A generator folder (``export``) holds ``generator.json`` (sizes and schedule), ``tokenizer/``,
-``text_encoder/`` (transformers T5EncoderModel layout) and ``transformer/`` (diffusers
-FluxTransformer2DModel layout), so its parts load in transformers and diffusers as well.
+``text_encoder/`` (transformers T5EncoderModel layout), ``transformer/`` (diffusers
+FluxTransformer2DModel layout) and, with a VAE, ``vae/`` (diffusers AutoencoderKL layout), so its
+parts load in transformers and diffusers as well.
 """
 from __future__ import annotations
 
@@ -28,10 +37,13 @@ from rdance.train.generator_eval import Sampler
 from rdance.world.evaluate import JudgeEval
 from rdance.world.prompts import COLOURS, NUMBER_WORDS, RELATIONS, SHAPES, Scene
 from rdance.diffusion import flow_match, generator as genlib
+from rdance.core import sharding
 from rdance.models import attention as attnlib
-from rdance.models.flux import config as flux_config_lib, export_t5, export_transformer, load_t5, load_transformer
+from rdance.models.flux import (config as flux_config_lib, export_t5, export_transformer, export_vae, load_t5,
+                                load_transformer, load_vae)
 from rdance.models.flux.t5 import T5Config, T5Encoder
 from rdance.models.flux.transformer import FluxConfig, FluxTransformer
+from rdance.models.flux.vae import AutoencoderKL, VAEConfig
 
 CONFIG_FILE = "generator.json"
 
@@ -39,7 +51,15 @@ CONFIG_FILE = "generator.json"
 @dataclasses.dataclass(frozen=True)
 class WorldGeneratorConfig:
     image_size: int = 32
-    patch_size: int = 4
+    patch_size: int = 4            # pixel space only (no VAE): the side of a pixel patch token
+    # The VAE (AutoencoderKL, FLUX's architecture): its block widths (downsampling 2^(len-1));
+    # () is pixel space, no VAE. Its latents are packed 2x2 like FLUX's.
+    vae_channels: tuple[int, ...] = ()
+    vae_latent_channels: int = 4
+    vae_layers: int = 1            # resnet blocks per encoder level (the decoder has one more)
+    vae_groups: int = 8            # GroupNorm groups; divides every width
+    vae_scale: float = 1.0         # latents = (z - vae_shift) * vae_scale, measured after VAE training
+    vae_shift: float = 0.0
     max_tokens: int = 12
     vocab_size: int = 0            # set from the tokenizer
     text_dim: int = 64
@@ -62,7 +82,20 @@ class WorldGeneratorConfig:
     attention: str = "auto"        # rdance.models.attention (T5 and the transformer)
 
     def __post_init__(self):
-        if self.image_size % self.patch_size:
+        if self.vae_channels:
+            unit = 2 * 2 ** (len(self.vae_channels) - 1)
+            if self.image_size % unit:
+                raise ValueError(f"image_size {self.image_size} is not a multiple of {unit} (the VAE's "
+                                 f"downsampling {unit // 2} x FLUX's 2x2 packing)")
+            if any(c < 1 or c % self.vae_groups for c in self.vae_channels) or self.vae_groups < 1:
+                raise ValueError(f"vae_channels {tuple(self.vae_channels)} must be positive multiples of "
+                                 f"vae_groups {self.vae_groups}")
+            if self.vae_latent_channels < 1 or self.vae_layers < 1:
+                raise ValueError(f"vae_latent_channels {self.vae_latent_channels} and vae_layers "
+                                 f"{self.vae_layers} must be at least 1")
+            if not self.vae_scale > 0:
+                raise ValueError(f"vae_scale {self.vae_scale} must be positive")
+        elif self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.text_dim % self.text_heads:
             raise ValueError(f"text_dim {self.text_dim} must split into {self.text_heads} heads")
@@ -74,8 +107,26 @@ class WorldGeneratorConfig:
                              "that guidance uses; sample this one with guidance_scale=1")
 
     @property
+    def vae_factor(self) -> int:
+        """The VAE's downsampling (1 without a VAE)."""
+        return 2 ** (len(self.vae_channels) - 1) if self.vae_channels else 1
+
+    @property
     def grid(self) -> int:
-        return self.image_size // self.patch_size
+        """Image tokens per side."""
+        return self.image_size // (2 * self.vae_factor) if self.vae_channels else self.image_size // self.patch_size
+
+    @property
+    def token_dim(self) -> int:
+        return 4 * self.vae_latent_channels if self.vae_channels else 3 * self.patch_size ** 2
+
+    def vae(self) -> VAEConfig:
+        n = len(self.vae_channels)
+        return VAEConfig(down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+                         block_out_channels=tuple(self.vae_channels), layers_per_block=self.vae_layers,
+                         latent_channels=self.vae_latent_channels, norm_num_groups=self.vae_groups,
+                         sample_size=self.image_size, scaling_factor=self.vae_scale, shift_factor=self.vae_shift,
+                         **self._runtime())
 
     def t5(self) -> T5Config:
         return T5Config(vocab_size=self.vocab_size, d_model=self.text_dim, d_kv=self.text_dim // self.text_heads,
@@ -84,7 +135,7 @@ class WorldGeneratorConfig:
                         feed_forward_proj="gated-gelu", **self._runtime())
 
     def flux(self) -> FluxConfig:
-        return FluxConfig(patch_size=1, in_channels=3 * self.patch_size ** 2, num_layers=self.double_layers,
+        return FluxConfig(patch_size=1, in_channels=self.token_dim, num_layers=self.double_layers,
                           num_single_layers=self.single_layers, attention_head_dim=self.head_dim,
                           num_attention_heads=self.heads, joint_attention_dim=self.text_dim,
                           pooled_projection_dim=self.text_dim, guidance_embeds=False,
@@ -130,9 +181,11 @@ class WorldGenerator:
     def __init__(self, cfg: WorldGeneratorConfig, tokenizer, folder: str | None = None, seed: int = 0):
         self.cfg, self.tokenizer, self.folder, self.seed = cfg, tokenizer, folder, seed
         self.image_shape = (cfg.image_size, cfg.image_size, 3)
-        self.latent_shape = (cfg.grid * cfg.grid, 3 * cfg.patch_size ** 2)
+        self.latent_shape = (cfg.grid * cfg.grid, cfg.token_dim)
         self.schedule = flow_match.ScheduleConfig(use_dynamic_shifting=False, shift=cfg.shift)
+        # {"vae": its parameters} with a VAE (set by with_vae or a folder's loaders), else {}.
         self.frozen: dict = {}
+        self.vae_def = (nnx.split(nnx.eval_shape(self.make_vae), nnx.Param)[0] if cfg.vae_channels else None)
         # Rotary ids over the patch grid: image_ids takes the 2x2-packed latent size, i.e. 2 * grid.
         self.img_ids = flow_match.image_ids(2 * cfg.grid, 2 * cfg.grid)
         self.txt_ids = np.zeros((cfg.max_tokens, 3), np.float32)
@@ -152,10 +205,24 @@ class WorldGenerator:
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(sizes).items()}
         # Rows padded to a multiple of 16 so the embedding splits over tensor-parallel meshes.
         cfg = WorldGeneratorConfig(**dict(values, vocab_size=-(-len(tokenizer) // 16) * 16))
-        return cls(cfg, tokenizer, None, seed)
+        gen = cls(cfg, tokenizer, None, seed)
+        if cfg.vae_channels:   # a random VAE until rdance.world.autoencoder.train_vae trains one
+            gen.frozen = {"vae": nnx.to_pure_dict(nnx.state(gen.make_vae(), nnx.Param))}
+        return gen
+
+    def make_vae(self) -> AutoencoderKL:
+        return AutoencoderKL(self.cfg.vae(), rngs=nnx.Rngs(self.seed))
+
+    def with_vae(self, vae_params: dict, scale: float, shift: float) -> "WorldGenerator":
+        """This generator with a trained VAE (its parameters, and the latent scale and shift
+        measured on its latents) as ``frozen["vae"]``."""
+        cfg = dataclasses.replace(self.cfg, vae_scale=float(scale), vae_shift=float(shift))
+        gen = WorldGenerator(cfg, self.tokenizer, self.folder, self.seed)
+        gen.frozen = {"vae": vae_params}
+        return gen
 
     @classmethod
-    def from_pretrained(cls, folder: str, **runtime) -> "WorldGenerator":
+    def _open_folder(cls, folder: str, **runtime) -> "WorldGenerator":
         path = os.path.join(folder, CONFIG_FILE)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path} not found: {folder} is not a world generator folder "
@@ -168,20 +235,35 @@ class WorldGenerator:
         return cls(cfg, _load_tokenizer(os.path.join(folder, "tokenizer")), folder)
 
     @classmethod
-    def abstract(cls, folder: str, **runtime) -> "WorldGenerator":
-        """Shapes only: a generator folder's config and tokenizer are all it reads (its weights
-        are read by :meth:`initial_params` alone), so this is :meth:`from_pretrained`."""
-        return cls.from_pretrained(folder, **runtime)
+    def from_pretrained(cls, folder: str, mesh=None, rules=sharding.DEFAULT_RULES, **runtime) -> "WorldGenerator":
+        """A generator folder with its frozen VAE loaded (on ``mesh`` when given); the trainable
+        parameters are read by :meth:`initial_params`."""
+        gen = cls._open_folder(folder, **runtime)
+        if gen.cfg.vae_channels:
+            vae = load_vae(os.path.join(folder, "vae"), mesh=mesh, rules=rules, **gen.cfg._runtime())
+            gen.frozen = {"vae": nnx.to_pure_dict(nnx.state(vae, nnx.Param))}
+        return gen
+
+    @classmethod
+    def abstract(cls, folder: str, mesh=None, rules=sharding.DEFAULT_RULES, **runtime) -> "WorldGenerator":
+        """Shapes only: a generator folder's config and tokenizer are all it reads; the frozen
+        VAE is ShapeDtypeStructs (sharded on ``mesh`` when given)."""
+        gen = cls._open_folder(folder, **runtime)
+        if gen.cfg.vae_channels:
+            if mesh is None:
+                gen.frozen = {"vae": nnx.to_pure_dict(nnx.split(nnx.eval_shape(gen.make_vae), nnx.Param)[1])}
+            else:
+                gen.frozen = {"vae": sharding.sharded_shapes(gen.make_vae, mesh, rules)[1]}
+        return gen
 
     @classmethod
     def open(cls, cfg, mesh, rules, abstract: bool = False) -> "WorldGenerator":
         """A config's ``generator`` section (kind 'world'): ``path`` a generator folder."""
-        del mesh, rules   # the world's parameters are placed by initial_params
         if not cfg.path:
             raise ValueError(f"generator.kind={cfg.kind!r} needs generator.path (a folder from "
                              "python -m rdance.run.pretrain_generator; the fit check reads only its config)")
         runtime = {"attention": attnlib.from_config(cfg)} if cfg.get("attention") else {}   # else the folder's
-        return cls.abstract(cfg.path, **runtime) if abstract else cls.from_pretrained(cfg.path, **runtime)
+        return (cls.abstract if abstract else cls.from_pretrained)(cfg.path, mesh, rules, **runtime)
 
     def make_model(self) -> WorldGeneratorNet:
         return WorldGeneratorNet(self.cfg, rngs=nnx.Rngs(self.seed))
@@ -259,15 +341,31 @@ class WorldGenerator:
             return v_empty + self.cfg.guidance_scale * (v_prompt - v_empty)
         return v
 
+    def _vae(self, frozen) -> AutoencoderKL:
+        if "vae" not in frozen:
+            raise ValueError("this world generator decodes through its VAE, and frozen holds none "
+                             "(train it with rdance.run.pretrain_generator or open a generator folder)")
+        return nnx.merge(self.vae_def, frozen["vae"])
+
     def decode(self, frozen, latents) -> jax.Array:
-        """Pixel space: unpatchify and map [-1, 1] to [0, 1] (clipped)."""
-        del frozen
-        images = unpatchify(latents.astype(jnp.float32), self.cfg.image_size, self.cfg.patch_size)
+        """Packed latents -> images [B, H, W, 3] in [0, 1] (clipped): through the VAE decoder (in
+        the gradient path), or in pixel space unpatchify and map [-1, 1] to [0, 1]."""
+        latents = latents.astype(jnp.float32)
+        if self.cfg.vae_channels:
+            side = self.cfg.image_size // self.cfg.vae_factor
+            images = self._vae(frozen).decode_latents(flow_match.unpack(latents, side, side))
+            images = jnp.transpose(images.astype(jnp.float32), (0, 2, 3, 1))
+        else:
+            images = unpatchify(latents, self.cfg.image_size, self.cfg.patch_size)
         return jnp.clip((images + 1.0) * 0.5, 0.0, 1.0)
 
     def encode(self, frozen, images) -> jax.Array:
-        del frozen
-        return patchify(jnp.asarray(images, jnp.float32) / 127.5 - 1.0, self.cfg.patch_size)
+        """uint8 images [B, H, W, 3] -> packed latents (the VAE's scaled posterior mean)."""
+        x = jnp.asarray(images, jnp.float32) / 127.5 - 1.0
+        if self.cfg.vae_channels:
+            latents = self._vae(frozen).encode_latents(jnp.transpose(x, (0, 3, 1, 2)))
+            return flow_match.pack(latents.astype(jnp.float32))
+        return patchify(x, self.cfg.patch_size)
 
     def prompts(self, data) -> tuple[list[str], list[Scene]]:
         """The world's own split (``data.prompt_seed``, ``train_prompts``, ``eval_prompts``):
@@ -286,9 +384,11 @@ class WorldGenerator:
         return JudgeEval(sampler, self, heldout, samples_per_prompt)
 
     def export(self, params, folder: str) -> str:
-        """generator.json, tokenizer/, text_encoder/ (transformers T5) and transformer/ (diffusers).
+        """generator.json, tokenizer/, text_encoder/ (transformers T5), transformer/ (diffusers)
+        and, with a VAE, vae/ (diffusers AutoencoderKL).
 
-        ``params`` must be addressable here (host arrays: see rdance.train.host.to_host)."""
+        ``params`` must be addressable here (host arrays: see rdance.train.host.to_host); so must
+        ``frozen["vae"]``."""
         model = nnx.merge(nnx.split(nnx.eval_shape(self.make_model), nnx.Param)[0], params)
         os.makedirs(folder, exist_ok=True)
         with open(os.path.join(folder, CONFIG_FILE), "w") as f:
@@ -296,6 +396,8 @@ class WorldGenerator:
         self.tokenizer.save_pretrained(os.path.join(folder, "tokenizer"))
         export_t5(model.text, os.path.join(folder, "text_encoder"))
         export_transformer(model.transformer, os.path.join(folder, "transformer"))
+        if self.cfg.vae_channels:
+            export_vae(self._vae(jax.device_get(self.frozen)), os.path.join(folder, "vae"))
         return folder
 
 
@@ -308,7 +410,7 @@ def open_folder_sampler(folder: str, mesh, rules, num_steps: int, chunk: int, se
                         guidance_scale: float | None = None):
     """(generator, Sampler, parameters on ``mesh``) of an exported world generator folder, sampled
     with its own guidance scale or ``guidance_scale``."""
-    gen = WorldGenerator.from_pretrained(folder, **({} if guidance_scale is None else
-                                                    {"guidance_scale": guidance_scale}))
+    gen = WorldGenerator.from_pretrained(folder, mesh, rules, **({} if guidance_scale is None else
+                                                                {"guidance_scale": guidance_scale}))
     graphdef = nnx.split(nnx.eval_shape(gen.make_model), nnx.Param)[0]
     return gen, Sampler(gen, graphdef, mesh, num_steps, chunk, seed), gen.initial_params(mesh, rules)

@@ -41,7 +41,7 @@ def write_pairs(path: str, sampler: Sampler, params, gen, *, num_prompts: int, s
     records, ties, scores = [], 0, np.zeros((0,))
     if scenes:
         tokens = gen.tokenize([s.prompt for s in scenes for _ in range(g)])
-        images = sampler(params, {}, tokens, np.arange(num_prompts * g), seed)
+        images = sampler(params, gen.frozen, tokens, np.arange(num_prompts * g), seed)
         scores = judge_scores(images, [s for s in scenes for _ in range(g)]).reshape(num_prompts, g)
         images = images.reshape(num_prompts, g, *images.shape[1:])
     for p, scene in enumerate(scenes):

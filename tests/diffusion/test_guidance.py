@@ -44,7 +44,7 @@ def test_guided_velocity_extrapolates_from_the_empty_caption(tmp_path):
     # Scale 1 is the plain velocity, and flow-matching losses never guide.
     plain, _ = make(tmp_path, caption_dropout=0.1)
     np.testing.assert_array_equal(plain.velocity(model, plain.condition(model, {}, tokens))(x, t), v_prompt)
-    x0 = gen.encode({}, np.zeros((2, 32, 32, 3), np.uint8))
+    x0 = gen.encode(gen.frozen, np.zeros((2, 32, 32, 3), np.uint8))
     ids = jnp.arange(2)
     np.testing.assert_array_equal(genlib.flow_matching_loss(gen, model, cond, x0, jax.random.key(1), ids),
                                   genlib.flow_matching_loss(plain, model, cond, x0, jax.random.key(1), ids))
@@ -78,4 +78,4 @@ def test_guidance_settings_are_checked_and_travel_with_the_export(tmp_path):
     mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
     opened, sampler, params = open_folder_sampler(folder, mesh, sharding.DEFAULT_RULES, 2, 2, 0, guidance_scale=1.5)
     assert opened.cfg.guidance_scale == 1.5
-    assert sampler(params, {}, opened.tokenize(["a red square"]), [0]).shape == (1, 32, 32, 3)
+    assert sampler(params, opened.frozen, opened.tokenize(["a red square"]), [0]).shape == (1, 32, 32, 3)

@@ -24,7 +24,8 @@ from tests.train.conftest import REFERENCE, tiny_config
 
 def test_refl_gradient_matches_a_finite_difference(gen_folder, rm_folder, devices):
     """ReFL's gradient is that of the one-step reward with the gradient-free rollout held fixed:
-    r(decode(x_k - t_k v_theta(x_k))) differentiated through the RM and the decoder."""
+    r(decode(x_k - t_k v_theta(x_k))) differentiated through the RM and the decoder (the frozen VAE
+    of the world generator)."""
     mesh = sh.make_mesh((1, 1, 1), devices[:1])
     gen = WorldGenerator.from_pretrained(gen_folder)
     rm = RewardModel.from_pretrained(rm_folder, mesh=mesh)
@@ -38,7 +39,7 @@ def test_refl_gradient_matches_a_finite_difference(gen_folder, rm_folder, device
     rows, ids = jnp.arange(3), jnp.arange(6)
     keys, k = step_keys(jax.random.key(0)), 2
     micro = make_micro(gen, graphdef, rm.pairwise_fn, s, mesh)
-    loss, aux, grads = jax.jit(micro)(params, {}, rm.params, mb, rows, ids, keys, k)
+    loss, aux, grads = jax.jit(micro)(params, gen.frozen, rm.params, mb, rows, ids, keys, k)
 
     # The same computation written out: k gradient-free steps from the same noise, then one step.
     sig = genlib.sigmas(gen, s.num_steps)
@@ -56,7 +57,7 @@ def test_refl_gradient_matches_a_finite_difference(gen_folder, rm_folder, device
         model = nnx.merge(graphdef, p)
         velocity = gen.velocity(model, gen.condition(model, {}, repeat(mb["gen"])))
         _, x0 = euler_step(velocity, x_k, sig[k], sig[k + 1])
-        reward = rm.pairwise_fn(rm.params, repeat(mb["rm"]), repeat(refs[:, 0]), gen.decode({}, x0))
+        reward = rm.pairwise_fn(rm.params, repeat(mb["rm"]), repeat(refs[:, 0]), gen.decode(gen.frozen, x0))
         return -s.reward_scale * jnp.mean(reward)
 
     np.testing.assert_allclose(float(one_step_loss(params)), float(loss), rtol=1e-5)

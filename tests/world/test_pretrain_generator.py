@@ -9,6 +9,7 @@ from experiments import gen_smoke
 from rdance.core import sharding as sh
 from rdance.data.records import JsonlRecords
 from rdance.world.prompts import prompt_set
+from rdance.world.autoencoder import train_vae
 from rdance.world.generator import WorldGenerator, patchify, unpatchify
 from rdance.run.pretrain_generator import make_evaluator, make_generator, make_task
 from rdance.train.generator_eval import Sampler
@@ -40,7 +41,9 @@ def test_pretraining_learns_exports_and_writes_pairs(tmp_path, devices):
     config.eval.update(dict(prompts=8, num_steps=4, chunk=8))
     config.train.update(dict(steps=8, log_every=1, eval_every=8, checkpoint_every=8, async_checkpoints=False))
     workdir = str(tmp_path)
+    config.vae.update(dict(steps=4, batch_size=8, log_every=2, eval_prompts=4))
     gen = make_generator(config, workdir)
+    gen, _ = train_vae(gen, config.vae, workdir)
     task = make_task(config, gen)
     task.evaluate = make_evaluator(config, gen)
     result = train(config, workdir, task)
@@ -83,8 +86,8 @@ def test_pretraining_learns_exports_and_writes_pairs(tmp_path, devices):
 
     # The judge eval with two samples per prompt: sample 0 is the one-sample eval's image.
     scenes = prompt_set(5, 6)
-    one, images_one = JudgeEval(sampler, gen, scenes)(params, {})
-    two, images_two = JudgeEval(sampler, gen, scenes, samples_per_prompt=2)(params, {})
+    one, images_one = JudgeEval(sampler, gen, scenes)(params, gen.frozen)
+    two, images_two = JudgeEval(sampler, gen, scenes, samples_per_prompt=2)(params, gen.frozen)
     np.testing.assert_array_equal(images_two[:6], images_one)
     assert images_two.shape[0] == 12 and not np.array_equal(images_two[6:], images_one)
     np.testing.assert_allclose(two["judge"], judge_scores(images_two, scenes * 2).mean(), rtol=1e-6)
