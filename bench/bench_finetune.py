@@ -116,15 +116,15 @@ def main(argv):
 
     def rollout(params):
         model = nnx.merge(graphdef, params)
-        return sample(gen.velocity(model, gen.condition(model, {}, per_sample(tokens))), noise, sig[: k + 1])
+        return sample(gen.velocity(model, gen.condition(model, gen.frozen, per_sample(tokens))), noise, sig[: k + 1])
 
     x_k = jax.jit(rollout)(params)
 
     def graded_steps(params, steps=grad_steps):
         model = nnx.merge(graphdef, params)
-        velocity = gen.velocity(model, gen.condition(model, {}, per_sample(tokens)))
+        velocity = gen.velocity(model, gen.condition(model, gen.frozen, per_sample(tokens)))
         x0, _ = rollout_then_step(velocity, x_k, sig[k:], 0, steps)
-        return jnp.sum(gen.decode({}, x0) * images)   # a stand-in for the reward's pull on the pixels
+        return jnp.sum(gen.decode(gen.frozen, x0) * images)   # a stand-in for the reward's pull on the pixels
 
     def rm_forward(images):
         return rm.pairwise_fn(rm.params, per_sample(rm_tokens), jnp.repeat(refs[:, 0], g, 0), images).sum()
@@ -137,7 +137,7 @@ def main(argv):
 
     def one_forward(params):
         model = nnx.merge(graphdef, params)
-        return gen.velocity(model, gen.condition(model, {}, per_sample(tokens)))(x_k, sig[k])
+        return gen.velocity(model, gen.condition(model, gen.frozen, per_sample(tokens)))(x_k, sig[k])
 
     # XLA's cost analysis counts a loop's body once: the rollout (a fori_loop / scan of k steps)
     # is counted here as k forwards, and the whole step gets the k - 1 it misses.
@@ -169,7 +169,7 @@ def main(argv):
     holder = [state]
 
     def run_step():
-        holder[0], metrics = compiled(holder[0], batch, {}, rm.params)
+        holder[0], metrics = compiled(holder[0], batch, setup.frozen, rm.params)
         jax.block_until_ready(metrics)
     rows.append(("whole ReFL step (compiled)", median_time(run_step, FLAGS.reps), flops))
 

@@ -18,7 +18,7 @@ Variant ``ci``: tiny models and a few steps (plumbing only).
 import ml_collections
 
 from experiments import rm_smoke
-from experiments.demo import FAST_COMPILE, TINY_GENERATOR, TINY_VLM, stage
+from experiments.demo import FAST_COMPILE, TINY_GENERATOR, TINY_VAE_STAGE, TINY_VLM, stage
 
 # What an ablation can tabulate: (label, stage, metric in that stage's metrics.jsonl, which value).
 METRICS = {
@@ -81,8 +81,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.order = ""                           # the arms' order in the table ("" = by name)
     if variant == "ci":
         c.seeds = 1
-        c.generator.set = dict(model=TINY_GENERATOR, data=dict(global_batch_size=16), optim=dict(warmup_steps=2),
-                               eval=dict(prompts=8, samples=1, num_steps=4, chunk=8),
+        # The demo's CI generator stage exactly (its VAE stage too), so the ablation reuses it.
+        c.generator.set = dict(model=TINY_GENERATOR, vae=TINY_VAE_STAGE, data=dict(global_batch_size=16),
+                               optim=dict(warmup_steps=2), eval=dict(prompts=8, samples=1, num_steps=4, chunk=8),
                                train=dict(steps=40, log_every=10, eval_every=40, checkpoint_every=20))
         c.generator.estimate_s = 25
         c.vlm.set = dict(model=TINY_VLM, data=dict(global_batch_size=8, eval_pairs=16, eval_batch_size=16),

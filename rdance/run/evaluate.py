@@ -34,6 +34,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from rdance.core import console
+from rdance.reward.gsb import gsb_verdicts
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("generators", None, "LABEL=FOLDER pairs (FluxPipeline or world generator folders).", required=True)
@@ -67,14 +68,6 @@ def parse_generators(pairs: list[str]) -> dict[str, str]:
             raise app.UsageError(f"--generators {label}={folder}: no such folder")
         out[label] = folder
     return out
-
-
-def gsb_verdicts(b_over_a: np.ndarray, a_over_b: np.ndarray, margin: float) -> tuple[np.ndarray, dict]:
-    """Order-averaged P(B beats A), per comparison, and the counts G, S, B with GSB."""
-    p = (np.asarray(b_over_a) + 1.0 - np.asarray(a_over_b)) / 2.0
-    good, bad = int((p > 0.5 + margin).sum()), int((p < 0.5 - margin).sum())
-    same = len(p) - good - bad
-    return p, dict(good=good, same=same, bad=bad, gsb=(good - bad) / max(len(p), 1))
 
 
 def sample_all(opened, prompts: list[str]) -> np.ndarray:

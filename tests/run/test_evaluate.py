@@ -1,11 +1,12 @@
-"""`python -m rdance.run.evaluate` as a user types it, on tiny world generators: GenEval's folder
+"""`python -m rdance.run.evaluate` as a user types it (a child process: the entrypoint's flags
+never enter the test process), on tiny world generators: GenEval's folder
 layout, pointwise RM scores, and a GSB head-to-head by a pairwise RM (a generator against itself
 is all Same)."""
 import json
 
 import numpy as np
 
-from rdance.run.evaluate import gsb_verdicts
+from rdance.reward.gsb import gsb_verdicts
 from tests.conftest import make_generator_folder, make_rm_folder, run_module
 
 GENEVAL = [{"tag": "single_object", "include": [{"class": "circle", "count": 1}], "prompt": "a red circle"},
