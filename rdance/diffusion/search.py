@@ -118,10 +118,10 @@ def renoise(x: jax.Array, sigma_from, sigma_to, noise: jax.Array) -> jax.Array:
 _renoise = jax.jit(renoise)
 
 
-def _compiled_denoise(gen: genlib.Generator, graphdef, num_steps: int):
-    """``denoise(trainable, frozen, tokens, x, start, stop)``: Euler steps start..stop-1, giving
-    (x at stop, the decoded x0 estimate of the last step)."""
-    sig = jnp.asarray(genlib.sigmas(gen, num_steps), jnp.float32)
+def _compiled_denoise(gen: genlib.Generator, graphdef, sigmas: np.ndarray):
+    """``denoise(trainable, frozen, tokens, x, start, stop)``: Euler steps start..stop-1 over
+    ``sigmas``, giving (x at stop, the decoded x0 estimate of the last step)."""
+    sig = jnp.asarray(sigmas, jnp.float32)
 
     def denoise(trainable, frozen, tokens, x, start, stop):
         model = nnx.merge(graphdef, trainable)
@@ -146,7 +146,7 @@ class Searcher:
         config.check(num_steps)
         self.gen, self.cfg, self.num_steps, self.mesh = gen, config, num_steps, mesh
         self.sigmas = np.asarray(genlib.sigmas(gen, num_steps), np.float32)
-        self._denoise = _compiled_denoise(gen, graphdef, num_steps)
+        self._denoise = _compiled_denoise(gen, graphdef, self.sigmas)
         self._renoise = _renoise
 
     # ----- helpers

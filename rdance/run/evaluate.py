@@ -117,9 +117,10 @@ def main(argv):
     out = Path(FLAGS.out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    samples, summary = {}, ["| generator | " + " | ".join(["seconds"] + (
-        [f"RM {c}" for c in FLAGS.criteria] if rm is not None and rm.paradigm != "pairwise" else [])) + " |"]
-    summary.append("|---" * (len(summary[0].split("|")) - 2) + "|")
+    pointwise = rm is not None and rm.paradigm != "pairwise"
+    columns = ["generator", "seconds"] + ([f"RM {c}" for c in FLAGS.criteria] if pointwise else [])
+    samples, summary = {}, ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+    repeated = [p for p in prompts for _ in range(FLAGS.samples_per_prompt)]   # one per sample, prompt-major
     with open(out / "scores.jsonl", "w") as scores_log:
         for label, folder in generators.items():
             started = time.time()
@@ -129,9 +130,8 @@ def main(argv):
             write_geneval(out / label, items, images)
             grid_image(images[:FLAGS.grid_prompts], labels=prompts[:FLAGS.grid_prompts]).save(out / label / "grid.png")
             row = [f"{time.time() - started:.1f}"]
-            if rm is not None and rm.paradigm != "pairwise":
+            if pointwise:
                 flat = images.reshape(-1, *images.shape[2:])
-                repeated = [p for p in prompts for _ in range(FLAGS.samples_per_prompt)]
                 for criteria in FLAGS.criteria:
                     rewards = np.asarray(rm.score_pointwise(flat, repeated, criteria=criteria)).reshape(len(prompts), -1)
                     row.append(f"{rewards.mean():.4f}")
@@ -144,7 +144,6 @@ def main(argv):
     if rm is not None and rm.paradigm == "pairwise":
         (a, images_a), (b, images_b) = list(samples.items())[:2]
         flat_a, flat_b = images_a.reshape(-1, *images_a.shape[2:]), images_b.reshape(-1, *images_b.shape[2:])
-        repeated = [p for p in prompts for _ in range(FLAGS.samples_per_prompt)]
         b_over_a = rm.score_pairwise(flat_a, flat_b, repeated)
         a_over_b = rm.score_pairwise(flat_b, flat_a, repeated)
         p, counts = gsb_verdicts(b_over_a, a_over_b, FLAGS.gsb_margin)
