@@ -1,0 +1,55 @@
+"""Wan 2.1 (text/image to video): transformer, causal 3D VAE (vae.py), UMT5 text encoder."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from flax import nnx
+
+from rdance.core import sharding
+from rdance.models import convert
+from rdance.models.flux import config
+
+# --- transformer and UMT5 text encoder --------------------------------------------------------
+#     transformer = load_transformer("/ckpt/Wan2.1-T2V-1.3B-Diffusers/transformer")
+#     text_encoder = load_umt5("/ckpt/Wan2.1-T2V-1.3B-Diffusers/text_encoder")
+#     export_transformer(transformer, "/out/transformer")   # diffusers loads it back
+# Every loader takes ``mesh``/``rules`` to place parameters directly on their shards, and
+# ``param_dtype``/``dtype``/``remat``/``attention`` overrides for the runtime-only config fields.
+from rdance.models.wan import transformer, umt5  # noqa: E402
+
+
+def _load_model(path, cfg_cls, model_cls, torch_key, check, mesh, rules, runtime, **convert_kw):
+    raw = config.read_json(path)
+    config.check_type(raw, path, **check)
+    cfg = config.from_dict(cfg_cls, raw, **runtime)
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: model_cls(cfg, rngs=nnx.Rngs(0))))
+    shardings = None if mesh is None else sharding.state_shardings(abstract, mesh, rules)
+    return nnx.merge(graphdef, convert.load_state(path, abstract, torch_key, shardings, **convert_kw))
+
+
+def load_transformer(path, *, mesh=None, rules=sharding.DEFAULT_RULES, **runtime) -> transformer.WanTransformer:
+    """A diffusers WanTransformer3DModel folder (``<pipeline>/transformer``), T2V or I2V."""
+    return _load_model(path, transformer.WanConfig, transformer.WanTransformer, transformer.torch_key,
+                       dict(class_names=(transformer.CLASS_NAME,)), mesh, rules, runtime)
+
+
+def load_umt5(path, *, mesh=None, rules=sharding.DEFAULT_RULES, **runtime) -> umt5.UMT5Encoder:
+    """A transformers UMT5EncoderModel folder (``<pipeline>/text_encoder``)."""
+    return _load_model(path, umt5.UMT5Config, umt5.UMT5Encoder, umt5.torch_key,
+                       dict(model_types=umt5.MODEL_TYPES), mesh, rules, runtime, tied=umt5.TIED)
+
+
+def export_transformer(model: transformer.WanTransformer, path, *, max_shard_bytes=5 * 2**30) -> Path:
+    """Write ``model`` as a diffusers WanTransformer3DModel folder."""
+    cfg = dict(config.to_dict(model.cfg), _class_name=transformer.CLASS_NAME)
+    return convert.export(nnx.state(model, nnx.Param), path, transformer.torch_key, cfg,
+                          stem="diffusion_pytorch_model", max_shard_bytes=max_shard_bytes)
+
+
+def export_umt5(model: umt5.UMT5Encoder, path, *, max_shard_bytes=5 * 2**30) -> Path:
+    """Write ``model`` as a transformers UMT5EncoderModel folder."""
+    cfg = dict(config.to_dict(model.cfg), model_type="umt5", architectures=["UMT5EncoderModel"],
+               is_encoder_decoder=False, use_cache=False)
+    return convert.export(nnx.state(model, nnx.Param), path, umt5.torch_key, cfg, stem="model",
+                          max_shard_bytes=max_shard_bytes)
+# --- end transformer and UMT5 text encoder -----------------------------------------------------

@@ -1,0 +1,152 @@
+"""The Wan transformer and UMT5 encoder against diffusers/transformers on tiny random configs
+(f32, atol 1e-4): T2V and I2V forward passes, export round trip, a wrong folder's error."""
+import jax
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+diffusers = pytest.importorskip("diffusers")
+transformers = pytest.importorskip("transformers")
+
+from rdance.models.flux import config as cfglib  # noqa: E402
+from rdance.models.wan import export_transformer, export_umt5, load_transformer, load_umt5  # noqa: E402
+
+ATOL = 1e-4
+TINY = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4,
+            text_dim=24, freq_dim=32, ffn_dim=64, num_layers=2, rope_max_seq_len=32)
+# diffusers' I2V attention takes the last 512 context tokens as text: I2V tests use 512 of them.
+TEXT_LEN_I2V = 512
+
+
+def max_diff(ours, ref):
+    ref = ref.detach().numpy() if hasattr(ref, "detach") else np.asarray(ref)
+    diff = float(np.abs(np.asarray(ours) - ref).max())
+    print(f"max abs diff: {diff:.2e}")  # shown with pytest -rP, for the parity report
+    return diff
+
+
+def _wan(tmp_path, name, **extra):
+    torch.manual_seed(0)
+    model = diffusers.WanTransformer3DModel(**{**TINY, **extra}).eval()
+    with torch.no_grad():  # make the zero-initialised and unit tables random too
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(tmp_path / name)
+    return tmp_path / name, model
+
+
+def _run_both(folder, model, inputs):
+    with torch.no_grad():
+        ref = model(**{k: torch.tensor(v) for k, v in inputs.items()}).sample
+    rd = load_transformer(folder)
+    with jax.default_matmul_precision("highest"):
+        ours = rd(**inputs)
+    return rd, ours, ref
+
+
+def test_transformer_t2v(tmp_path):
+    folder, model = _wan(tmp_path, "t2v")
+    rng = np.random.default_rng(0)
+    inputs = dict(hidden_states=rng.standard_normal((2, 4, 3, 4, 6)).astype(np.float32),
+                  timestep=np.array([999.0, 250.0], np.float32),
+                  encoder_hidden_states=rng.standard_normal((2, 7, 24)).astype(np.float32))
+    _, ours, ref = _run_both(folder, model, inputs)
+    assert ours.shape == tuple(ref.shape) == (2, 4, 3, 4, 6)
+    assert max_diff(ours, ref) < ATOL
+
+
+def test_transformer_i2v(tmp_path):
+    # I2V: 8 input channels (noise + mask + image latents), CLIP image tokens through the image
+    # embedder and the extra K/V of every cross-attention.
+    folder, model = _wan(tmp_path, "i2v", image_dim=20, added_kv_proj_dim=32, in_channels=8)
+    rng = np.random.default_rng(1)
+    inputs = dict(hidden_states=rng.standard_normal((1, 8, 2, 4, 4)).astype(np.float32),
+                  timestep=np.array([500.0], np.float32),
+                  encoder_hidden_states=rng.standard_normal((1, TEXT_LEN_I2V, 24)).astype(np.float32),
+                  encoder_hidden_states_image=rng.standard_normal((1, 5, 20)).astype(np.float32))
+    rd, ours, ref = _run_both(folder, model, inputs)
+    assert ours.shape == (1, 4, 2, 4, 4)
+    assert max_diff(ours, ref) < ATOL
+    with pytest.raises(ValueError, match="encoder_hidden_states_image"):
+        rd(**{k: v for k, v in inputs.items() if k != "encoder_hidden_states_image"})
+
+
+def _diffusers_load(folder):
+    """``WanTransformer3DModel.from_pretrained(folder)`` as far as this environment allows: without
+    accelerate diffusers refuses Wan's keep-in-fp32 modules, so config.json through from_config and
+    the weights through a strict load_state_dict (every key, both ways)."""
+    from safetensors.torch import load_file
+    cls = diffusers.WanTransformer3DModel
+    model = cls.from_config(cls.load_config(folder))
+    model.load_state_dict(load_file(folder / "diffusion_pytorch_model.safetensors"), strict=True)
+    return model.eval()
+
+
+def test_transformer_export_round_trip(tmp_path):
+    folder, _ = _wan(tmp_path, "i2v", image_dim=20, added_kv_proj_dim=32)
+    rd = load_transformer(folder)
+    out = export_transformer(rd, tmp_path / "exported")
+    back = _diffusers_load(out)
+    rng = np.random.default_rng(2)
+    inputs = dict(hidden_states=rng.standard_normal((1, 4, 2, 4, 4)).astype(np.float32),
+                  timestep=np.array([10.0], np.float32),
+                  encoder_hidden_states=rng.standard_normal((1, TEXT_LEN_I2V, 24)).astype(np.float32),
+                  encoder_hidden_states_image=rng.standard_normal((1, 3, 20)).astype(np.float32))
+    with torch.no_grad():
+        ref = back(**{k: torch.tensor(v) for k, v in inputs.items()}).sample
+    with jax.default_matmul_precision("highest"):
+        ours = rd(**inputs)
+    assert max_diff(ours, ref) < ATOL
+    assert cfglib.read_json(out)["_class_name"] == "WanTransformer3DModel"
+
+
+def test_wrong_folder_is_a_clear_error(tmp_path):
+    flux = diffusers.FluxTransformer2DModel(
+        patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=8,
+        num_attention_heads=2, joint_attention_dim=8, pooled_projection_dim=8, axes_dims_rope=(2, 2, 4))
+    flux.save_pretrained(tmp_path / "flux")
+    with pytest.raises(cfglib.CheckpointTypeError, match="FluxTransformer2DModel.*WanTransformer3DModel"):
+        load_transformer(tmp_path / "flux")
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_transformer(tmp_path / "nowhere")
+
+
+def _umt5(tmp_path):
+    torch.manual_seed(0)
+    cfg = transformers.UMT5Config(vocab_size=50, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                                  feed_forward_proj="gated-gelu", relative_attention_num_buckets=8,
+                                  relative_attention_max_distance=16)
+    model = transformers.UMT5EncoderModel(cfg).eval()
+    model.save_pretrained(tmp_path / "umt5")
+    return tmp_path / "umt5", model
+
+
+def test_umt5_with_padding(tmp_path):
+    folder, model = _umt5(tmp_path)
+    rng = np.random.default_rng(3)
+    ids = rng.integers(1, 50, (2, 30))  # longer than max_distance: exercises the log buckets
+    mask = np.ones((2, 30), np.int64)
+    mask[0, 12:], ids[0, 12:] = 0, 0   # one padded prompt
+    with torch.no_grad():
+        ref = model(torch.tensor(ids), attention_mask=torch.tensor(mask)).last_hidden_state
+    rd = load_umt5(folder)
+    with jax.default_matmul_precision("highest"):
+        ours = rd(ids, mask)
+    assert max_diff(ours, ref) < ATOL
+    # Every layer's own table matters: a T5 loader (one shared table) refuses this folder.
+    from rdance.models.convert import ConversionError
+    from rdance.models.flux import load_t5
+    with pytest.raises(ConversionError, match="relative_attention_bias"):
+        load_t5(folder)
+
+
+def test_umt5_export_round_trip(tmp_path):
+    folder, _ = _umt5(tmp_path)
+    out = export_umt5(load_umt5(folder), tmp_path / "exported")
+    back = transformers.UMT5EncoderModel.from_pretrained(out).eval()
+    ids = np.random.default_rng(4).integers(0, 50, (1, 9))
+    with torch.no_grad():
+        ref = back(torch.tensor(ids)).last_hidden_state
+    with jax.default_matmul_precision("highest"):
+        ours = load_umt5(out)(ids)
+    assert max_diff(ours, ref) < ATOL
