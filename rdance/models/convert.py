@@ -18,6 +18,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import struct
 from pathlib import Path
 from typing import Callable
@@ -212,7 +213,8 @@ class Checkpoint:
             st.close()
 
 
-def _plan(ckpt: Checkpoint, abstract_state, torch_key: TorchKey, tied: dict[str, str]) -> dict:
+def _plan(ckpt: Checkpoint, abstract_state, torch_key: TorchKey, tied: dict[str, str],
+          unused: tuple[str, ...] = ()) -> dict:
     """Every leaf's (layout, stacked, keys); keys and shapes checked before any data is read."""
     entries, used, missing, bad = {}, set(), [], []
     for path, var in _leaves(abstract_state):
@@ -227,6 +229,11 @@ def _plan(ckpt: Checkpoint, abstract_state, torch_key: TorchKey, tied: dict[str,
             used.add(key)
         entries[path] = (spec, stacked, keys)
     extra = sorted(set(ckpt.where) - used)
+    dropped = [k for k in extra if any(re.search(pattern, k) for pattern in unused)]
+    if dropped:  # keys the reference library also ignores on load (the model declares them)
+        logging.info("%s: %d checkpoint keys the model does not use, skipped (e.g. %s)",
+                     ckpt.folder, len(dropped), dropped[0])
+        extra = [k for k in extra if k not in dropped]
     for duplicate, original in tied.items():
         if duplicate in extra and original in ckpt.where:  # tied weights some checkpoints store twice
             extra.remove(duplicate)
@@ -264,15 +271,18 @@ def _read_block(ckpt: Checkpoint, spec: Key, stacked: bool, keys: list[str], ind
 
 
 def load_state(folder, abstract_state, torch_key: TorchKey, shardings=None, *,
-               rename: Callable[[str], str] | None = None, tied: dict[str, str] | None = None):
+               rename: Callable[[str], str] | None = None, tied: dict[str, str] | None = None,
+               unused: tuple[str, ...] = ()):
     """The state shaped like ``abstract_state`` (an ``nnx.eval_shape`` state) filled from ``folder``,
     each leaf placed on its sharding in ``shardings`` (a matching state; None: the first device).
 
     ``rename`` normalises checkpoint keys; ``tied`` maps a key some checkpoints store twice to the
-    one it duplicates: a stored duplicate must equal it and is then dropped."""
+    one it duplicates: a stored duplicate must equal it and is then dropped; ``unused`` are regular
+    expressions for checkpoint keys the model declares it does not use (diffusers'
+    ``_keys_to_ignore_on_load_unexpected``): skipped, counted in the log, never read."""
     ckpt = Checkpoint(folder, rename)
     try:
-        entries = _plan(ckpt, abstract_state, torch_key, tied or {})
+        entries = _plan(ckpt, abstract_state, torch_key, tied or {}, tuple(unused))
         first_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
 
         def load(path, var, sharding=None):

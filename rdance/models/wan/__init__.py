@@ -30,7 +30,8 @@ def _load_model(path, cfg_cls, model_cls, torch_key, check, mesh, rules, runtime
 def load_transformer(path, *, mesh=None, rules=sharding.DEFAULT_RULES, **runtime) -> transformer.WanTransformer:
     """A diffusers WanTransformer3DModel folder (``<pipeline>/transformer``), T2V or I2V."""
     return _load_model(path, transformer.WanConfig, transformer.WanTransformer, transformer.torch_key,
-                       dict(class_names=(transformer.CLASS_NAME,)), mesh, rules, runtime)
+                       dict(class_names=(transformer.CLASS_NAME,)), mesh, rules, runtime,
+                       unused=transformer.UNUSED_KEYS)
 
 
 def load_umt5(path, *, mesh=None, rules=sharding.DEFAULT_RULES, **runtime) -> umt5.UMT5Encoder:

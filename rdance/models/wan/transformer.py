@@ -28,6 +28,9 @@ from rdance.models.flux.transformer import apply_rope, timestep_embedding
 from rdance.models.layers import LayerNorm, Linear, RMSNorm, matmul_rows
 
 CLASS_NAME = "WanTransformer3DModel"
+# Released I2V checkpoints carry an RMSNorm for image queries that the forward pass never uses
+# (diffusers ignores it on load too): skipped on load, not written on export.
+UNUSED_KEYS = (r"^blocks\.\d+\.attn2\.norm_added_q\.",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,10 +151,8 @@ class ImageEmbedding(nnx.Module):
         self.norm1 = LayerNorm(d_in, eps=1e-5)
         self.ff = FeedForward(cfg, d_in, d_in, d, rngs, approximate=False)
         self.norm2 = LayerNorm(d, eps=1e-5)
-        self.pos_embed = None
-        if cfg.pos_embed_seq_len is not None:
-            self.pos_embed = param(jnp.zeros((1, cfg.pos_embed_seq_len, d_in), jnp.dtype(cfg.param_dtype)),
-                                   (None, None, None))
+        self.pos_embed = None if cfg.pos_embed_seq_len is None else param(
+            jnp.zeros((1, cfg.pos_embed_seq_len, d_in), jnp.dtype(cfg.param_dtype)), (None, None, None))
 
     def __call__(self, x):
         if self.pos_embed is not None:  # first and last frame: two images' tokens side by side

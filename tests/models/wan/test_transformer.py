@@ -55,6 +55,12 @@ def test_transformer_t2v(tmp_path):
     assert max_diff(ours, ref) < ATOL
 
 
+def _add_tensors(folder, tensors):
+    from safetensors.torch import load_file, save_file
+    path = folder / "diffusion_pytorch_model.safetensors"
+    save_file({**load_file(path), **tensors}, path)
+
+
 def test_transformer_i2v(tmp_path):
     # I2V: 8 input channels (noise + mask + image latents), CLIP image tokens through the image
     # embedder and the extra K/V of every cross-attention.
@@ -64,6 +70,8 @@ def test_transformer_i2v(tmp_path):
                   timestep=np.array([500.0], np.float32),
                   encoder_hidden_states=rng.standard_normal((1, TEXT_LEN_I2V, 24)).astype(np.float32),
                   encoder_hidden_states_image=rng.standard_normal((1, 5, 20)).astype(np.float32))
+    # Released I2V checkpoints also store an unused attn2.norm_added_q per block (diffusers skips it).
+    _add_tensors(folder, {f"blocks.{i}.attn2.norm_added_q.weight": torch.ones(32) for i in range(2)})
     rd, ours, ref = _run_both(folder, model, inputs)
     assert ours.shape == (1, 4, 2, 4, 4)
     assert max_diff(ours, ref) < ATOL
@@ -98,6 +106,58 @@ def test_transformer_export_round_trip(tmp_path):
         ours = rd(**inputs)
     assert max_diff(ours, ref) < ATOL
     assert cfglib.read_json(out)["_class_name"] == "WanTransformer3DModel"
+
+
+def test_transformer_flf2v_image_positions(tmp_path):
+    """First-last-frame checkpoints add learned positions over both images' CLIP tokens (and,
+    for coverage, no LayerNorm before cross-attention)."""
+    folder, model = _wan(tmp_path, "flf2v", image_dim=20, added_kv_proj_dim=32, pos_embed_seq_len=6,
+                         cross_attn_norm=False)
+    rng = np.random.default_rng(5)
+    inputs = dict(hidden_states=rng.standard_normal((1, 4, 1, 4, 4)).astype(np.float32),
+                  timestep=np.array([700.0], np.float32),
+                  encoder_hidden_states=rng.standard_normal((1, TEXT_LEN_I2V, 24)).astype(np.float32),
+                  encoder_hidden_states_image=rng.standard_normal((2, 3, 20)).astype(np.float32))
+    _, ours, ref = _run_both(folder, model, inputs)
+    assert max_diff(ours, ref) < ATOL
+
+
+def test_unknown_checkpoint_key_still_fails(tmp_path):
+    from rdance.models.convert import ConversionError
+    folder, _ = _wan(tmp_path, "t2v")
+    _add_tensors(folder, {"blocks.0.attn1.norm_added_q.weight": torch.ones(32)})
+    with pytest.raises(ConversionError, match="map to no parameter"):
+        load_transformer(folder)
+
+
+def test_sharded_and_rematerialised_match_plain(tmp_path, devices):
+    """On an 8-device mesh (fsdp x tensor) with remat='full', outputs and input gradients equal
+    the single-device run without remat."""
+    from flax import nnx
+
+    from rdance.core import sharding
+    folder, _ = _wan(tmp_path, "t2v")
+    mesh = sharding.make_mesh((2, 2, 2))
+    sharded = load_transformer(folder, mesh=mesh, remat="full")
+    assert sharded.blocks.attn1.to_q.kernel[...].sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+    plain = load_transformer(folder)
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((4, 4, 2, 4, 4)).astype(np.float32)
+    t = np.array([1.0, 300.0, 600.0, 900.0], np.float32)
+    text = rng.standard_normal((4, 5, 24)).astype(np.float32)
+
+    def grad_fn(model):
+        graphdef, state = nnx.split(model)
+        loss = lambda state, x: (nnx.merge(graphdef, state)(x, t, text) ** 2).mean()  # noqa: E731
+        return jax.jit(jax.value_and_grad(loss, argnums=1)), state
+    with jax.default_matmul_precision("highest"):
+        run, state = grad_fn(sharded)
+        got = run(state, jax.device_put(x, sharding.batch_sharding(mesh, x.ndim)))
+        run, state = grad_fn(plain)
+        want = run(state, x)
+    assert abs(float(got[0]) - float(want[0])) < 1e-5
+    assert np.abs(want[1]).max() > 0
+    np.testing.assert_allclose(np.asarray(got[1]), np.asarray(want[1]), atol=1e-5)
 
 
 def test_wrong_folder_is_a_clear_error(tmp_path):
