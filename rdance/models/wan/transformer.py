@@ -122,9 +122,12 @@ class PatchEmbed(nnx.Module):
 class MLP(nnx.Module):
     """linear_1 -> activation -> linear_2 (diffusers' TimestepEmbedding, PixArtAlphaTextProjection)."""
 
-    def __init__(self, cfg, in_dim, dim, act, rngs):
-        self.linear_1 = _linear(cfg, in_dim, dim, (None, "embed"), rngs)
-        self.linear_2 = _linear(cfg, dim, dim, ("embed", None), rngs)
+    def __init__(self, cfg, in_dim, dim, act, rngs, dtype=None):
+        lin = lambda i, o, axes: Linear(  # noqa: E731
+            i, o, axes=axes, rngs=rngs, param_dtype=jnp.dtype(cfg.param_dtype),
+            dtype=dtype or cfglib.dtype_of(cfg.dtype))
+        self.linear_1 = lin(in_dim, dim, (None, "embed"))
+        self.linear_2 = lin(dim, dim, ("embed", None))
         self.act = act
 
     def __call__(self, x):
@@ -166,14 +169,15 @@ class ConditionEmbedder(nnx.Module):
 
     def __init__(self, cfg: WanConfig, rngs):
         d = cfg.inner_dim
-        self.time_embedder = MLP(cfg, cfg.freq_dim, d, jax.nn.silu, rngs)
+        # float32 whatever the compute dtype, as diffusers keeps time_embedder (_keep_in_fp32_modules)
+        self.time_embedder = MLP(cfg, cfg.freq_dim, d, jax.nn.silu, rngs, dtype=jnp.float32)
         self.time_proj = _linear(cfg, d, 6 * d, ("embed", "mlp"), rngs)
         self.text_embedder = MLP(cfg, cfg.text_dim, d, lambda x: jax.nn.gelu(x, approximate=True), rngs)
         self.image_embedder = ImageEmbedding(cfg, rngs) if cfg.image_dim is not None else None
         self.freq_dim = cfg.freq_dim
 
     def __call__(self, timestep, text, image, dtype):
-        temb = self.time_embedder(timestep_embedding(timestep, self.freq_dim).astype(dtype))
+        temb = self.time_embedder(timestep_embedding(timestep, self.freq_dim)).astype(dtype)
         proj = self.time_proj(jax.nn.silu(temb))
         text = self.text_embedder(text)
         if image is not None and self.image_embedder is not None:
@@ -294,7 +298,11 @@ class WanTransformer(nnx.Module):
                              "encoder_hidden_states_image must be None")
         dtype = cfglib.dtype_of(cfg.dtype) or hidden_states.dtype
         x = self.patch_embedding(hidden_states.astype(dtype))
-        timestep = jnp.broadcast_to(jnp.asarray(timestep, jnp.float32), (b,))
+        timestep = jnp.asarray(timestep, jnp.float32)
+        if timestep.ndim > 1 or timestep.size not in (1, b):
+            raise ValueError(f"timestep of shape {timestep.shape}: give one per sample ([{b}]) or one for all; "
+                             "per-token timesteps (Wan 2.2 TI2V) are not supported by this port")
+        timestep = jnp.broadcast_to(timestep.reshape(-1), (b,))
         temb, temb6, context, image = self.condition_embedder(
             timestep, encoder_hidden_states.astype(dtype), None if image is None else image.astype(dtype), dtype)
         cos, sin = rope_tables(grid, cfg.rope_dims)
