@@ -82,26 +82,29 @@ def test_latent_normalisation(torch_vae, rd_vae):
         np.testing.assert_allclose(np.asarray(_jit(rd_vae, "decode_latents")(jnp.asarray(latents))), ref, atol=ATOL)
 
 
-def test_decode_is_differentiable(torch_vae, rd_vae):
-    """decode under jax.grad, with remat: the same values as without, finite nonzero gradients
-    for the latents and the parameters."""
-    model = load_vae(torch_vae[0], remat="full")
-    z = jnp.asarray(np.random.default_rng(2).normal(size=(1, 4, 3, 2, 2)).astype(np.float32))
-    graphdef, state = nnx.split(model)
+def test_decode_is_differentiable(tmp_path):
+    """decode under jax.grad with remat, on a smaller VAE (one level, temporal) so the backward
+    pass compiles quickly: diffusers' values over two chunks, finite nonzero gradients for the
+    latents (ReFL's use: the reward's gradient flows through the frozen VAE into the generator)."""
+    torch.manual_seed(1)
+    small = diffusers.AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 2], temperal_downsample=[True],
+                                       num_res_blocks=1, latents_mean=MEAN, latents_std=STD).eval()
+    small.save_pretrained(tmp_path / "vae")
+    z = np.random.default_rng(2).normal(size=(1, 4, 2, 4, 4)).astype(np.float32)
+    with torch.no_grad():
+        ref = small.decode(torch.tensor(z)).sample.numpy()
+    graphdef, state = nnx.split(load_vae(tmp_path / "vae", remat="full"))
 
     def loss(state, z):
         video = nnx.merge(graphdef, state).decode(z)
         return jnp.mean(video ** 2), video
 
     with jax.default_matmul_precision("highest"):
-        (value, video), (g_state, g_z) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(state, z)
-        plain = _jit(rd_vae, "decode")(z)
-    np.testing.assert_allclose(np.asarray(video), np.asarray(plain), atol=1e-5)
-    leaves = jax.tree.leaves(g_state) + [g_z]
-    assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
-    assert float(jnp.abs(g_z).max()) > 0
-    # The first decoder conv sees every latent frame: its gradient is nonzero.
-    assert float(jnp.abs(g_state["decoder"]["conv_in"]["kernel"][...]).max()) > 0
+        (_, video), g_z = jax.jit(jax.value_and_grad(loss, argnums=1, has_aux=True))(state, jnp.asarray(z))
+    assert video.shape == ref.shape == (1, 3, 3, 8, 8)   # one temporal level: 1 + 2 (T - 1) frames
+    np.testing.assert_allclose(np.asarray(video), ref, atol=ATOL)
+    assert bool(jnp.all(jnp.isfinite(g_z)))
+    assert float(jnp.abs(g_z[:, :, 0]).max()) > 0 and float(jnp.abs(g_z[:, :, 1]).max()) > 0   # both chunks
 
 
 def test_export_round_trip(torch_vae, rd_vae, tmp_path):
