@@ -137,3 +137,18 @@ def test_wrong_folder_is_a_clear_error(tmp_path, rd_vae):
         rd_vae.encode(jnp.zeros((1, 3, 4, 16, 16)))
     with pytest.raises(ValueError, match="multiples of 8"):
         rd_vae.encode(jnp.zeros((1, 3, 5, 12, 16)))
+
+
+def test_loads_onto_a_mesh_and_runs_in_bfloat16(torch_vae, rd_vae, devices):
+    """Parameters placed on an 8-device mesh as they load; bfloat16 compute keeps the chunk
+    cache's dtype fixed through the scan and stays near the float32 decode."""
+    from rdance.core import sharding
+    model = load_vae(torch_vae[0], mesh=sharding.make_mesh((1, -1, 1)), remat="none", dtype="bfloat16")
+    kernel = model.decoder.conv_in.kernel[...]
+    assert len(kernel.sharding.device_set) == 8
+    z = jnp.asarray(np.random.default_rng(3).normal(size=(1, 4, 2, 2, 2)).astype(np.float32))
+    with jax.default_matmul_precision("highest"):
+        want = np.asarray(_jit(rd_vae, "decode")(z))
+    got = _jit(model, "decode")(z)
+    assert got.dtype == jnp.bfloat16 and got.shape == want.shape
+    np.testing.assert_allclose(np.asarray(got, np.float32), want, atol=0.1)
