@@ -139,16 +139,17 @@ def test_wrong_folder_is_a_clear_error(tmp_path, rd_vae):
         rd_vae.encode(jnp.zeros((1, 3, 5, 12, 16)))
 
 
-def test_loads_onto_a_mesh_and_runs_in_bfloat16(torch_vae, rd_vae, devices):
+def test_loads_onto_a_mesh_and_runs_in_bfloat16(torch_vae, devices):
     """Parameters placed on an 8-device mesh as they load; bfloat16 compute keeps the chunk
-    cache's dtype fixed through the scan and stays near the float32 decode."""
+    cache's dtype fixed through the scan and stays near diffusers' float32 decode."""
     from rdance.core import sharding
     model = load_vae(torch_vae[0], mesh=sharding.make_mesh((1, -1, 1)), remat="none", dtype="bfloat16")
     kernel = model.decoder.conv_in.kernel[...]
     assert len(kernel.sharding.device_set) == 8
     z = jnp.asarray(np.random.default_rng(3).normal(size=(1, 4, 2, 2, 2)).astype(np.float32))
-    with jax.default_matmul_precision("highest"):
-        want = np.asarray(_jit(rd_vae, "decode")(z))
+    with torch.no_grad():
+        want = torch_vae[1].decode(torch.tensor(np.asarray(z))).sample.numpy()
     got = _jit(model, "decode")(z)
     assert got.dtype == jnp.bfloat16 and got.shape == want.shape
-    np.testing.assert_allclose(np.asarray(got, np.float32), want, atol=0.1)
+    err = np.abs(np.asarray(got, np.float32) - want)
+    assert err.mean() < 0.02 and err.max() < 0.25   # measured: max 0.07, mean 0.007
