@@ -1,4 +1,13 @@
-"""Wan 2.1 (text/image to video): transformer, causal 3D VAE (vae.py), UMT5 text encoder."""
+"""Wan 2.1 (text/image to video): transformer, causal 3D VAE (vae.py), UMT5 text encoder.
+
+    transformer = load_transformer("/ckpt/Wan2.1-T2V-1.3B-Diffusers/transformer")
+    text_encoder = load_umt5("/ckpt/Wan2.1-T2V-1.3B-Diffusers/text_encoder")
+    vae = load_vae("/ckpt/Wan2.1-T2V-1.3B-Diffusers/vae")
+    export_transformer(transformer, "/out/transformer")   # diffusers loads it back
+
+Every loader takes ``mesh``/``rules`` to place parameters directly on their shards, and
+``param_dtype``/``dtype``/``remat``/``attention`` overrides for the runtime-only config fields.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,14 +17,7 @@ from flax import nnx
 from rdance.core import sharding
 from rdance.models import convert
 from rdance.models.flux import config
-
-# --- transformer and UMT5 text encoder --------------------------------------------------------
-#     transformer = load_transformer("/ckpt/Wan2.1-T2V-1.3B-Diffusers/transformer")
-#     text_encoder = load_umt5("/ckpt/Wan2.1-T2V-1.3B-Diffusers/text_encoder")
-#     export_transformer(transformer, "/out/transformer")   # diffusers loads it back
-# Every loader takes ``mesh``/``rules`` to place parameters directly on their shards, and
-# ``param_dtype``/``dtype``/``remat``/``attention`` overrides for the runtime-only config fields.
-from rdance.models.wan import transformer, umt5  # noqa: E402
+from rdance.models.wan import transformer, umt5, vae
 
 
 def _load_model(path, cfg_cls, model_cls, torch_key, check, mesh, rules, runtime, **convert_kw):
@@ -25,6 +27,12 @@ def _load_model(path, cfg_cls, model_cls, torch_key, check, mesh, rules, runtime
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: model_cls(cfg, rngs=nnx.Rngs(0))))
     shardings = None if mesh is None else sharding.state_shardings(abstract, mesh, rules)
     return nnx.merge(graphdef, convert.load_state(path, abstract, torch_key, shardings, **convert_kw))
+
+
+def _export_diffusers(model, path, torch_key, class_name, max_shard_bytes) -> Path:
+    cfg = dict(config.to_dict(model.cfg), _class_name=class_name)
+    return convert.export(nnx.state(model, nnx.Param), path, torch_key, cfg,
+                          stem="diffusion_pytorch_model", max_shard_bytes=max_shard_bytes)
 
 
 def load_transformer(path, *, mesh=None, rules=sharding.DEFAULT_RULES, **runtime) -> transformer.WanTransformer:
@@ -40,11 +48,20 @@ def load_umt5(path, *, mesh=None, rules=sharding.DEFAULT_RULES, **runtime) -> um
                        dict(model_types=umt5.MODEL_TYPES), mesh, rules, runtime, tied=umt5.TIED)
 
 
+def load_vae(path, *, mesh=None, rules=sharding.DEFAULT_RULES, **runtime) -> vae.AutoencoderKLWan:
+    """A diffusers AutoencoderKLWan folder (``<pipeline>/vae``)."""
+    return _load_model(path, vae.WanVAEConfig, vae.AutoencoderKLWan, vae.torch_key,
+                       dict(class_names=(vae.CLASS_NAME,)), mesh, rules, runtime)
+
+
 def export_transformer(model: transformer.WanTransformer, path, *, max_shard_bytes=5 * 2**30) -> Path:
     """Write ``model`` as a diffusers WanTransformer3DModel folder."""
-    cfg = dict(config.to_dict(model.cfg), _class_name=transformer.CLASS_NAME)
-    return convert.export(nnx.state(model, nnx.Param), path, transformer.torch_key, cfg,
-                          stem="diffusion_pytorch_model", max_shard_bytes=max_shard_bytes)
+    return _export_diffusers(model, path, transformer.torch_key, transformer.CLASS_NAME, max_shard_bytes)
+
+
+def export_vae(model: vae.AutoencoderKLWan, path, *, max_shard_bytes=5 * 2**30) -> Path:
+    """Write ``model`` as a diffusers AutoencoderKLWan folder."""
+    return _export_diffusers(model, path, vae.torch_key, vae.CLASS_NAME, max_shard_bytes)
 
 
 def export_umt5(model: umt5.UMT5Encoder, path, *, max_shard_bytes=5 * 2**30) -> Path:
@@ -53,4 +70,3 @@ def export_umt5(model: umt5.UMT5Encoder, path, *, max_shard_bytes=5 * 2**30) -> 
                is_encoder_decoder=False, use_cache=False)
     return convert.export(nnx.state(model, nnx.Param), path, umt5.torch_key, cfg, stem="model",
                           max_shard_bytes=max_shard_bytes)
-# --- end transformer and UMT5 text encoder -----------------------------------------------------
