@@ -65,12 +65,13 @@ class CLIPConfig:
     projection_dim: int = 512
     logit_scale_init_value: float = 2.6592
 
-    def to_json(self) -> dict:
-        """config.json as transformers' CLIPConfig writes it (rdance-only fields dropped)."""
+    def to_json(self, **text_extra) -> dict:
+        """config.json as transformers' CLIPConfig writes it (rdance-only fields dropped);
+        ``text_extra``: keys of text_config the forward pass does not read (bos/pad token ids)."""
         return dict(architectures=[ARCHITECTURE], model_type=MODEL_TYPE, projection_dim=self.projection_dim,
                     logit_scale_init_value=self.logit_scale_init_value,
                     text_config=dict(cfglib.to_dict(self.text), model_type="clip_text_model",
-                                     projection_dim=self.projection_dim),
+                                     projection_dim=self.projection_dim, **text_extra),
                     vision_config=dict(cfglib.to_dict(self.vision), model_type="clip_vision_model",
                                        projection_dim=self.projection_dim))
 
@@ -190,11 +191,12 @@ def load_clip_model(path, *, mesh=None, rules=sharding.DEFAULT_RULES, **runtime)
     return nnx.merge(graphdef, convert.load_state(path, abstract, torch_key, shardings, rename=normalise_key))
 
 
-def export_clip_model(model_or_params, cfg: CLIPConfig, path) -> Path:
-    """Write a CLIPModel (or its parameters as a pure dict) as transformers' ``save_pretrained`` does."""
+def export_clip_model(model_or_params, cfg: CLIPConfig, path, **text_extra) -> Path:
+    """Write a CLIPModel (or its parameters as a pure dict) as transformers' ``save_pretrained`` does;
+    ``text_extra`` as in :meth:`CLIPConfig.to_json`."""
     if isinstance(model_or_params, nnx.Module):
         state = nnx.state(model_or_params, nnx.Param)
     else:
         graphdef, abstract = nnx.split(nnx.eval_shape(lambda: CLIPModel(cfg, rngs=nnx.Rngs(0))), nnx.Param)
         state = nnx.state(nnx.merge(graphdef, jax.device_get(model_or_params)), nnx.Param)
-    return convert.export(state, path, torch_key, cfg.to_json())
+    return convert.export(state, path, torch_key, cfg.to_json(**text_extra))

@@ -148,7 +148,7 @@ def write_safetensors(path, tensors: list[tuple[str, tuple, np.dtype]], produce:
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(blob)) + blob)
         for name, shape, dtype in tensors:
-            array = np.ascontiguousarray(produce(name), dtype=dtype)
+            array = np.asarray(produce(name), dtype=dtype, order="C")   # ascontiguousarray makes 0-d 1-d
             if array.shape != tuple(shape):
                 raise ConversionError(path, name, f"produced shape {array.shape}, header says {tuple(shape)}",
                                       "this is a bug in the model's torch_key table")
