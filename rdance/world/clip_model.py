@@ -18,6 +18,7 @@ import dataclasses
 import json
 import os
 import time
+import zlib
 from typing import Callable, Sequence
 
 import jax
@@ -54,6 +55,14 @@ class WorldCLIPConfig:
     learning_rate: float = 1e-3
     warmup_steps: int = 20
     seed: int = 0
+    # This share of the world's prompts (by a hash of the text, see is_heldout) never appears as a
+    # training caption, so the agreement can be measured on prompts the model has not seen.
+    heldout_share: float = 0.0
+
+
+def is_heldout(prompt: str, share: float) -> bool:
+    """Whether ``prompt`` is in the held-out ``share`` of prompts: a fixed split by the text's CRC32."""
+    return zlib.crc32(prompt.encode()) % 1000 < share * 1000
 
 
 def write_tokenizer(folder: str) -> str:
@@ -92,12 +101,17 @@ def model_config(c: WorldCLIPConfig, vocab_size: int, eos_token_id: int) -> CLIP
     return CLIPConfig(text=text, vision=vision, projection_dim=c.projection_dim)
 
 
-def batch(rng: np.random.Generator, size: int, image_size: int) -> tuple[list[str], np.ndarray]:
-    """``size`` captioned renders: each scene faithfully and with one mistake, in adjacent rows."""
+def batch(rng: np.random.Generator, size: int, image_size: int,
+          heldout_share: float = 0.0) -> tuple[list[str], np.ndarray]:
+    """``size`` captioned renders: each scene faithfully and with one mistake, in adjacent rows;
+    no caption is a held-out prompt."""
     prompts, images = [], []
     for _ in range(size // 2):
-        scene = sample_scene(rng)
-        near = mistaken_scene(scene, str(rng.choice(possible_mistakes(scene))), rng)
+        while True:
+            scene = sample_scene(rng)
+            near = mistaken_scene(scene, str(rng.choice(possible_mistakes(scene))), rng)
+            if not (is_heldout(scene.prompt, heldout_share) or is_heldout(near.prompt, heldout_share)):
+                break
         for drawn in (scene, near):
             prompts.append(drawn.prompt)
             images.append(render(drawn, image_size, rng))
@@ -120,6 +134,8 @@ def train(c: WorldCLIPConfig, out_dir: str, log: Callable[[int, dict], None] | N
     from transformers import AutoTokenizer  # the word-level tokenizer files, no model code
     if c.steps < 0:
         raise ValueError(f"steps={c.steps}: use 0 (an untrained model, the baseline) or more")
+    if not 0.0 <= c.heldout_share < 0.9:
+        raise ValueError(f"heldout_share={c.heldout_share}: use a share in [0, 0.9)")
     if c.batch_size < 2 or c.batch_size % 2:
         raise ValueError(f"batch_size={c.batch_size}: use an even number of at least 2 (faithful + near miss)")
     os.makedirs(out_dir, exist_ok=True)
@@ -145,7 +161,7 @@ def train(c: WorldCLIPConfig, out_dir: str, log: Callable[[int, dict], None] | N
     rng = np.random.default_rng(c.seed)
     started, loss = time.time(), float("nan")
     for n in range(c.steps):
-        prompts, images = batch(rng, c.batch_size, c.image_size)
+        prompts, images = batch(rng, c.batch_size, c.image_size, c.heldout_share)
         tokens = tokenizer(prompts, padding="max_length", max_length=c.max_tokens, truncation=True)
         params, opt_state, loss, accuracy = step(params, opt_state, preprocess(images),
                                                  np.asarray(tokens["input_ids"], np.int32),
@@ -174,11 +190,21 @@ class Agreement:
         return float(np.sqrt(0.25 / self.pairs))   # of the rate under chance (0.5)
 
 
-def judge_agreement(scorer: CLIPScorer, num_pairs: int, seed: int = 1234, image_size: int = 32) -> Agreement:
+def judge_agreement(scorer: CLIPScorer, num_pairs: int, seed: int = 1234, image_size: int = 32,
+                    keep: Callable[[str], bool] | None = None) -> Agreement:
     """How often the CLIP score ranks a judged pair as the judge does: ``num_pairs`` pairs of
-    renders of one prompt whose judge scores differ (rdance.world.pairs, no label noise)."""
-    pairs = PreferencePairs(num_pairs, seed, size=image_size)
-    records = [pairs[i] for i in range(num_pairs)]
+    renders of one prompt whose judge scores differ (rdance.world.pairs, no label noise), the
+    first ones whose prompt ``keep`` accepts (None: all)."""
+    pairs = PreferencePairs(200 * num_pairs, seed, size=image_size)
+    records = []
+    for i in range(len(pairs)):
+        if len(records) == num_pairs:
+            break
+        record = pairs[i]
+        if keep is None or keep(record.prompt):
+            records.append(record)
+    else:
+        raise ValueError(f"fewer than {num_pairs} of {len(pairs)} pairs have a prompt to keep")
     prompts: Sequence[str] = [r.prompt for r in records for _ in range(2)]
     scores = scorer.score(np.stack([im for r in records for im in r.images]), prompts).reshape(num_pairs, 2)
     better = np.array([r.label for r in records])
