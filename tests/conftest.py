@@ -122,6 +122,15 @@ def make_rm_folder(path, paradigm="pairwise") -> str:
     return export(params, base, str(path / "export"), config)
 
 
+TINY_CLIP = dict(width=32, layers=1, heads=2, projection_dim=16, patch_size=8, batch_size=4)
+
+
+def make_clip_folder(path, steps=2) -> str:
+    """A tiny world CLIP (transformers CLIPModel layout + tokenizer + preprocessor_config.json)."""
+    from rdance.world.clip_model import WorldCLIPConfig, train
+    return train(WorldCLIPConfig(steps=steps, **TINY_CLIP), str(path))
+
+
 @pytest.fixture(scope="session")
 def gen_folder(tmp_path_factory):
     return make_generator_folder(tmp_path_factory.mktemp("generator"))

@@ -149,7 +149,7 @@ def write_safetensors(path, tensors: list[tuple[str, tuple, np.dtype]], produce:
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(blob)) + blob)
         for name, shape, dtype in tensors:
-            array = np.ascontiguousarray(produce(name), dtype=dtype)
+            array = np.asarray(produce(name), dtype=dtype, order="C")   # ascontiguousarray makes 0-d 1-d
             if array.shape != tuple(shape):
                 raise ConversionError(path, name, f"produced shape {array.shape}, header says {tuple(shape)}",
                                       "this is a bug in the model's torch_key table")
@@ -158,7 +158,8 @@ def write_safetensors(path, tensors: list[tuple[str, tuple, np.dtype]], produce:
 
 class Checkpoint:
     """The tensors of a folder, ``{stem}.safetensors`` or sharded with ``{stem}.safetensors.index.json``,
-    by key after ``rename`` (which normalises keys other library versions wrote)."""
+    by key after ``rename`` (which normalises keys other library versions wrote, and returns None
+    for a key to leave out: a non-parameter buffer such as the ``position_ids`` old transformers saved)."""
 
     def __init__(self, folder, rename: Callable[[str], str] | None = None):
         self.folder, self.files, self.where = Path(folder), [], {}
@@ -167,7 +168,9 @@ class Checkpoint:
                 st = SafetensorsFile(file)
                 self.files.append(st)
                 for key in st.tensors:
-                    self.where[rename(key) if rename else key] = (st, key)
+                    name = rename(key) if rename else key
+                    if name is not None:   # None: a stored buffer that is no parameter
+                        self.where[name] = (st, key)
         except Exception:
             self.close()
             raise

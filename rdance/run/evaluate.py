@@ -14,7 +14,8 @@ Writes, under ``--out_dir``:
   ``LABEL/NNNNN/metadata.jsonl`` and ``LABEL/NNNNN/samples/KKKK.png``: GenEval's layout, so its
       official scorer runs on LABEL/ as it is;
   ``LABEL/grid.png``: the first ``--grid_prompts`` prompts, a row each;
-  ``scores.jsonl``: per generator and prompt, the reward of each sample;
+  ``scores.jsonl``: per generator and prompt, the reward of each sample (a row per criteria) and,
+      with ``--clip``, the CLIP score of each sample (a row with ``clip_score``);
   ``gsb.jsonl``: per prompt and sample, both orders' P(yes) and the verdict;
   ``summary.md``: the table printed at the end.
 
@@ -22,6 +23,10 @@ Rewards: a pointwise or regressive ``--rm`` scores each sample alone for each ``
 pairwise ``--rm`` judges the first two generators head to head, in both orders (P(yes): "is
 image 2 better than image 1?"): p = (P(B over A) + 1 - P(A over B)) / 2; B is Good where p >
 0.5 + ``--gsb_margin``, Bad where p < 0.5 - margin, Same otherwise; GSB = (G - B) / (G + S + B).
+
+``--clip`` is a transformers CLIPModel folder (PickScore_v1, or a world CLIP from
+rdance.world.clip_model): each sample's PickScore-style score, logit_scale.exp() * cosine(image,
+prompt), is the table's ``clip_score`` column (its mean) beside the RM's.
 """
 from __future__ import annotations
 
@@ -54,6 +59,8 @@ flags.DEFINE_string("rm", None, "Reward model folder: pointwise/regressive score
 flags.DEFINE_list("criteria", ["alignment"], "Criteria a pointwise RM is asked (preset names or text).")
 flags.DEFINE_float("gsb_margin", 0.1, "How far from 0.5 the order-averaged P(yes) must be for Good or Bad.")
 flags.DEFINE_integer("grid_prompts", 8, "Prompts in each generator's grid.png.")
+flags.DEFINE_string("clip", None, "A transformers CLIPModel folder (PickScore, or a world CLIP): adds each "
+                    "sample's CLIP score, logit_scale.exp() * cosine(image, prompt), as clip_score.")
 
 
 def parse_generators(pairs: list[str]) -> dict[str, str]:
@@ -113,12 +120,20 @@ def main(argv):
         if rm.paradigm == "pairwise" and len(generators) < 2:
             raise app.UsageError("a pairwise --rm judges two generators head to head: give two --generators "
                                  "(or a pointwise or regressive RM to score one)")
+    clip = None
+    if FLAGS.clip:
+        from rdance.reward.clip_score import CLIPScorer
+        try:
+            clip = CLIPScorer.from_pretrained(FLAGS.clip)
+        except (FileNotFoundError, ValueError) as e:   # wrong folder, missing files, bad config
+            raise app.UsageError(f"--clip={FLAGS.clip}: {e}") from e
     prompts = [item.prompt for item in items]
     out = Path(FLAGS.out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
     pointwise = rm is not None and rm.paradigm != "pairwise"
-    columns = ["generator", "seconds"] + ([f"RM {c}" for c in FLAGS.criteria] if pointwise else [])
+    columns = (["generator", "seconds"] + ([f"RM {c}" for c in FLAGS.criteria] if pointwise else [])
+               + (["clip_score"] if clip is not None else []))
     samples, summary = {}, ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     repeated = [p for p in prompts for _ in range(FLAGS.samples_per_prompt)]   # one per sample, prompt-major
     with open(out / "scores.jsonl", "w") as scores_log:
@@ -130,14 +145,20 @@ def main(argv):
             write_geneval(out / label, items, images)
             grid_image(images[:FLAGS.grid_prompts], labels=prompts[:FLAGS.grid_prompts]).save(out / label / "grid.png")
             row = [f"{time.time() - started:.1f}"]
+            flat = images.reshape(-1, *images.shape[2:])
             if pointwise:
-                flat = images.reshape(-1, *images.shape[2:])
                 for criteria in FLAGS.criteria:
                     rewards = np.asarray(rm.score_pointwise(flat, repeated, criteria=criteria)).reshape(len(prompts), -1)
                     row.append(f"{rewards.mean():.4f}")
                     for p, item in enumerate(items):
                         scores_log.write(json.dumps(dict(generator=label, prompt=item.prompt, category=item.category,
                                                          criteria=criteria, rewards=rewards[p].tolist())) + "\n")
+            if clip is not None:
+                clip_scores = clip.score(flat, repeated).reshape(len(prompts), -1)
+                row.append(f"{clip_scores.mean():.4f}")
+                for p, item in enumerate(items):
+                    scores_log.write(json.dumps(dict(generator=label, prompt=item.prompt, category=item.category,
+                                                     clip_score=clip_scores[p].tolist())) + "\n")
             summary.append(f"| {label} | " + " | ".join(row) + " |")
             logging.info("%s: %d prompts x %d samples in %s", label, len(prompts), FLAGS.samples_per_prompt, row[0])
 

@@ -38,7 +38,10 @@ class CLIPTextConfig:
 
 
 class Layer(nnx.Module):
-    def __init__(self, cfg: CLIPTextConfig, rngs):
+    """One CLIP encoder layer (pre-norm attention + MLP); causal in the text tower, not in the
+    vision tower (rdance.models.clip), which shares it."""
+
+    def __init__(self, cfg, rngs, causal: bool = True):
         d, m = cfg.hidden_size, cfg.intermediate_size
         lin = lambda i, o, axes: Linear(i, o, axes=axes, rngs=rngs,  # noqa: E731
                                         param_dtype=jnp.dtype(cfg.param_dtype), dtype=cfglib.dtype_of(cfg.dtype))
@@ -50,14 +53,15 @@ class Layer(nnx.Module):
         self.heads = cfg.num_attention_heads
         self.act = ACTIVATIONS[cfg.hidden_act]
         self.impl = cfg.attention
+        self.causal = causal
 
     def __call__(self, x, mask):
-        """mask: None or key padding, bool [B, 1, 1, L]; attention is causal either way."""
+        """mask: None or key padding, bool [B, 1, 1, L]."""
         b, s, d = x.shape
         h = self.layer_norm1(x)
         split = lambda t: t.reshape(b, s, self.heads, -1)  # noqa: E731
         q, k, v = split(self.q_proj(h)), split(self.k_proj(h)), split(self.v_proj(h))
-        attn = attnlib.attend(q, k, v, mask=mask, causal=True, impl=self.impl)
+        attn = attnlib.attend(q, k, v, mask=mask, causal=self.causal, impl=self.impl)
         x = x + self.out_proj(attn.reshape(b, s, d))
         return x + self.fc2(self.act(self.fc1(self.layer_norm2(x))))
 
