@@ -1,6 +1,6 @@
 """Converting a Pick-a-Pic-like set: rows/s, output size against input size, peak memory.
 
-    python bench/bench_convert.py [--rows 100,400] [--min_px 512 --max_px 768] [--workers 1,2]
+    python bench/bench_convert.py [--rows 100,400] [--min_px 512 --max_px 768] [--workers 1,2] [--beam]
 
 Writes synthetic Pick-a-Pic v2 parquet files (two photo-like JPEGs a row, 512-768 px, quality
 90, as the set's images are), converts each with ``python -m rdance.run.preference_set`` in a
@@ -94,11 +94,15 @@ def folder_bytes(folder: str) -> int:
 
 
 # The converter as `python -m` runs it, reporting as it exits its peak RSS, its CPU time and the
-# main thread's (the main thread reads parquet, encodes and writes; --workers threads decode).
+# main thread's (the main thread reads parquet, encodes and writes; --workers threads decode),
+# and the CPU seconds and largest peak RSS of its child processes (Beam's DirectRunner workers).
 CHILD = ("import atexit, resource, runpy, sys, time; "
-         "atexit.register(lambda: print('child_stats', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
-         "time.process_time(), time.thread_time(), file=sys.stderr)); sys.argv[0] = 'preference_set'; "
+         "atexit.register(lambda: (lambda c: print('child_stats', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
+         "time.process_time(), time.thread_time(), c.ru_utime + c.ru_stime, c.ru_maxrss, file=sys.stderr))("
+         "resource.getrusage(resource.RUSAGE_CHILDREN))); sys.argv[0] = 'preference_set'; "
          "runpy.run_module('rdance.run.preference_set', run_name='__main__')")
+# The Beam path on this machine: the DirectRunner's worker processes, one per core.
+BEAM_OPTIONS = "runner=DirectRunner,direct_num_workers={cores},direct_running_mode=multi_processing"
 
 
 @dataclasses.dataclass
@@ -108,18 +112,23 @@ class Run:
     peak_mb: float    # the converting process's peak RSS
     cpu: float        # its CPU seconds, all threads
     main_cpu: float   # its main thread's CPU seconds
+    children_cpu: float = 0.0     # its child processes' CPU seconds (Beam's workers)
+    children_peak_mb: float = 0.0  # the largest peak RSS among them
 
 
-def convert(raw: str, out: str, workers: int, rows: int) -> Run:
+def convert(raw: str, out: str, workers: int, rows: int, beam: str = "") -> Run:
+    """One conversion: ``workers`` decoding threads, or with ``beam`` the Beam pipeline options."""
     start = time.perf_counter()
+    how = [f"--beam_pipeline_options={beam}"] if beam else [f"--workers={workers}"]
     done = subprocess.run([sys.executable, "-c", CHILD, "--format=pickapic_v2", f"--manual_dir={raw}",
-                           f"--data_dir={out}", f"--workers={workers}"], cwd=REPO, capture_output=True, text=True,
+                           f"--data_dir={out}", *how], cwd=REPO, capture_output=True, text=True,
                           env=dict(os.environ, JAX_PLATFORMS="cpu"))
     wall = time.perf_counter() - start
     if done.returncode:
         sys.exit(done.stderr[-3000:])
     stats = next(line.split()[1:] for line in done.stderr.splitlines() if line.startswith("child_stats"))
-    return Run(rows, wall, int(stats[0]) / 1024, float(stats[1]), float(stats[2]))
+    return Run(rows, wall, int(stats[0]) / 1024, float(stats[1]), float(stats[2]), float(stats[3]),
+               int(stats[4]) / 1024)
 
 
 def main():
@@ -128,6 +137,8 @@ def main():
     parser.add_argument("--min_px", type=int, default=512)
     parser.add_argument("--max_px", type=int, default=768)
     parser.add_argument("--workers", default="", help="comma-separated decoding threads (default: 1 and one per core)")
+    parser.add_argument("--beam", action="store_true", help="also convert through Beam: the DirectRunner in "
+                        "multi_processing mode, one worker process per core")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     print(f"CPU: {cpu_name()}, {cores} cores, load average {os.getloadavg()[0]:.1f} at the start; one converting process")
@@ -135,6 +146,7 @@ def main():
           "main thread CPU s | peak RSS MB |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     runs: dict[int, list[Run]] = {int(w): [] for w in (args.workers or f"1,{cores}").split(",")}
+    beam_runs: list[Run] = []
     for rows in map(int, args.rows.split(",")):
         with tempfile.TemporaryDirectory() as tmp:
             raw = os.path.join(tmp, "raw")
@@ -146,10 +158,24 @@ def main():
                 runs[workers].append(run)
                 print(f"| {rows} | {workers} | {size_in / 1e6:.1f} | {size_out / 1e6:.1f} | {size_out / size_in:.2f} | "
                       f"{run.wall:.1f} | {rows / run.wall:.1f} | {run.cpu:.1f} | {run.main_cpu:.1f} | {run.peak_mb:.0f} |")
+            if args.beam:
+                out = os.path.join(tmp, "tfds_beam")
+                run = convert(raw, out, 0, rows, BEAM_OPTIONS.format(cores=cores))
+                size_out = folder_bytes(out)
+                beam_runs.append(run)
+                print(f"| {rows} | Beam, {cores} processes | {size_in / 1e6:.1f} | {size_out / 1e6:.1f} | "
+                      f"{size_out / size_in:.2f} | {run.wall:.1f} | {rows / run.wall:.1f} | "
+                      f"{run.cpu + run.children_cpu:.1f} | {run.main_cpu:.1f} | "
+                      f"{run.peak_mb:.0f} (workers {run.children_peak_mb:.0f}) |")
     for workers, done in runs.items():
         if len(done) > 1:
             print(f"{workers} thread(s): peak RSS {done[-1].peak_mb / done[0].peak_mb - 1:+.0%} from {done[0].rows} "
                   f"to {done[-1].rows} rows")
+    if len(beam_runs) > 1:
+        a, b = beam_runs[-2], beam_runs[-1]
+        print(f"Beam, {cores} processes: {(b.rows - a.rows) / (b.wall - a.wall):.1f} rows/s between {a.rows} and "
+              f"{b.rows} rows (wall, start-up left out); CPU a row {((b.cpu + b.children_cpu) - (a.cpu + a.children_cpu)) / (b.rows - a.rows) * 1e3:.0f} ms "
+              "over the driver and its workers")
     most = max(runs)
     if len(runs[most]) > 1:
         for cores_then in (1, 2, 64):
