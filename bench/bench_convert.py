@@ -36,8 +36,34 @@ I/O are not modelled):
 | 2 | 175 | 1.5 h |
 | 64 | 418 | 0.6 h (bound by the main thread: 2.3 ms a row) |
 
-More cores than about 5 do not help one process; several processes (TFDS's Beam path) would,
-but apache-beam cannot be installed beside this project's pins (README, Preference data).
+More cores than about 5 do not help one process; several processes (TFDS's Beam path) do.
+
+The Beam path (``--beam``: ``--beam_pipeline_options=runner=DirectRunner,direct_num_workers=2,
+direct_running_mode=multi_processing``, one worker process per core), measured with
+``--rows 200,800 --workers 1,2 --beam`` at commit a856951 (Intel Xeon, 2 cores shared with other
+jobs, load average 11.0 at the start; the threaded rows of the same run beside it). For Beam,
+CPU s adds the worker processes' CPU to the driver's, and peak RSS gives the driver's and the
+largest worker's:
+
+| rows | threads | input MB | output MB | output / input | wall s | rows/s (wall) | CPU s | main thread CPU s | peak RSS MB |
+|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
+| 200 | 1 | 45.0 | 45.2 | 1.00 | 8.8 | 22.6 | 3.2 | 3.1 | 390 |
+| 200 | 2 | 45.0 | 45.2 | 1.00 | 8.1 | 24.7 | 3.3 | 1.8 | 397 |
+| 200 | Beam, 2 processes | 45.0 | 45.2 | 1.00 | 16.5 | 12.1 | 12.5 | 2.9 | 835 (workers 851) |
+| 800 | 1 | 180.4 | 180.9 | 1.00 | 8.0 | 99.4 | 7.8 | 7.5 | 409 |
+| 800 | 2 | 180.4 | 180.9 | 1.00 | 8.5 | 93.8 | 8.2 | 2.5 | 426 |
+| 800 | Beam, 2 processes | 180.4 | 180.9 | 1.00 | 24.3 | 33.0 | 26.2 | 3.0 | 1539 (workers 1339) |
+
+Beam on 2 processes: 76.8 rows/s between 200 and 800 rows (start-up, about 14 s, left out),
+23 ms of CPU a row against the threaded path's 8 ms: every example crosses Beam's process
+boundaries (to the workers' decode, back for the writer's GroupByKey) pickled. On one 2-core
+machine the threaded path is faster; Beam is for more cores than one process can use. The
+DirectRunner holds the GroupByKey's data in memory, so its peak RSS grows with the set (835 to
+1,539 MB in the driver): use it to check a pipeline, not to convert Pick-a-Pic v2 on one
+machine. On a cluster runner the shuffle goes to disk and a worker holds one output shard
+(TFDS's shards stay under 1 GiB). Projected from the CPU a row alone (an upper bound: the
+shuffle and the writing of 322 GB are not modelled), 64 worker cores would convert Pick-a-Pic
+v2's train split in about 0.1 h (959,040 rows x 23 ms / 64).
 """
 from __future__ import annotations
 
@@ -141,7 +167,8 @@ def main():
                         "multi_processing mode, one worker process per core")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
-    print(f"CPU: {cpu_name()}, {cores} cores, load average {os.getloadavg()[0]:.1f} at the start; one converting process")
+    print(f"CPU: {cpu_name()}, {cores} cores, load average {os.getloadavg()[0]:.1f} at the start; threads: one "
+          f"converting process; Beam: a driver and {cores} worker processes (CPU s: all of them)")
     print("| rows | threads | input MB | output MB | output / input | wall s | rows/s (wall) | CPU s | "
           "main thread CPU s | peak RSS MB |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -176,6 +203,10 @@ def main():
         print(f"Beam, {cores} processes: {(b.rows - a.rows) / (b.wall - a.wall):.1f} rows/s between {a.rows} and "
               f"{b.rows} rows (wall, start-up left out); CPU a row {((b.cpu + b.children_cpu) - (a.cpu + a.children_cpu)) / (b.rows - a.rows) * 1e3:.0f} ms "
               "over the driver and its workers")
+        cpu_row = ((b.cpu + b.children_cpu) - (a.cpu + a.children_cpu)) / (b.rows - a.rows)
+        if cpu_row > 0:
+            print(f"projection, Beam on 64 worker cores, from the CPU a row alone (shuffle and writing not modelled): "
+                  f"{64 / cpu_row:.0f} rows/s; Pick-a-Pic v2 train {PICKAPIC_TRAIN_ROWS * cpu_row / 64 / 3600:.1f} h")
     most = max(runs)
     if len(runs[most]) > 1:
         for cores_then in (1, 2, 64):
