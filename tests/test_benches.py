@@ -21,6 +21,7 @@ def run_bench(*args: str) -> str:
     ("bench/bench_finetune.py", ["--tiny", "--reps=1", "--grad_steps=2"], "| whole ReFL step (compiled)"),
     ("bench/bench_reward.py", ["--configs=smoke", "--steps=1"], "| smoke |"),
     ("bench/bench_convert.py", ["--rows=4,8", "--min_px=32", "--max_px=48"], "| 8 |"),
+    ("bench/bench_convert.py", ["--rows=4,8", "--min_px=32", "--max_px=48", "--workers=1", "--beam"], "| 8 | Beam"),
     ("bench/bench_attention.py", ["--lengths=40", "--q_chunk=16", "--k_chunk=16", "--reps=1"], "| chunked | 40 |"),
 ])
 def test_bench_prints_its_table(script, args, row):
