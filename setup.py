@@ -42,6 +42,7 @@ setup(
             "nbclient", "nbformat", "ipykernel",  # tests/launch/test_notebook.py runs launch/colab_smoke.ipynb
             "tensorboard>=2.16",  # tests/docs/test_tensorboard.py runs the README's `tensorboard --logdir`
             "import-linter>=2.1",  # tests/test_layers.py holds the package to the layers in .importlinter
+            "apache-beam>=2.78.0",  # tests/data/test_beam.py converts with Beam's DirectRunner
         ],
         # gcsfs / google-cloud-storage let orbax, etils and tensorboardX write gs:// workdirs.
         "tpu": ["jax[tpu]>=0.10.2", "gcsfs", "google-cloud-storage"],
@@ -49,6 +50,10 @@ setup(
         # `tensorboard --logdir WORKDIR` (rdance writes the events with tensorboardX alone).
         "tensorboard": ["tensorboard>=2.16"],
         "data": ["tensorflow-datasets>=4.9.10", "array-record", "pyarrow", "importlib_resources"],
+        # Converting through Apache Beam (`--beam_pipeline_options`): the DirectRunner on one
+        # machine; Dataflow needs apache-beam[gcp], Spark and Flink their own job servers.
+        "beam": ["apache-beam>=2.78.0", "tensorflow-datasets>=4.9.10", "array-record", "pyarrow",
+                 "importlib_resources"],
     },
     entry_points={
         "console_scripts": [

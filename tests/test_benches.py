@@ -21,6 +21,7 @@ def run_bench(*args: str) -> str:
     ("bench/bench_finetune.py", ["--tiny", "--reps=1", "--grad_steps=2"], "| whole ReFL step (compiled)"),
     ("bench/bench_reward.py", ["--configs=smoke", "--steps=1"], "| smoke |"),
     ("bench/bench_convert.py", ["--rows=4,8", "--min_px=32", "--max_px=48"], "| 8 |"),
+    ("bench/bench_convert.py", ["--rows=4,8", "--min_px=32", "--max_px=48", "--workers=1", "--beam"], "| 8 | Beam"),
     ("bench/bench_attention.py", ["--lengths=40", "--q_chunk=16", "--k_chunk=16", "--reps=1"], "| chunked | 40 |"),
     ("bench/bench_clip_world.py", ["--steps=0,2", "--pairs=8", "--batch_size=4", "--width=32", "--layers=1",
                                    "--heads=2", "--heldout_share=0.2"], "| 2 |"),

@@ -155,9 +155,13 @@ def builder_class():
         MANUAL_DOWNLOAD_INSTRUCTIONS = __doc__
 
         def __init__(self, *, skip_bad_records: bool = False, allow_outside_paths: bool = False, workers: int = 1,
-                     ties: str = "drop", weights: str = "dataset", **kwargs):
+                     ties: str = "drop", weights: str = "dataset", beam: bool = False,
+                     max_image_pixels: int | None = None, records_per_shard: int = 256, **kwargs):
             self.skip_bad_records, self.allow_outside_paths = skip_bad_records, allow_outside_paths
             self.workers = workers
+            # Beam: each split a PTransform (rdance.data.preference_beam); its workers apply
+            # max_image_pixels themselves (the threaded path's caller sets it process-wide).
+            self.beam, self.max_image_pixels, self.records_per_shard = beam, max_image_pixels, records_per_shard
             self.options = sources.Options(ties=ties, weights=weights)
             self.counter = sources.Counter()
             self.split_counters: dict[str, sources.Counter] = {}
@@ -188,6 +192,8 @@ def builder_class():
                 found = sources.find_splits(self.builder_config.name, root)
                 logging.info("splits found in %s: %s", root,
                              "  ".join(f"{s} ({len(p)} file{'s' * (len(p) > 1)})" for s, p in sorted(found.items())))
+            if self.beam:
+                return self._beam_splits(found, root)
             generators = {}
             for split, source in sorted(found.items()):
                 examples = self._generate_examples(split, source, root)
@@ -206,9 +212,70 @@ def builder_class():
                                             for s, c in sorted(self.empty_splits.items())), "bad_file")
             return generators
 
+        def _beam_splits(self, found: dict, root: str) -> dict:
+            from rdance.data import preference_beam
+            from PIL import Image
+            stored = tuple(self.info.features.keys())
+            transforms = {}
+            for split, source in sorted(found.items()):
+                job = preference_beam.SplitJob(
+                    self.builder_config.name, split, root, self.options, self.skip_bad_records,
+                    self.allow_outside_paths, self.max_image_pixels or Image.MAX_IMAGE_PIXELS, stored,
+                    self._report_dir())
+                shards = sources.shards(job.fmt, source, self.records_per_shard, skip_bad_records=self.skip_bad_records,
+                                        allow_outside_paths=self.allow_outside_paths)
+                logging.info("split %s: %d shard(s) for Beam", split, len(shards))
+                transforms[split] = preference_beam.split_transform(job, shards)
+            return transforms
+
+        def _process_pipeline_result(self, pipeline_result):
+            from rdance.data import preference_beam
+            for split, counts in preference_beam.read_counts(pipeline_result).items():
+                counter = self.split_counters[split] = sources.Counter(total=self.counter)
+                for name, n in counts.counts.items():
+                    counter.add(name, n)
+
+        def _generate_splits(self, dl_manager, download_config):
+            infos = super()._generate_splits(dl_manager, download_config)
+            if not self.beam:
+                return infos
+            # A split with no record was written with one placeholder (TFDS's writer fails a
+            # split with none): remove its files and report it, as the threaded path does.
+            kept = []
+            for info in infos:
+                counts = self.split_counters.setdefault(info.name, sources.Counter(total=self.counter)).counts
+                if counts["written"]:
+                    kept.append(info)
+                    continue
+                self.empty_splits[info.name] = {k: v for k, v in counts.items() if v}
+                logging.warning("split %s: no record to write (%s); leaving it out", info.name,
+                                ", ".join(f"{k}={v}" for k, v in sorted(self.empty_splits[info.name].items()))
+                                or "no rows")
+                for path in info.filename_template.sharded_filepaths(len(info.shard_lengths)):
+                    for leftover in path.parent.glob(path.name + "*"):   # the shard and its index
+                        leftover.unlink()
+            if not kept:
+                raise BadRecord(f"no split of {dl_manager.manual_dir} has a record to write: "
+                                + "; ".join(f"{s}: {', '.join(f'{k}={v}' for k, v in sorted(c.items())) or 'no rows'}"
+                                            for s, c in sorted(self.empty_splits.items())), "bad_file")
+            return kept
+
+        def _report_dir(self) -> str:
+            """Where Beam's workers leave a bad record's error (beside the set being built)."""
+            return os.path.join(os.fspath(self.data_dir_root), ".bad_records")
+
         def _download_and_prepare(self, *args, **kwargs):
             with _write_in_order():
-                return super()._download_and_prepare(*args, **kwargs)
+                if not self.beam:
+                    return super()._download_and_prepare(*args, **kwargs)
+                from rdance.data import preference_beam
+                try:
+                    return super()._download_and_prepare(*args, **kwargs)
+                except Exception:
+                    reported = preference_beam.first_report(self._report_dir())
+                    if reported is None:
+                        raise
+                    raise reported from None
 
         def _generate_examples(self, split, source, root):
             fmt = self.builder_config.name

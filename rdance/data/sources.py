@@ -36,6 +36,11 @@ datasets Image encoding).
 
 Readers yield ``(where, prompt, make)``: ``make()`` decodes the record and may raise BadRecord,
 so a converter can skip one bad record and go on; ``prompt`` is known without decoding.
+
+A reader's source is a list of files, or of :class:`Part`\ s of files (a parquet row group, a
+range of a JSON array's elements or of a JSONL file's records): :func:`shards` cuts a split's
+files into pieces that workers read alone (the Beam path, rdance.data.preference_beam), whose
+records, read one after the other, are the split's records in the same order.
 """
 from __future__ import annotations
 
@@ -83,6 +88,46 @@ class Options:
             raise ValueError(f"--weights={self.weights!r}; use one of {', '.join(WEIGHTS)}")
 
 
+@dataclasses.dataclass(frozen=True)
+class Part:
+    """A piece of one source file: a parquet ``row_group``, or the elements (JSON array) or
+    records (JSONL) ``start`` to ``stop``; the whole file where these are left out."""
+    path: str
+    row_group: int | None = None
+    start: int = 0
+    stop: int | None = None
+
+
+def as_part(source: "str | Part") -> Part:
+    return source if isinstance(source, Part) else Part(source)
+
+
+def shards(fmt: str, source, records_per_shard: int = 256, skip_bad_records: bool = False,
+           allow_outside_paths: bool = False) -> list[tuple[Part, ...]]:
+    """A split's ``source`` (its files; for ``jsonl`` its one file) cut into shards that workers
+    read alone, in order: a parquet file's row groups (one shard each), a JSON array's or JSONL
+    file's elements ``records_per_shard`` at a time. ImageRewardDB pairs the rows of a prompt
+    wherever they lie, so its files are read as one shard (its decoding still spreads out
+    only within that shard's worker)."""
+    if fmt == "jsonl":
+        from rdance.data.records import JsonlRecords
+        count = len(JsonlRecords(source, skip_bad_records=skip_bad_records, allow_outside_paths=allow_outside_paths))
+        return [(Part(source, start=a, stop=min(a + records_per_shard, count)),)
+                for a in range(0, count, records_per_shard)]
+    if fmt == "imagerewarddb":
+        return [tuple(Part(path) for path in source)]
+    import pyarrow.parquet as pq
+    pieces: list[tuple[Part, ...]] = []
+    for path in source:
+        if path.endswith(".json"):
+            count = sum(1 for _ in json_array(path))
+            pieces += [(Part(path, start=a, stop=min(a + records_per_shard, count)),)
+                       for a in range(0, count, records_per_shard)]
+        else:
+            pieces += [(Part(path, row_group=g),) for g in range(pq.ParquetFile(path).metadata.num_row_groups)]
+    return pieces
+
+
 def parquet_files(folder: str) -> list[str]:
     files = sorted(glob.glob(os.path.join(folder, "**", "*.parquet"), recursive=True))
     if not files:
@@ -126,7 +171,8 @@ def parquet_splits(root: str) -> dict[str, list[str]]:
     return dict(splits)
 
 
-def _rows(path: str, fmt: str, text_only: bool = False) -> Iterator[dict]:
+def _rows(path: str, fmt: str, text_only: bool = False, row_group: int | None = None) -> Iterator[tuple[int, dict]]:
+    """(row number in the file, row) for the file's rows, or for one of its row groups."""
     import pyarrow.parquet as pq
     table = pq.ParquetFile(path)
     names = table.schema_arrow.names
@@ -140,8 +186,13 @@ def _rows(path: str, fmt: str, text_only: bool = False) -> Iterator[dict]:
     columns = [*_COLUMNS[fmt], *present, *optional]
     if text_only and fmt != "hpdv2":   # HPDv2's parquet image list gives the image count
         columns = [c for c in columns if c not in _IMAGE_COLUMNS]
-    for batch in table.iter_batches(columns=columns, batch_size=64):
-        yield from batch.to_pylist()
+    groups = list(range(table.metadata.num_row_groups)) if row_group is None else [row_group]
+    if not groups:
+        return
+    first = sum(table.metadata.row_group(g).num_rows for g in range(groups[0]))
+    for i, row in enumerate((row for batch in table.iter_batches(columns=columns, batch_size=64, row_groups=groups)
+                             for row in batch.to_pylist()), start=first):
+        yield i, row
 
 
 def _image(cell, where: str) -> tuple[np.ndarray, bytes]:
@@ -198,9 +249,10 @@ def _pickapic_weight(row: dict, where: str, options: Options) -> float:
     return 1.0 / count
 
 
-def pickapic_v2(paths: list[str], counter: Counter, root: str, options: Options = Options()) -> Lazy:
-    for path in paths:
-        for i, row in enumerate(_rows(path, "pickapic_v2", options.text_only)):
+def pickapic_v2(paths: list, counter: Counter, root: str, options: Options = Options()) -> Lazy:
+    for part in map(as_part, paths):
+        path = part.path
+        for i, row in _rows(path, "pickapic_v2", options.text_only, part.row_group):
             where = f"row {i} of {path}"
             if row.get("has_label") is False:
                 counter.add("unlabelled")
@@ -252,14 +304,16 @@ def _hpdv2_ranks(row: dict, count: int, where: str) -> tuple[list, bool]:
     return ranks, judged
 
 
-def hpdv2(source: list[str], counter: Counter, root: str, options: Options = Options()) -> Lazy:
+def hpdv2(source: list, counter: Counter, root: str, options: Options = Options()) -> Lazy:
     """HPDv2 records from its published ``<split>.json`` (images by path) or from parquet."""
     files = ImageFiles(root)
-    for path in source:
+    for part in map(as_part, source):
+        path = part.path
         is_json = path.endswith(".json")
         split = os.path.splitext(os.path.basename(path))[0]
-        rows = json_array(path) if is_json else _rows(path, "hpdv2")
-        for i, row in enumerate(rows):
+        rows = (itertools.islice(enumerate(json_array(path)), part.start, part.stop) if is_json
+                else _rows(path, "hpdv2", row_group=part.row_group))
+        for i, row in rows:
             where = f"{'element' if is_json else 'row'} {i} of {path}"
             cells = (row.get("image_path") or row.get("file_path") or []) if is_json else (row["image"] or [])
             if not isinstance(cells, list):
@@ -291,7 +345,7 @@ def _consecutive_groups(rows: Iterator[tuple[str, dict]], key: str) -> Iterator[
         yield list(group)
 
 
-def imagerewarddb(paths: list[str], counter: Counter, root: str, options: Options = Options()) -> Lazy:
+def imagerewarddb(paths: list, counter: Counter, root: str, options: Options = Options()) -> Lazy:
     """Pairs of each prompt's images as its rows stream by (one prompt in memory at a time)."""
     files = ImageFiles(root)
 
@@ -299,8 +353,8 @@ def imagerewarddb(paths: list[str], counter: Counter, root: str, options: Option
         data = row["image"] if row.get("image") is not None else files.read(row["image_path"], where)
         return _image(data, where)
 
-    rows = ((f"row {i} of {path}", row) for path in paths
-            for i, row in enumerate(_rows(path, "imagerewarddb", options.text_only)))
+    rows = ((f"row {i} of {path}", row) for path in (as_part(p).path for p in paths)
+            for i, row in _rows(path, "imagerewarddb", options.text_only))
     for group in _consecutive_groups(rows, "prompt_id"):
         prompt_id = group[0][1]["prompt_id"]
         for first, second, label, tie in ranked_pairs([row["rank"] for _, row in group], counter, options.ties):
@@ -310,14 +364,18 @@ def imagerewarddb(paths: list[str], counter: Counter, root: str, options: Option
                     a["prompt"] or "", image(a, wa), image(b, wb), label, tie)
 
 
-def jsonl(path: str, counter: Counter, skip_bad_records: bool = False,
+def jsonl(path: "str | Part", counter: Counter, skip_bad_records: bool = False,
           allow_outside_paths: bool = False) -> Lazy:
+    """The records of a JSONL file, or of its Part (whose first Part counts the lines skipped
+    when the file is read)."""
     from rdance.data.records import JsonlRecords
-    source = JsonlRecords(path, skip_bad_records=skip_bad_records, allow_outside_paths=allow_outside_paths,
+    part = as_part(path)
+    source = JsonlRecords(part.path, skip_bad_records=skip_bad_records, allow_outside_paths=allow_outside_paths,
                           keep_encoded=True)
-    for kind, n in source.skipped.items():
-        counter.add_bad(kind, n)
-    for i in range(len(source)):
+    if part.start == 0:
+        for kind, n in source.skipped.items():
+            counter.add_bad(kind, n)
+    for i in range(part.start, len(source) if part.stop is None else min(part.stop, len(source))):
         yield source.where(i), source.entries[i][1]["prompt"], lambda i=i: source[i]
 
 

@@ -271,7 +271,7 @@ def test_command_stops_on_a_bad_record_with_one_line_and_writes_nothing(data_dir
     before = listing(data_dir_with_a_set)
     options = dict(format="jsonl", manual_dir=str(data), data_dir=str(data_dir_with_a_set), skip_bad_records="false",
                    allow_outside_paths="false", max_image_pixels=str(ps.DEFAULT_MAX_IMAGE_PIXELS), workers="2",
-                   ties="drop", weights="dataset")
+                   ties="drop", weights="dataset", beam_pipeline_options="", beam_records_per_shard="256")
     with flagsaver.as_parsed(**{**options, **flags}), pytest.raises(SystemExit) as stopped:
         ps.main([])
     assert re.fullmatch(r"error: line 2 of .*train\.jsonl: " + message +
