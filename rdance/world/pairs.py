@@ -16,7 +16,7 @@ ALIGNMENT_CRITERIA = ("Image-text alignment: every object in the prompt is prese
                       "colour, shape and count, and stated positions are respected.")
 
 
-def _rationale(better, worse) -> str:
+def rationale_of(better, worse) -> str:
     failed = [text for text, ok in worse.checks if not ok]
     better_failed = [text for text, ok in better.checks if not ok]
     words = (f"{{preferred}} passes {sum(ok for _, ok in better.checks)} of {len(better.checks)} "
@@ -72,7 +72,7 @@ def make_pair(index: int, seed: int, size: int, label_noise: float, kinds=KINDS,
         if verdicts[0].score != verdicts[1].score:  # ties carry no preference
             break
     winner = int(verdicts[1].score > verdicts[0].score)
-    rationale = _rationale(verdicts[winner], verdicts[1 - winner])
+    rationale = rationale_of(verdicts[winner], verdicts[1 - winner])
     if rng.random() < label_noise:
         winner = 1 - winner
     return PreferenceRecord(prompt=scene.prompt, images=tuple(images), label=winner,

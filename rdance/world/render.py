@@ -32,7 +32,7 @@ def relation_holds(relation: str, a, b, size: int) -> bool:
     return main >= margin and abs(ortho) <= main
 
 
-def _place(scene: Scene, size: int, rng: np.random.Generator, tries: int = 1000):
+def place(scene: Scene, size: int, rng: np.random.Generator, tries: int = 1000):
     """Centres and half-sizes for every object, non-overlapping, honouring the relation."""
     items = [spec for spec in scene.objects for _ in range(spec.count)]
     # Fewer, larger objects when there are few; three objects must still fit side by side.
@@ -51,9 +51,15 @@ def _place(scene: Scene, size: int, rng: np.random.Generator, tries: int = 1000)
 def render(scene: Scene, size: int = 32, rng: np.random.Generator | None = None) -> np.ndarray:
     """An image [size, size, 3] uint8 that satisfies every check of the scene's prompt."""
     rng = rng if rng is not None else np.random.default_rng(0)
+    return draw(*place(scene, size, rng), size)
+
+
+def draw(items, centres, radii, size: int) -> np.ndarray:
+    """Objects (ObjectSpecs of count 1) at the given centres and half-sizes, in palette colours
+    on the background: the one drawing routine of still images and clip frames alike."""
     image = np.empty((size, size, 3), np.uint8)
     image[:] = BACKGROUND
-    for spec, (cy, cx), r in zip(*_place(scene, size, rng)):
+    for spec, (cy, cx), r in zip(items, centres, radii):
         image[shape_mask(spec.shape, size, size, cy, cx, r)] = COLOURS[spec.colour]
     return image
 

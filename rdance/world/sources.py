@@ -1,8 +1,12 @@
 """The world's data sources for rdance.data.registry, registered when rdance.world is imported:
-'world' or 'world:relation+count' (synthetic preference pairs, by prompt kinds) and
-'world_captions' (images and what they show, to pretrain a from-scratch VLM)."""
+'world' or 'world:relation+count' (synthetic preference pairs, by prompt kinds),
+'world_clips' or 'world_clips:single+relation' (clip pairs of motion prompts, data.clip_frames
+frames each, default 8) and 'world_captions' (images and what they show, to pretrain a
+from-scratch VLM)."""
 from __future__ import annotations
 
+from rdance.world.clip_pairs import ClipPairs
+from rdance.world.motion import FRAMES, MOTION_KINDS
 from rdance.world.pairs import PreferencePairs, WorldCaptions
 from rdance.world.prompts import KINDS
 
@@ -17,6 +21,19 @@ def open_pairs(args: str | None, data, *, seed: int, size: int, noise: float, tr
     return PreferencePairs(size, seed=seed, size=data.image_size, label_noise=noise, kinds=kinds,
                            clean_share=data.clean_share,
                            mistake_weights=dict(data.mistake_weights) if train else None)
+
+
+def open_clip_pairs(args: str | None, data, *, seed: int, size: int, noise: float, train: bool = False):
+    """``size`` clip pairs of the motion prompt kinds ``args`` names ('KIND+KIND'; None: every
+    kind), ``data.clip_frames`` frames of ``data.image_size`` pixels each."""
+    del train
+    kinds = MOTION_KINDS if args is None else tuple(args.split("+"))
+    unknown = set(kinds) - set(MOTION_KINDS)
+    if unknown:
+        raise ValueError(f"data source 'world_clips:{args}': unknown prompt kinds {sorted(unknown)}; "
+                         f"known {MOTION_KINDS}")
+    return ClipPairs(size, seed=seed, size=data.image_size, frames=data.get("clip_frames", FRAMES),
+                     label_noise=noise, kinds=kinds, clean_share=data.get("clean_share", 0.0))
 
 
 def open_captions(args: str | None, data, *, seed: int, size: int, noise: float = 0.0, train: bool = False):

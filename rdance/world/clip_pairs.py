@@ -1,0 +1,113 @@
+"""Clip preference pairs from the moving world, labelled by the motion judge (with optional label
+noise): what pairs.py does for still images, for clips of a motion prompt.
+
+A near-miss clip makes one mistake a video generator makes: it moves the wrong way (or moves
+when asked to stay), stays still when asked to move, swaps the object for another halfway,
+draws it in a wrong colour, or lets it vanish halfway. Records hold clips [frames, H, W, 3];
+rdance.data.records writes them to JSONL as lists of frame paths.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from rdance.data.records import PreferenceRecord
+from rdance.world.motion import (FRAMES, MOTION_KINDS, MOTIONS, OPPOSITE, MotionScene, draw_path, plan,
+                                 sample_motion_scene)
+from rdance.world.motion_judge import judge_clip
+from rdance.world.pairs import rationale_of
+from rdance.world.prompts import COLOURS, SHAPES, ObjectSpec
+from rdance.world.render import mistaken_scene
+
+CLIP_MISTAKES = ("direction", "static", "swap", "colour", "vanish")
+MOTION_CRITERIA = ("Video-text alignment: every object in the prompt is present in every frame with "
+                   "the right colour and shape, stated positions are respected, and the scene moves "
+                   "as the prompt says.")
+
+
+def possible_clip_mistakes(mscene: MotionScene) -> tuple[str, ...]:
+    """Every mistake but 'static' for a still prompt (its faithful clip is static)."""
+    return tuple(m for m in CLIP_MISTAKES if m != "static" or mscene.motion != "still")
+
+
+def render_clip_variant(mscene: MotionScene, mistake: str | None, size: int = 32, frames: int = FRAMES,
+                        rng: np.random.Generator | None = None) -> np.ndarray:
+    """``render_clip`` of the motion scene, or of it with ``mistake`` made (None: no mistake)."""
+    rng = rng if rng is not None else np.random.default_rng(0)
+    scene, motion = mscene.scene, mscene.motion
+    if mistake == "direction":   # the opposite way; a still prompt's scene moves instead
+        motion = OPPOSITE.get(motion) or str(rng.choice([m for m in MOTIONS if m != "still"]))
+    elif mistake == "static":
+        if motion == "still":
+            raise ValueError(f"{mscene.prompt!r} asks for a still scene: 'static' is no mistake for it")
+        motion = "still"
+    elif mistake == "colour":
+        scene = mistaken_scene(scene, "colour", rng)
+    elif mistake not in (None, "swap", "vanish"):
+        raise ValueError(f"unknown clip mistake {mistake!r}; known: {CLIP_MISTAKES}")
+    path = plan(scene, motion, size, rng)
+    clip = draw_path(path, size, frames)
+    if mistake in ("swap", "vanish"):   # from halfway on, one object is another, or gone
+        i = int(rng.integers(len(path.items)))
+        items = list(path.items)
+        if mistake == "swap":
+            taken = {o.colour for o in items}
+            items[i] = ObjectSpec(str(rng.choice([c for c in COLOURS if c not in taken])),
+                                  str(rng.choice([s for s in SHAPES if s != items[i].shape])))
+            later = dataclasses.replace(path, items=tuple(items))
+        else:
+            keep = [j for j in range(len(items)) if j != i]
+            later = dataclasses.replace(path, items=tuple(items[j] for j in keep),
+                                        starts=tuple(path.starts[j] for j in keep),
+                                        radii=tuple(path.radii[j] for j in keep))
+        clip[frames // 2:] = draw_path(later, size, frames)[frames // 2:]
+    return clip
+
+
+def make_clip_pair(index: int, seed: int, size: int, frames: int, label_noise: float, kinds=MOTION_KINDS,
+                   clean_share: float = 0.0) -> PreferenceRecord:
+    """One clip pair for ``index``: deterministic from (seed, index), judged, maybe mislabelled.
+    With probability ``clean_share`` a faithful clip meets a near miss; otherwise both clips are
+    drawn from {faithful, each mistake} and ranked by the motion judge's score."""
+    rng = np.random.default_rng([seed, index])
+    mscene = sample_motion_scene(rng, kinds)
+    options = [None, *possible_clip_mistakes(mscene)]
+    while True:
+        choice = [options[rng.integers(len(options))] for _ in range(2)]
+        if rng.random() < clean_share:
+            choice = [None, options[1 + rng.integers(len(options) - 1)]][::rng.choice([-1, 1])]
+        clips = [render_clip_variant(mscene, m, size, frames, rng) for m in choice]
+        verdicts = [judge_clip(c, mscene) for c in clips]
+        if verdicts[0].score != verdicts[1].score:  # ties carry no preference
+            break
+    winner = int(verdicts[1].score > verdicts[0].score)
+    rationale = rationale_of(verdicts[winner], verdicts[1 - winner])
+    if rng.random() < label_noise:
+        winner = 1 - winner
+    return PreferenceRecord(prompt=mscene.prompt, images=tuple(clips), label=winner,
+                            criteria=MOTION_CRITERIA, rationale=rationale)
+
+
+class ClipPairs:
+    """A random-access source of judged clip pairs (for grain); ``seed`` keeps sets disjoint."""
+
+    def __init__(self, num_pairs: int, seed: int, size: int = 32, frames: int = FRAMES, label_noise: float = 0.0,
+                 kinds=MOTION_KINDS, clean_share: float = 0.0):
+        if not 0.0 <= label_noise < 0.5:
+            raise ValueError(f"label_noise={label_noise}: use a value in [0, 0.5)")
+        if not 0.0 <= clean_share <= 1.0:
+            raise ValueError(f"clean_share={clean_share}: use a value in [0, 1]")
+        if frames < 2:
+            raise ValueError(f"data.clip_frames={frames}: a clip needs at least 2 frames to show motion")
+        self.num_pairs, self.seed, self.size, self.frames = num_pairs, seed, size, frames
+        self.noise, self.kinds, self.clean_share = label_noise, kinds, clean_share
+
+    def __len__(self) -> int:
+        return self.num_pairs
+
+    def __getitem__(self, index: int) -> PreferenceRecord:
+        if not 0 <= index < self.num_pairs:
+            raise IndexError(index)
+        return make_clip_pair(int(index), self.seed, self.size, self.frames, self.noise, self.kinds,
+                              self.clean_share)

@@ -1,0 +1,97 @@
+"""The moving world: motion prompts, clips that stay in frame, the motion judge on right and wrong
+clips, and judged clip pairs through the data registry and the JSONL format."""
+import numpy as np
+import pytest
+
+from rdance.world.clip_pairs import CLIP_MISTAKES, ClipPairs, possible_clip_mistakes, render_clip_variant
+from rdance.world.motion import MotionScene, motion_prompt_set, render_clip
+from rdance.world.motion_judge import judge_clip
+from rdance.world.prompts import ObjectSpec, Scene
+from rdance.world.render import BACKGROUND
+
+RED_CIRCLE = Scene((ObjectSpec("red", "circle"),))
+BLUE_ABOVE_GREEN = Scene((ObjectSpec("blue", "square"), ObjectSpec("green", "triangle")), relation="above")
+
+
+def test_prompts_say_the_motion():
+    assert MotionScene(RED_CIRCLE, "left").prompt == "a red circle moving left"
+    assert MotionScene(BLUE_ABOVE_GREEN, "down").prompt == "a blue square above a green triangle, moving down"
+    assert MotionScene(Scene((ObjectSpec("green", "triangle"),)), "still").prompt == "a green triangle staying still"
+    assert [s.prompt for s in motion_prompt_set(3, 5)] == [s.prompt for s in motion_prompt_set(3, 5)]
+    with pytest.raises(ValueError, match="motion 'sideways'"):
+        MotionScene(RED_CIRCLE, "sideways")
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_clips_are_deterministic_and_keep_the_object_in_frame(size):
+    for i, mscene in enumerate(motion_prompt_set(0, 12)):
+        clip = render_clip(mscene, size, rng=np.random.default_rng(i))
+        assert clip.shape == (8, size, size, 3) and clip.dtype == np.uint8
+        np.testing.assert_array_equal(clip, render_clip(mscene, size, rng=np.random.default_rng(i)))
+        border = np.concatenate([clip[:, 0], clip[:, -1], clip[:, :, 0], clip[:, :, -1]])
+        assert (border == BACKGROUND).all(), mscene.prompt
+        assert (clip[0] != clip[-1]).any() == (mscene.motion != "still"), mscene.prompt
+
+
+def test_a_clip_moving_right_moves_right():
+    clip = render_clip(MotionScene(RED_CIRCLE, "right"), 32, rng=np.random.default_rng(1))
+    xs = [np.nonzero((frame == (220, 40, 40)).all(-1))[1].mean() for frame in clip]
+    assert np.all(np.diff(xs) >= 0) and xs[-1] - xs[0] >= 32 / 6 - 1
+
+
+def test_judge_scores_right_clips_high_and_each_mistake_low():
+    scores = {m: [] for m in (None, *CLIP_MISTAKES, "shuffled")}
+    for i, mscene in enumerate(motion_prompt_set(1, 24)):
+        for mistake in (None, *possible_clip_mistakes(mscene)):
+            scores[mistake].append(judge_clip(render_clip_variant(mscene, mistake, 32, rng=np.random.default_rng(i)),
+                                              mscene).score)
+        if mscene.motion != "still":
+            clip = render_clip(mscene, 32, rng=np.random.default_rng(i))
+            scores["shuffled"].append(judge_clip(clip[[3, 0, 6, 1, 7, 2, 5, 4]], mscene).direction)
+    means = {m: np.mean(v) for m, v in scores.items()}
+    assert means[None] >= 0.98 and np.median(scores[None]) == 1.0
+    assert means["direction"] == 0.0 and means["static"] == 0.0 and means["shuffled"] == 0.0
+    assert means["swap"] < 0.5 and means["vanish"] < 0.5 and means["colour"] < 0.2
+
+
+def test_judge_reports_its_parts():
+    mscene = MotionScene(RED_CIRCLE, "left")
+    right = judge_clip(render_clip(mscene, 32), mscene)
+    assert right.score == 1.0 and right.parts() == {"per_frame": 1.0, "direction": 1.0, "persistence": 1.0}
+    wrong = judge_clip(render_clip_variant(mscene, "direction", 32), mscene)
+    assert wrong.parts() == {"per_frame": 1.0, "direction": 0.0, "persistence": 1.0}
+    assert "the red circle is moving right, asked moving left" in [text for text, _ in wrong.checks]
+    gone = judge_clip(render_clip_variant(mscene, "vanish", 32), mscene)
+    assert gone.persistence == 0.5 and gone.per_frame == pytest.approx(0.5) and gone.score <= 0.25
+    with pytest.raises(ValueError, match="expects a clip"):
+        judge_clip(render_clip(mscene, 32)[0], mscene)
+
+
+def test_clip_pairs_are_judged_and_noise_flips_labels():
+    clean, noisy = ClipPairs(16, seed=0, frames=6), ClipPairs(16, seed=0, frames=6, label_noise=0.4)
+    flips = 0
+    for i in range(16):
+        record = clean[i]
+        assert record.images[0].shape == (6, 32, 32, 3) and record.kind == "pair"
+        assert "moving" in record.prompt or "staying still" in record.prompt
+        assert "{preferred}" in record.rationale
+        flips += noisy[i].label != record.label
+        np.testing.assert_array_equal(noisy[i].images[0], record.images[0])
+    assert 1 <= flips <= 12
+
+
+def test_world_clips_source_and_jsonl_round_trip(tmp_path):
+    import ml_collections
+    import rdance.world  # noqa: F401  (registers the world's sources)
+    from rdance.data.records import JsonlRecords, write_jsonl
+    from rdance.data.registry import open_source
+    data = ml_collections.ConfigDict(dict(image_size=32, clip_frames=4, clean_share=1.0, skip_bad_records=False,
+                                          allow_outside_paths=False))
+    source = open_source("world_clips:single", data, seed=0, size=3, noise=0.0)
+    assert len(source) == 3 and all(len(source[i].images[0]) == 4 for i in range(3))
+    assert all(" and " not in source[i].prompt for i in range(3))
+    with pytest.raises(ValueError, match="unknown prompt kinds"):
+        open_source("world_clips:count", data, seed=0, size=3, noise=0.0)
+    write_jsonl([source[0]], str(tmp_path / "clips.jsonl"))
+    back = JsonlRecords(str(tmp_path / "clips.jsonl"))[0]
+    np.testing.assert_array_equal(back.images[1], source[0].images[1])
