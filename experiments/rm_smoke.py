@@ -34,6 +34,9 @@ Without ``rm.pretrained`` the model starts from scratch and must learn to see fr
 labels alone (the sizes below).
 
 Variants: ``--config.rm.paradigm=regressive`` (the baseline), ``pointwise``;
+clips of the moving world: ``--config.data.train=world_clips --config.data.eval_sets=in_domain=world_clips
+--config.rm.video_frames=4 --config.rm.max_prompt_tokens=256`` (each clip's frames as
+"Frame1: <image>..." in the prompt);
 ``--config.rm.answer_format=decision_first`` (CoT rationales, weight rm.rationale_weight).
 """
 import ml_collections
@@ -57,6 +60,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         attention="auto",              # rdance.models.attention: auto, xla, chunked, cudnn, splash
         row_weights=False,             # true: each record's loss times its stored weight (converted sets)
         attention_q_chunk=512, attention_k_chunk=512,   # queries / keys per chunk of 'chunked'
+        # Clips (data.train=world_clips): the frames of each clip the RM sees (0: all) and which
+        # (rdance.reward.video: uniform, segments, head); saved with the RM, so scoring agrees.
+        video_frames=0, video_sampling="uniform",
         max_answer_tokens=4)  # 72 with rationales
     c.data = dict(train="world", eval_sets="in_domain=world,relations=world:relation",
                   train_pairs=200000, eval_pairs=256, eval_batch_size=64, image_size=32,
@@ -71,7 +77,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                   # draw uniformly): wrong shapes are the hard negatives, see the docstring.
                   mistake_weights=dict(colour=1.0, shape=4.0, count=1.0, missing=1.0, relation=1.0),
                   # world_captions only: share of grounding questions among the captions.
-                  question_share=0.0)
+                  question_share=0.0,
+                  # world_clips only: frames per clip.
+                  clip_frames=8)
     c.optim = dict(name="adamw", learning_rate=3e-4, schedule="cosine", warmup_steps=50,
                    b1=0.9, b2=0.98, weight_decay=0.01, grad_clip_norm=1.0)
     c.mesh = dict(shape=(1, -1, 1), rules=DEFAULT_RULES)

@@ -23,8 +23,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rdance.core import sharding
 from rdance.models import internvl
-from rdance.models.internvl.config import (BOOL, POSITIVE_INT, STRING, ConfigError, Section, read_json)
-from rdance.reward import losses, templates as T
+from rdance.models.internvl.config import (BOOL, NON_NEGATIVE_INT, POSITIVE_INT, STRING, ConfigError, Section, read_json)
+from rdance.reward import losses, templates as T, video
 from rdance.reward.model import RewardNet, to_pixels
 from rdance.reward.rows import ANSWER_FORMATS, PARADIGMS, RowBuilder, RowSpec
 from rdance.reward.folder import HEAD_FILE, RM_CONFIG_FILE
@@ -42,7 +42,8 @@ class RewardModel:
                             max_prompt_tokens=settings.get("max_prompt_tokens", 512),
                             max_answer_tokens=settings.get("max_answer_tokens", 64),
                             image_size=cfg.vision.image_size, max_tiles=settings.get("max_tiles", 1),
-                            tokens_per_tile=cfg.tokens_per_tile)
+                            tokens_per_tile=cfg.tokens_per_tile, video_frames=settings.get("video_frames", 0),
+                            video_sampling=settings.get("video_sampling", "uniform"))
         self.template = T.TokenTemplate(vlm.tokenizer)
         self.builder = RowBuilder(self.template, self.spec)
         net = nnx.eval_shape(lambda: RewardNet(cfg, regression_head=head is not None, rngs=nnx.Rngs(0),
@@ -112,7 +113,7 @@ class RewardModel:
         return len(self._question(prompt, image_shape, pairwise, criteria).prompt_ids)
 
     def _question(self, prompt: str, image_shape: tuple, pairwise: bool, criteria: str | None):
-        blank = np.zeros(image_shape, np.uint8)
+        blank = self.spec.frames_of(np.zeros(image_shape, np.uint8))   # a clip: the frames it is seen by
         criteria = criteria or self.spec.criteria
         fmt = self.spec.eval_format()
         if pairwise:
@@ -131,6 +132,7 @@ class RewardModel:
     def pairwise_fn(self, params, tokens, references, images):
         """P("yes": image 2 beats image 1) with image 1 = reference. Images [B, H, W, 3] (or clips
         [B, T, H, W, 3]), uint8 or float in [0, 1]; differentiable in both."""
+        references, images = self.spec.frames_of(references, 1), self.spec.frames_of(images, 1)
         frames = images.shape[-4] if images.ndim == 5 else 1
         stream = jnp.stack([references.astype(jnp.float32) / _scale(references),
                             images.astype(jnp.float32) / _scale(images)], axis=1)
@@ -138,6 +140,7 @@ class RewardModel:
         return self._reward(params, tokens, stream, 1 if frames > 1 else self.spec.max_tiles)
 
     def pointwise_fn(self, params, tokens, images):
+        images = self.spec.frames_of(images, 1)
         frames = images.shape[-4] if images.ndim == 5 else 1
         stream = (images.astype(jnp.float32) / _scale(images)).reshape(-1, *images.shape[-3:])
         return self._reward(params, tokens, stream, 1 if frames > 1 else self.spec.max_tiles)
@@ -170,6 +173,7 @@ class RewardModel:
         """The model's verdict and reasons (decision first), by greedy generation."""
         references, images = _check_images(reference_images, "reference_images"), _check_images(images, "images")
         fmt = "decision_first"
+        references, images = self.spec.frames_of(references, 1), self.spec.frames_of(images, 1)
         rows = [self.builder.encode_pairwise(p, criteria or self.spec.criteria, r, i, fmt)
                 for p, r, i in zip(prompts, references, images)]
         packed = T.pack(rows, max(len(r.prompt_ids) for r in rows), 0,
@@ -188,6 +192,8 @@ SETTINGS = {
     "answer_format": (f"one of {', '.join(ANSWER_FORMATS)}", lambda v: v in ANSWER_FORMATS),
     "criteria": STRING, "normalise": BOOL, "max_prompt_tokens": POSITIVE_INT, "max_answer_tokens": POSITIVE_INT,
     "max_tiles": POSITIVE_INT,
+    "video_frames": NON_NEGATIVE_INT,
+    "video_sampling": (f"one of {', '.join(video.SAMPLINGS)}", lambda v: v in video.SAMPLINGS),
 }
 
 

@@ -120,7 +120,8 @@ def export(params, base_folder: str, export_dir: str, config) -> str:
     rm = config.rm
     settings = {"paradigm": rm.paradigm, "answer_format": rm.answer_format, "criteria": rm.criteria,
                 "normalise": rm.normalise, "max_prompt_tokens": rm.max_prompt_tokens,
-                "max_answer_tokens": rm.max_answer_tokens, "max_tiles": rm.max_tiles}
+                "max_answer_tokens": rm.max_answer_tokens, "max_tiles": rm.max_tiles,
+                "video_frames": rm.get("video_frames", 0), "video_sampling": rm.get("video_sampling", "uniform")}
     with open(os.path.join(export_dir, RM_CONFIG_FILE), "w") as f:
         json.dump(settings, f, indent=2)
     return export_dir

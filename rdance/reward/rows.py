@@ -21,7 +21,7 @@ import zlib
 import numpy as np
 
 from rdance.data.records import PreferenceRecord
-from rdance.reward import templates as T
+from rdance.reward import templates as T, video
 from rdance.reward.model import tiles_per_image
 
 PARADIGMS = ("pairwise", "pointwise", "regressive", "caption")
@@ -41,8 +41,11 @@ class RowSpec:
     image_size: int = 448               # the vision tower's tile size
     max_tiles: int = 1
     tokens_per_tile: int = 256
+    video_frames: int = 0               # frames of each clip the RM sees (0: all), picked by
+    video_sampling: str = "uniform"     # rdance.reward.video's policy, in training and scoring
 
     def __post_init__(self):
+        video.check(self.video_frames, self.video_sampling)
         if self.paradigm not in PARADIGMS:
             raise ValueError(f"rm.paradigm={self.paradigm!r}; use one of {PARADIGMS}")
         if self.answer_format not in ANSWER_FORMATS:
@@ -52,6 +55,12 @@ class RowSpec:
         """The format read at scoring time: the reward is the first answer token, so a model
         trained with rationales is asked for the decision first."""
         return "none" if self.answer_format == "none" else "decision_first"
+
+    def frames_of(self, image, axis: int = 0):
+        """A clip's frames this RM sees (``axis``: its time axis); a still image as it is."""
+        if image.ndim - (axis if axis >= 0 else image.ndim + axis) != 4:
+            return image
+        return video.sample(image, self.video_frames, self.video_sampling, axis)
 
 
 class RowBuilder:
@@ -85,7 +94,7 @@ class RowBuilder:
         return self.template.encode(question, self._image_tokens(image), answer)
 
     def caption_rows(self, record: PreferenceRecord) -> dict[str, np.ndarray]:
-        image = record.images[0]
+        image = self.spec.frames_of(record.images[0])
         mark = self.template.image_marks([_frames(image)])[0]
         if record.criteria == "question":
             question = GROUNDING_QUESTION.format(image=mark, prompt=record.prompt)
@@ -109,6 +118,7 @@ class RowBuilder:
         criteria = record.criteria or self.spec.criteria
         fmt = self._format(record, training)
         with_answer = training and self.spec.paradigm != "regressive"
+        record = dataclasses.replace(record, images=tuple(self.spec.frames_of(im) for im in record.images))
         a, b = record.images
         if self.spec.paradigm == "pairwise":
             yes = [True, True] if record.tie else [record.label == 1, record.label == 0]   # b won; a won

@@ -179,4 +179,5 @@ def _stack(rows: list[dict]) -> dict[str, np.ndarray]:
 def row_spec_from_config(rm, image_size: int, tokens_per_tile: int) -> RowSpec:
     return RowSpec(paradigm=rm.paradigm, answer_format=rm.answer_format, criteria=rm.criteria,
                    max_prompt_tokens=rm.max_prompt_tokens, max_answer_tokens=rm.max_answer_tokens,
-                   image_size=image_size, max_tiles=rm.max_tiles, tokens_per_tile=tokens_per_tile)
+                   image_size=image_size, max_tiles=rm.max_tiles, tokens_per_tile=tokens_per_tile,
+                   video_frames=rm.get("video_frames", 0), video_sampling=rm.get("video_sampling", "uniform"))

@@ -30,8 +30,9 @@ flags.adopt_module_key_flags(cli)
 
 
 def reward_training(config, workdir: str | None = None) -> RewardTraining:
-    """The RM's pieces; a from-scratch model's tokenizer reads the synthetic world."""
-    return RewardTraining.from_config(config, workdir, corpus=world_corpus)
+    """The RM's pieces; a from-scratch model's tokenizer reads the synthetic world (moving too,
+    when the data holds its clips)."""
+    return RewardTraining.from_config(config, workdir, corpus=lambda: world_corpus(config.data))
 
 
 def as_task(training: RewardTraining) -> Task:
