@@ -23,7 +23,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rdance.core import sharding
 from rdance.models import internvl
-from rdance.models.internvl.config import (BOOL, NON_NEGATIVE_INT, POSITIVE_INT, STRING, ConfigError, Section, read_json)
+from rdance.models.internvl.config import (BOOL, NON_NEGATIVE_INT, POSITIVE_INT, STRING, ConfigError, Section,
+                                           read_json)
 from rdance.reward import losses, templates as T, video
 from rdance.reward.model import RewardNet, to_pixels
 from rdance.reward.rows import ANSWER_FORMATS, PARADIGMS, RowBuilder, RowSpec

@@ -9,6 +9,10 @@ caption     one row per single-image record, "Describe the image." answered by t
             prompt, or, for a record whose criteria is "question", 'Does the image show "PROMPT"?'
             answered yes (label 1) or no: the VLM pretraining a from-scratch smoke RM starts from.
 
+A clip [T, H, W, 3] is first cut to the ``video_frames`` frames its ``video_sampling`` picks
+(rdance.reward.video), the frames a scored clip is cut to as well, then written one
+"FrameN: <image>" line per frame.
+
 Every row also carries ``target``, the P(yes) its decision is trained towards (1 or 0; 0.5 for
 both rows of a tie, whose answer text is "yes" but whose decision token is trained on yes and no
 alike), and ``weight``, its record's weight (used by the loss only with rm.row_weights).
@@ -57,8 +61,9 @@ class RowSpec:
         return "none" if self.answer_format == "none" else "decision_first"
 
     def frames_of(self, image, axis: int = 0):
-        """A clip's frames this RM sees (``axis``: its time axis); a still image as it is."""
-        if image.ndim - (axis if axis >= 0 else image.ndim + axis) != 4:
+        """A clip's frames this RM sees (``axis``: its time axis, 1 in a batch); a still image
+        (or a batch of them) as it is."""
+        if image.ndim - axis != 4:
             return image
         return video.sample(image, self.video_frames, self.video_sampling, axis)
 
