@@ -64,7 +64,7 @@ DAMAGES = {
     "settings_unknown_key": (edit_json("reward_config.json", set_key(None, "max_prompt_token", 120)),
                              "reward_config.json: unknown setting(s) max_prompt_token; rename or remove it (the "
                              "settings are paradigm, answer_format, criteria, normalise, max_prompt_tokens, "
-                             "max_answer_tokens, max_tiles)"),
+                             "max_answer_tokens, max_tiles, video_frames, video_sampling)"),
 }
 
 
