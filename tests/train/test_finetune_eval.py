@@ -4,6 +4,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -102,3 +103,20 @@ def test_gsb_of_the_generator_before_and_after_finetuning(tmp_path, reference_ru
     assert int(good) + int(same) + int(bad) == 2 * 2, line
     assert float(gsb) == pytest.approx((int(good) - int(bad)) / 4, abs=1e-3)
     assert len((out / "gsb.jsonl").read_text().splitlines()) == 4
+
+
+def test_bench_gsb_prints_the_table_for_a_demo_workdir(tmp_path, reference_run, gen_folder, rm_folder):
+    """bench/bench_gsb.py --demo=WORKDIR on a folder shaped as the demo's (generator, finetune and
+    rm stages' exports), at tiny size."""
+    demo = tmp_path / "demo"
+    for stage, folder in (("generator", gen_folder), ("finetune", f"{reference_run}/export"), ("rm", rm_folder)):
+        (demo / stage).mkdir(parents=True)
+        os.symlink(folder, demo / stage / "export")
+    done = subprocess.run([sys.executable, "bench/bench_gsb.py", f"--demo={demo}", f"--out_dir={tmp_path / 'out'}",
+                           "--train_prompts=16", "--eval_prompts=2", "--samples_per_prompt=1", "--steps=4"],
+                          cwd=REPO, env=environment(devices=1), capture_output=True, text=True, timeout=500)
+    assert done.returncode == 0, done.stderr[-3000:]
+    row = next(line for line in done.stdout.splitlines() if line.startswith(f"| {demo}/generator/export |"))
+    comparisons, good, same, bad = (int(x) for x in row.split("|")[3:7])
+    assert comparisons == 2 and good + same + bad == 2, row
+    assert len((tmp_path / "out" / "prompts.txt").read_text().splitlines()) == 2
