@@ -70,6 +70,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # about 0.03 between neighbouring evals of the same run).
     c.monitor = dict(window=50, collapse_eps=0.02, eval_every=25, eval_params="both", eval_samples=2,
                      eval_chunk=64, eval_seed=0, grid_every=50, grid_size=16, grid_columns=8)
+    # A held-out prompt file scored during fine-tuning (rdance.train.prompt_eval; off while prompts
+    # is ""): every `every` steps, `samples` samples per prompt with fixed noise (that of
+    # `rdance.run.evaluate --seed=seed --batch_size=batch_size`), scored by a pointwise/regressive
+    # RM folder (`rm`, each of the comma-separated `criteria`) and/or a CLIPModel folder (`clip`).
+    c.eval = dict(prompts="", every=25, samples=2, seed=0, batch_size=8, rm="", criteria="alignment", clip="")
     c.export = dict(use_ema=True)
     c.mesh = dict(shape=(1, -1, 1), rules=DEFAULT_RULES)
     # compiler_options: XLA options for the step's compile, "name=value,..." (tests use

@@ -31,6 +31,9 @@ BOUNDS = {
     "eval.prompts": (1, None, "held-out prompts judged"),
     "eval.samples": (1, None, "samples per judged prompt"),
     "eval.chunk": (1, None, "samples per sampler call"),
+    "eval.every": (1, None, "steps between prompt-file evals during fine-tuning"),
+    "eval.batch_size": (1, None, "prompts per sampling call of a prompt-file eval"),
+    "eval.seed": (0, None, "seed of a prompt-file eval's noise"),
     "monitor.eval_every": (0, None, "steps between judge evals; 0 turns them off"),
     "monitor.grid_every": (0, None, "steps between sample grids; 0 turns them off"),
     "monitor.window": (1, None, "steps in the reward window"),
@@ -79,7 +82,8 @@ def check_bounds(config: ml_collections.ConfigDict) -> None:
                                    "rename it in the config file")
     for key, (least, greatest, meaning) in BOUNDS.items():
         value = _lookup(config, key)
-        if value is None or isinstance(value, bool):
+        # A string is another config's key of the same name (fine-tuning's eval.prompts is a file).
+        if value is None or isinstance(value, (bool, str)):
             continue
         if not isinstance(value, int) or value < least or (greatest is not None and value > greatest):
             allowed = f">= {least}" if greatest is None else f"from {least} to {greatest}"

@@ -40,6 +40,7 @@ from absl import app, flags, logging
 
 from rdance.core import console
 from rdance.reward.gsb import gsb_verdicts
+from rdance.reward.prompt_eval import sample_plan, score_samples
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("generators", None, "LABEL=FOLDER pairs (FluxPipeline or world generator folders).", required=True)
@@ -78,13 +79,12 @@ def parse_generators(pairs: list[str]) -> dict[str, str]:
 
 
 def sample_all(opened, prompts: list[str]) -> np.ndarray:
-    """uint8 [P, K, H, W, 3]: sample k of prompt p with seed + k, row p."""
-    per_sample = []
-    for k in range(FLAGS.samples_per_prompt):
-        chunks = [opened.sample(prompts[s:s + FLAGS.batch_size], seed=FLAGS.seed + k * 1_000_003 + s).images
-                  for s in range(0, len(prompts), FLAGS.batch_size)]
-        per_sample.append(np.concatenate(chunks))
-    return np.stack(per_sample, axis=1)
+    """uint8 [P, K, H, W, 3]: sample k of prompt p with the noise rdance.reward.prompt_eval.sample_plan
+    gives it (the fine-tuning loop's prompt-file eval draws the same)."""
+    images = [[None] * FLAGS.samples_per_prompt for _ in range(0, len(prompts), FLAGS.batch_size)]
+    for k, start, seed in sample_plan(len(prompts), FLAGS.samples_per_prompt, FLAGS.batch_size, FLAGS.seed):
+        images[start // FLAGS.batch_size][k] = opened.sample(prompts[start:start + FLAGS.batch_size], seed=seed).images
+    return np.concatenate([np.stack(chunk, axis=1) for chunk in images])
 
 
 def write_geneval(folder: Path, items, images: np.ndarray) -> None:
@@ -145,20 +145,14 @@ def main(argv):
             write_geneval(out / label, items, images)
             grid_image(images[:FLAGS.grid_prompts], labels=prompts[:FLAGS.grid_prompts]).save(out / label / "grid.png")
             row = [f"{time.time() - started:.1f}"]
-            flat = images.reshape(-1, *images.shape[2:])
-            if pointwise:
-                for criteria in FLAGS.criteria:
-                    rewards = np.asarray(rm.score_pointwise(flat, repeated, criteria=criteria)).reshape(len(prompts), -1)
-                    row.append(f"{rewards.mean():.4f}")
-                    for p, item in enumerate(items):
-                        scores_log.write(json.dumps(dict(generator=label, prompt=item.prompt, category=item.category,
-                                                         criteria=criteria, rewards=rewards[p].tolist())) + "\n")
-            if clip is not None:
-                clip_scores = clip.score(flat, repeated).reshape(len(prompts), -1)
-                row.append(f"{clip_scores.mean():.4f}")
+            scores = score_samples(images, prompts, rm if pointwise else None, FLAGS.criteria, clip)
+            for name, values in scores.items():
+                row.append(f"{values.mean():.4f}")
                 for p, item in enumerate(items):
+                    row_scores = (dict(criteria=name[len("rm/"):], rewards=values[p].tolist())
+                                  if name.startswith("rm/") else {name: values[p].tolist()})
                     scores_log.write(json.dumps(dict(generator=label, prompt=item.prompt, category=item.category,
-                                                     clip_score=clip_scores[p].tolist())) + "\n")
+                                                     **row_scores)) + "\n")
             summary.append(f"| {label} | " + " | ".join(row) + " |")
             logging.info("%s: %d prompts x %d samples in %s", label, len(prompts), FLAGS.samples_per_prompt, row[0])
 

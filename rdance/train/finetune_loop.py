@@ -21,7 +21,7 @@ from absl import logging
 
 from rdance.core import config_checks, sharding
 from rdance.data.pipeline import host_batches
-from rdance.train import bank as banklib, lora
+from rdance.train import bank as banklib, lora, prompt_eval
 from rdance.train.checkpoint import Checkpointer
 from rdance.train.finetune_data import CaptionImages, FinetuneExamples, read_prompts
 from rdance.train.finetune_step import FinetuneState, StepSettings
@@ -135,6 +135,7 @@ def save_arrays_from_one_replica() -> None:
 def finetune(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Result:
     """Run (or resume) the fine-tuning job of ``config`` in ``workdir``; ``devices`` defaults to all."""
     config_checks.check_bounds(config)
+    prompt_eval.check(config)      # a bad eval.* fails here, before anything is loaded or compiled
     tc = config.train
     mesh = sharding.make_mesh(config.mesh.shape, devices)
     logging.info("mesh %s over %d devices, %d process(es)", dict(mesh.shape), mesh.size, jax.process_count())
@@ -184,15 +185,18 @@ def finetune(config: ml_collections.ConfigDict, workdir: str, devices=None) -> R
     memory = memory_per_device(compiled)
     throughput = measure_step(compiled, "finetune_step", tc.get("peak_tflops", 0.0))
 
-    monitor = Monitor(config, gen, sampler, prompts, writer, frozen)
+    evaluators = [Monitor(config, gen, sampler, prompts, writer, frozen)]
+    if config.eval.prompts:
+        evaluators.append(prompt_eval.PromptFileEval(config, gen, sampler, writer, frozen, workdir))
     progress = Progress(workdir, writer, ckpt, config.to_dict(), total=tc.steps, start=start, per_step=True,
                         describe=lambda m: f"reward {m['reward/mean']:.4f} (std {m['reward/std']:.4f}, "
                                            f"window std {m['reward/window_std']:.4f})",
                         throughput=throughput)
-    if start == 0 and monitor.due(0, 0):  # the starting generator's numbers, for the curves
-        progress.evaluate(0, lambda: monitor(state, 0))
+    for evaluator in evaluators:
+        if start == 0 and evaluator.due(0, 0):  # the starting generator's numbers, for the curves
+            progress.evaluate(0, lambda: evaluator(state, 0))  # noqa: B023 (called at once)
     out = run_loop(lambda state, batch: compiled(state, batch, frozen, rm.params), state, data_iter, mesh,
-                   progress, [monitor], log_every=tc.log_every, checkpoint_every=tc.checkpoint_every)
+                   progress, evaluators, log_every=tc.log_every, checkpoint_every=tc.checkpoint_every)
     if not out.preempted:
         export(config, workdir, gen, out.state, frozen, settings)
     return Result(out.state, out.step, out.preempted, memory, bank)

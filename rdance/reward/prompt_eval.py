@@ -1,0 +1,49 @@
+"""Scoring a generator's samples of a prompt set: what ``rdance.run.evaluate`` and the fine-tuning
+loop's prompt-file eval (rdance.train.prompt_eval) share, so the two give the same numbers for
+the same parameters and noise.
+
+* :func:`sample_plan`: which noise each sample gets. Sample k of prompt p is row p - start of the
+  call for the ``batch_size`` prompts starting at ``start``, with seed ``seed + k * 1_000_003 +
+  start`` (its noise: ``per_sample_normal(key(that seed), row)``, as
+  rdance.diffusion.search.Searcher draws it for plain sampling).
+* :func:`score_samples`: a pointwise or regressive reward model's score of each sample for each
+  criteria, and a CLIP scorer's, as arrays [P, K] named ``rm/<criteria>`` and ``clip_score``.
+"""
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import numpy as np
+
+SEED_STRIDE = 1_000_003   # between sample k and k + 1 of the same prompt
+
+
+def sample_plan(num_prompts: int, samples_per_prompt: int, batch_size: int, seed: int
+                ) -> Iterator[tuple[int, int, int]]:
+    """(k, start, call seed) of every sampling call: prompts start..start+batch_size-1, sample k."""
+    for k in range(samples_per_prompt):
+        for start in range(0, num_prompts, batch_size):
+            yield k, start, seed + k * SEED_STRIDE + start
+
+
+def score_samples(images: np.ndarray, prompts: Sequence[str], rm=None, criteria: Sequence[str] = (),
+                  clip=None) -> dict[str, np.ndarray]:
+    """uint8 images [P, K, H, W, 3] of ``prompts`` -> {"rm/<criteria>": [P, K], "clip_score": [P, K]}
+    (the RM's rows when ``rm`` is given, a pointwise or regressive RewardModel; the CLIP row when
+    ``clip`` is, a rdance.reward.clip_score.CLIPScorer)."""
+    images = np.asarray(images)
+    p, k = images.shape[:2]
+    if p != len(prompts):
+        raise ValueError(f"{p} rows of images for {len(prompts)} prompts")
+    flat = images.reshape(p * k, *images.shape[2:])
+    repeated = [prompt for prompt in prompts for _ in range(k)]   # one per sample, prompt-major
+    out = {}
+    if rm is not None:
+        if rm.paradigm == "pairwise":
+            raise ValueError("a pairwise reward model compares two images; score samples alone with a pointwise "
+                             "or regressive one")
+        for c in criteria:
+            out[f"rm/{c}"] = np.asarray(rm.score_pointwise(flat, repeated, criteria=c), np.float64).reshape(p, k)
+    if clip is not None:
+        out["clip_score"] = np.asarray(clip.score(flat, repeated), np.float64).reshape(p, k)
+    return out
