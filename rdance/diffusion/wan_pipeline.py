@@ -68,6 +68,41 @@ def _jitted(module, fn):
     return lambda *args: call(state, *args)
 
 
+def check_video(num_frames: int, height: int, width: int, frame_stride: int, unit: int):
+    if num_frames < 1 or (num_frames - 1) % frame_stride:
+        k = max(round((num_frames - 1) / frame_stride), 0)
+        raise ValueError(f"num_frames {num_frames} must be {frame_stride}k+1 (the VAE's time stride); "
+                         f"try {frame_stride * k + 1}")
+    if height <= 0 or width <= 0 or height % unit or width % unit:
+        raise ValueError(f"video size {height}x{width} must be positive multiples of {unit}; try "
+                         f"{max(unit, round(height / unit) * unit)}x{max(unit, round(width / unit) * unit)}")
+
+
+def check_task(path, image_to_video: bool, image_given: bool):
+    if image_to_video and not image_given:
+        raise ValueError(f"{path} is an image-to-video pipeline: give the first frame (image=..., "
+                         "or --task=i2v --image=PATH)")
+    if not image_to_video and image_given:
+        raise ValueError(f"{path} is a text-to-video pipeline without an image_encoder: image-to-video needs a "
+                         "WanImageToVideoPipeline folder (e.g. Wan-AI/Wan2.1-I2V-14B-480P-Diffusers)")
+
+
+def preflight(path, *, image_given: bool, num_frames: int, height: int, width: int):
+    """The checks of :meth:`WanSampler.check` from the folder's JSON files alone, so a command
+    fails in a second instead of after loading 14B parameters."""
+    path = Path(path)
+    index = cfglib.read_json(path, "model_index.json")
+    if index.get("_class_name") not in (T2V, I2V):
+        raise cfglib.CheckpointTypeError(f"{path} is a {index.get('_class_name')} folder, not a Wan pipeline "
+                                         f"({T2V} or {I2V}, e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers)")
+    transformer, vae = cfglib.read_json(path / "transformer"), cfglib.read_json(path / "vae")
+    stride = 2 ** sum(map(bool, vae.get("temperal_downsample", (False, True, True))))
+    spatial = 2 ** (len(vae.get("dim_mult", (1, 2, 4, 4))) - 1)
+    check_video(num_frames, height, width, stride, spatial * tuple(transformer.get("patch_size", (1, 2, 2)))[1])
+    i2v = transformer.get("image_dim") is not None or transformer.get("in_channels", 16) != vae.get("z_dim", 16)
+    check_task(path, i2v, image_given)
+
+
 @partial(jax.jit, static_argnums=(0, 1))
 def _denoise(graphdef, kind, state, noise, steps, text, negative, image, condition, guidance):
     model = nnx.merge(graphdef, state)
@@ -164,19 +199,9 @@ class WanSampler:
 
     def check(self, num_frames: int, height: int, width: int, image_given: bool):
         """One-line errors for what diffusers would round or reject silently."""
-        t_factor, s_factor = self.vae.cfg.temporal_factor, self.vae.cfg.spatial_factor
-        if num_frames < 1 or (num_frames - 1) % t_factor:
-            k = max(round((num_frames - 1) / t_factor), 0)
-            raise ValueError(f"num_frames {num_frames} must be {t_factor}k+1 (the VAE's time stride); try {t_factor * k + 1}")
-        unit = s_factor * self.transformer.cfg.patch_size[1]
-        if height <= 0 or width <= 0 or height % unit or width % unit:
-            raise ValueError(f"video size {height}x{width} must be positive multiples of {unit}; try "
-                             f"{max(unit, round(height / unit) * unit)}x{max(unit, round(width / unit) * unit)}")
-        if self.image_to_video and not image_given:
-            raise ValueError(f"{self.path} is an image-to-video pipeline: pass the first frame (image=...)")
-        if not self.image_to_video and image_given:
-            raise ValueError(f"{self.path} is a text-to-video pipeline without an image_encoder: use a "
-                             "WanImageToVideoPipeline folder (e.g. Wan2.1-I2V-14B-480P-Diffusers) for image-to-video")
+        check_video(num_frames, height, width, self.vae.cfg.temporal_factor,
+                    self.vae.cfg.spatial_factor * self.transformer.cfg.patch_size[1])
+        check_task(self.path, self.image_to_video, image_given)
 
     def latent_shape(self, batch: int, num_frames: int, height: int, width: int) -> tuple[int, ...]:
         cfg = self.vae.cfg

@@ -75,7 +75,7 @@ def test_t2v_frames_match_diffusers_without_guidance(wan_pipes):
 @pytest.mark.parametrize("task,kwargs,match", [
     ("t2v", dict(num_frames=6), "4k\\+1.*try 5"),
     ("t2v", dict(height=24), "multiples of 16"),
-    ("i2v", dict(), "image-to-video pipeline: pass the first frame"),
+    ("i2v", dict(), "image-to-video pipeline: give the first frame"),
     ("t2v", dict(image=np.zeros((32, 16, 3), np.uint8)), "WanImageToVideoPipeline folder"),
 ])
 def test_bad_inputs_are_one_line_errors(wan_pipes, task, kwargs, match):
