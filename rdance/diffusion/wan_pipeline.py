@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from rdance.core import sharding
 from rdance.diffusion import wan_schedule
 from rdance.models.clip import load_clip_vision
 from rdance.models.clip_image import ImagePreprocessor
@@ -138,16 +139,19 @@ class WanSampler:
         return self.transformer.cfg.image_dim is not None or self.transformer.cfg.in_channels != self.vae.cfg.z_dim
 
     @classmethod
-    def from_pretrained(cls, path, *, dtype: str | None = None, attention: str = "auto") -> "WanSampler":
-        """A WanPipeline or WanImageToVideoPipeline folder (model_index.json layout); ``dtype`` is
-        the transformer's compute dtype (parameters stay as stored)."""
+    def from_pretrained(cls, path, *, mesh=None, rules=sharding.DEFAULT_RULES, dtype: str | None = None,
+                        attention: str = "auto") -> "WanSampler":
+        """A WanPipeline or WanImageToVideoPipeline folder (model_index.json layout), every part's
+        parameters placed on their shards of ``mesh`` (None: the first device); ``dtype`` is the
+        transformer's compute dtype (parameters stay as stored)."""
         from transformers import AutoTokenizer
         path = Path(path)
         index = cfglib.read_json(path, "model_index.json")
         if index.get("_class_name") not in (T2V, I2V):
             raise cfglib.CheckpointTypeError(f"{path} is a {index.get('_class_name')} folder, not a Wan pipeline "
                                              f"({T2V} or {I2V}, e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers)")
-        transformer = load_transformer(path / "transformer", dtype=dtype, attention=attention)
+        place = dict(mesh=mesh, rules=rules, attention=attention)
+        transformer = load_transformer(path / "transformer", dtype=dtype, **place)
         scheduler = cfglib.read_json(path / "scheduler", "scheduler_config.json")
         wan_schedule.schedule(scheduler, 1)            # an unsupported scheduler fails before the big loads
         image_encoder = image_processor = None
@@ -155,10 +159,10 @@ class WanSampler:
             if not (index.get("image_encoder") or [None])[0]:
                 raise ValueError(f"{path}: the transformer takes CLIP image tokens but the folder has no "
                                  "image_encoder; use a complete WanImageToVideoPipeline folder")
-            image_encoder = load_clip_vision(path / "image_encoder", attention=attention)
+            image_encoder = load_clip_vision(path / "image_encoder", **place)
             image_processor = ImagePreprocessor.from_pretrained(path / "image_processor")
-        return cls(path, transformer, load_umt5(path / "text_encoder", attention=attention),
-                   AutoTokenizer.from_pretrained(path / "tokenizer"), load_vae(path / "vae", remat="none"),
+        return cls(path, transformer, load_umt5(path / "text_encoder", **place),
+                   AutoTokenizer.from_pretrained(path / "tokenizer"), load_vae(path / "vae", remat="none", **place),
                    scheduler, image_encoder, image_processor)
 
     # ----- conditioning

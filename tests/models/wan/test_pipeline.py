@@ -82,3 +82,16 @@ def test_bad_inputs_are_one_line_errors(wan_pipes, task, kwargs, match):
     rd = WanSampler.from_pretrained(wan_pipes[task, "euler"][0])
     with pytest.raises(ValueError, match=match):
         rd(["x"], **{**SIZE, "num_steps": 1, **kwargs})
+
+
+def test_sharded_sampling_matches_one_device(wan_pipes, first_frame, devices):
+    """Every part loaded onto a 4-device fsdp x tensor mesh samples the same I2V latents."""
+    from rdance.core import sharding
+    folder = wan_pipes["i2v", "unipc"][0]
+    kw = dict(image=first_frame, guidance_scale=3.0, num_steps=2, latents=_noise(3), max_sequence_length=8,
+              output_type="latent", **SIZE)
+    with jax.default_matmul_precision("highest"):
+        want = WanSampler.from_pretrained(folder)(["a cat"], **kw)
+        mesh = sharding.make_mesh((1, 2, 2), devices[:4])
+        got = WanSampler.from_pretrained(folder, mesh=mesh)(["a cat"], **kw)
+    assert np.abs(np.asarray(got) - np.asarray(want)).max() < 1e-5
