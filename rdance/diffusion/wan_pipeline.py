@@ -125,7 +125,8 @@ class WanSampler:
 
     def __init__(self, path, transformer, text_encoder, tokenizer, vae, scheduler: dict,
                  image_encoder=None, image_processor=None):
-        self.path, self.transformer, self.text_encoder, self.tokenizer = Path(path), transformer, text_encoder, tokenizer
+        self.path, self.transformer, self.text_encoder = Path(path), transformer, text_encoder
+        self.tokenizer = tokenizer
         self.vae, self.scheduler = vae, scheduler
         self.image_encoder, self.image_processor = image_encoder, image_processor
         self._graphdef, self._state = nnx.split(transformer)

@@ -50,7 +50,8 @@ UNIPC = dict(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift
 @pytest.mark.parametrize("kwargs,steps", [
     (UNIPC, 1), (UNIPC, 2), (UNIPC, 4), (UNIPC, 7),
     (dict(UNIPC, solver_order=1), 4), (dict(UNIPC, solver_order=3), 6),
-    (dict(UNIPC, solver_type="bh1", flow_shift=5.0, final_sigmas_type="sigma_min"), 5), (dict(UNIPC, flow_shift=1.0), 4),
+    (dict(UNIPC, solver_type="bh1", flow_shift=5.0, final_sigmas_type="sigma_min"), 5),
+    (dict(UNIPC, flow_shift=1.0), 4),
     (dict(UNIPC, disable_corrector=[1]), 5), (dict(UNIPC, final_sigmas_type="sigma_min", lower_order_final=False), 4),
 ])
 def test_unipc_matches_diffusers(kwargs, steps):

@@ -57,7 +57,8 @@ def test_i2v_without_imageio_ffmpeg_writes_frames_and_a_note(wan_pipes, first_fr
     assert "pip install rdance[video]" in result.stdout
     assert not list(out.glob("*.mp4"))
     lines = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
-    assert [(r["prompt"], r["seed"], r["video"]) for r in lines] == [("the cat jumps", 0, None), ("the cat sits", 1, None)]
+    assert [(r["prompt"], r["seed"], r["video"]) for r in lines] == [("the cat jumps", 0, None),
+                                                                     ("the cat sits", 1, None)]
     assert np.asarray(Image.open(out / "00001" / "0004.png")).shape == (32, 16, 3)
 
 
