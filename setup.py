@@ -43,7 +43,11 @@ setup(
             "tensorboard>=2.16",  # tests/docs/test_tensorboard.py runs the README's `tensorboard --logdir`
             "import-linter>=2.1",  # tests/test_layers.py holds the package to the layers in .importlinter
             "apache-beam>=2.78.0",  # tests/data/test_beam.py converts with Beam's DirectRunner
+            "imageio-ffmpeg==0.8.1",  # tests/models/wan/test_generate.py checks the MP4 it writes
         ],
+        # MP4s from `rdance.run.generate --task=t2v|i2v` (an ffmpeg binary in the wheel); without
+        # it the command writes the frames as PNGs only.
+        "video": ["imageio-ffmpeg==0.8.1"],
         # gcsfs / google-cloud-storage let orbax, etils and tensorboardX write gs:// workdirs.
         "tpu": ["jax[tpu]>=0.10.2", "gcsfs", "google-cloud-storage"],
         # Converting preference sets to ArrayRecord (no TensorFlow needed) and reading parquet.

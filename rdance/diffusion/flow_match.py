@@ -92,3 +92,17 @@ def image_ids(h: int, w: int) -> np.ndarray:
 def x0_from_velocity(x_t: jax.Array, t, v: jax.Array) -> jax.Array:
     """Clean-sample estimate at noise level t: x0 = x_t - t v."""
     return x_t - jnp.asarray(t, x_t.dtype) * v
+
+
+def default_sigmas(num_steps: int, shift: float, num_train_timesteps: int = 1000) -> np.ndarray:
+    """The num_steps + 1 sigmas of diffusers' FlowMatchEulerDiscreteScheduler.set_timesteps called
+    without ``sigmas`` (as the Wan pipelines call it) and a static ``shift``: a linspace between
+    the already shifted sigma_max and sigma_min of its training table, shifted once more."""
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be at least 1, got {num_steps}")
+    table = np.linspace(1, num_train_timesteps, num_train_timesteps, dtype=np.float32)[::-1] / num_train_timesteps
+    table = (shift * table / (1 + (shift - 1) * table)).astype(np.float32)
+    s = np.linspace(float(table[0]) * num_train_timesteps, float(table[-1]) * num_train_timesteps,
+                    num_steps) / num_train_timesteps
+    s = shift * s / (1 + (shift - 1) * s)
+    return np.append(s.astype(np.float32), np.float32(0.0))

@@ -5,6 +5,8 @@ such as PickScore are published in this layout.
     model = load_clip_model("/ckpt/PickScore_v1")        # a transformers CLIPModel folder
     image_embeds = model.image_embeds(pixels)            # [B, H, W, 3] normalised, as the processor gives
     text_embeds = model.text_embeds(ids, mask)           # unit vectors in the shared space
+    tower = load_clip_vision("/ckpt/Wan2.1-I2V-14B-480P-Diffusers/image_encoder")  # a CLIPVisionModel folder
+    tokens = tower.hidden_state(pixels, -2)              # hidden_states[-2], what Wan's I2V reads
 
 The text tower is FLUX's port (rdance.models.flux.clip); the vision tower shares its encoder
 layer, without the causal mask. Preprocessing, tokenisation and the score are
@@ -31,6 +33,7 @@ from rdance.models.layers import Conv2d, Embed, LayerNorm, Linear, default_kerne
 
 MODEL_TYPE = "clip"
 ARCHITECTURE = "CLIPModel"
+VISION_MODEL_TYPE, VISION_ARCHITECTURE = "clip_vision_model", "CLIPVisionModel"
 # transformers' defaults for keys a config.json leaves out (older files list only what differs).
 TEXT_DEFAULTS = dict(vocab_size=49408, hidden_size=512, intermediate_size=2048, num_hidden_layers=12,
                      num_attention_heads=8, max_position_embeddings=77, hidden_act="quick_gelu",
@@ -97,9 +100,7 @@ class CLIPVisionModel(nnx.Module):
         self.layers = make_stack(lambda r: Layer(cfg, r, causal=False), cfg.num_hidden_layers, rngs)
         self.post_layernorm = LayerNorm(d, eps=cfg.layer_norm_eps)
 
-    def __call__(self, pixel_values):
-        """pixel_values [B, H, W, C] (normalised, channels last) -> (last_hidden_state [B, 1 + N, D],
-        pooler_output [B, D])."""
+    def _embed(self, pixel_values):
         cfg = self.cfg
         if pixel_values.ndim != 4 or pixel_values.shape[1:] != (cfg.image_size, cfg.image_size, cfg.num_channels):
             raise ValueError(f"CLIP vision input of shape {pixel_values.shape}; the model takes "
@@ -109,8 +110,25 @@ class CLIPVisionModel(nnx.Module):
         x = x.reshape(b, -1, x.shape[-1])      # patches row by row, as torch's flatten(2)
         cls = jnp.broadcast_to(self.class_embedding[...].astype(x.dtype), (b, 1, x.shape[-1]))
         x = jnp.concatenate([cls, x], axis=1) + self.position_embedding.embedding[...][None].astype(x.dtype)
-        x = run_stack(self.layers, self.pre_layrnorm(x), None, remat=cfg.remat)
+        return self.pre_layrnorm(x)
+
+    def __call__(self, pixel_values):
+        """pixel_values [B, H, W, C] (normalised, channels last) -> (last_hidden_state [B, 1 + N, D],
+        pooler_output [B, D])."""
+        x = run_stack(self.layers, self._embed(pixel_values), None, remat=self.cfg.remat)
         return x, self.post_layernorm(x[:, 0])
+
+    def hidden_state(self, pixel_values, index: int = -2):
+        """transformers' ``hidden_states[index]`` (output_hidden_states=True) [B, 1 + N, D]: 0 is
+        the embeddings after pre_layrnorm, i the output of layer i. Wan's image-to-video reads -2
+        (the penultimate layer, before any final norm); only the layers it needs are run."""
+        layers = self.cfg.num_hidden_layers
+        if not -(layers + 1) <= index <= layers:
+            raise ValueError(f"hidden state index {index} is out of range for {layers} layers")
+        n = index % (layers + 1)
+        graphdef, state = nnx.split(self.layers)
+        first = nnx.merge(graphdef, jax.tree.map(lambda a: a[:n], state))
+        return run_stack(first, self._embed(pixel_values), None, remat=self.cfg.remat)
 
 
 def _normalise(x):
@@ -180,6 +198,20 @@ def read_config(path, **runtime) -> CLIPConfig:
                       vision=cfglib.from_dict(CLIPVisionConfig, dict(VISION_DEFAULTS, **vision), **runtime),
                       projection_dim=int(top["projection_dim"]),
                       logit_scale_init_value=float(top["logit_scale_init_value"]))
+
+
+def load_clip_vision(path, *, mesh=None, rules=sharding.DEFAULT_RULES, **runtime) -> CLIPVisionModel:
+    """A transformers ``CLIPVisionModel`` folder (e.g. a Wan I2V pipeline's ``image_encoder``)."""
+    raw = cfglib.read_json(path)
+    cfglib.check_type(raw, path, class_names=(VISION_ARCHITECTURE,), model_types=(VISION_MODEL_TYPE,))
+    cfg = cfglib.from_dict(CLIPVisionConfig, dict(VISION_DEFAULTS, **raw), **runtime)
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: CLIPVisionModel(cfg, rngs=nnx.Rngs(0))))
+    shardings = None if mesh is None else sharding.state_shardings(abstract, mesh, rules)
+    # transformers 5 writes the tower's keys without the ``vision_model.`` prefix older releases
+    # (and the released Wan image encoders) carry: either layout loads.
+    return nnx.merge(graphdef, convert.load_state(
+        path, abstract, lambda p: torch_key(("vision_model",) + p).removeprefix("vision_model."), shardings,
+        rename=lambda key: normalise_key(key.removeprefix("vision_model."))))
 
 
 def load_clip_model(path, *, mesh=None, rules=sharding.DEFAULT_RULES, **runtime) -> CLIPModel:

@@ -1,10 +1,18 @@
-r"""Text to image with a FLUX pipeline folder (or a world generator folder): PNGs plus a JSONL of
-prompts, seeds and settings.
+r"""Text to image with a FLUX pipeline folder (or a world generator folder), or text/image to video
+with a Wan 2.1 pipeline folder (``--task=t2v|i2v``): PNGs (and MP4s) plus a JSONL of prompts,
+seeds and settings.
 
     python -m rdance.run.generate --pipeline=/ckpt/FLUX.1-dev --out_dir=/tmp/out \
         --prompts="a red cube" --prompts="two cats" --height=1024 --width=1024 --batch_size=2
 
 Image i uses seed ``--seed + i``, so any single image can be regenerated from its JSONL line.
+
+Video (rdance.diffusion.wan_pipeline; frames as PNGs, an MP4 with ``pip install rdance[video]``):
+
+    python -m rdance.run.generate --task=t2v --pipeline=/ckpt/Wan2.1-T2V-1.3B-Diffusers --out_dir=/tmp/v \
+        --prompts="a cat surfing" --num_frames=33 --height=480 --width=832 --steps=50 --guidance=5
+    python -m rdance.run.generate --task=i2v --pipeline=/ckpt/Wan2.1-I2V-14B-480P-Diffusers --out_dir=/tmp/v \
+        --image=first.png --prompts="the cat jumps" --num_frames=33 --height=480 --width=832
 
 Inference-time search with a reward model as verifier (rdance.diffusion.search):
 
@@ -32,16 +40,27 @@ from rdance.core import console
 from rdance.run.folders import is_world_folder, open_generator_folder
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("pipeline", None, "FluxPipeline folder (model_index.json layout).", required=True)
-flags.DEFINE_string("out_dir", None, "Where PNGs and samples.jsonl are written.", required=True)
+TASK_DEFAULTS = {"t2i": dict(height=1024, width=1024, steps=28, guidance=3.5),   # FLUX.1-dev's
+                 "t2v": dict(height=480, width=832, steps=50, guidance=5.0),     # Wan 2.1's
+                 "i2v": dict(height=480, width=832, steps=50, guidance=5.0)}
+flags.DEFINE_enum("task", "t2i", ["t2i", "t2v", "i2v"], "t2i: text to image (FLUX or world folder); t2v / i2v: "
+                  "text / image to video (a Wan 2.1 WanPipeline / WanImageToVideoPipeline folder).")
+flags.DEFINE_string("pipeline", None, "FluxPipeline, world generator or Wan pipeline folder (model_index.json "
+                    "layout).", required=True)
+flags.DEFINE_string("out_dir", None, "Where PNGs (videos: frame folders and MP4s) and samples.jsonl are written.",
+                    required=True)
+flags.DEFINE_string("image", None, "--task=i2v: the first frame (an image file), resized to --height x --width.")
+flags.DEFINE_integer("num_frames", 81, "Video frames (4k+1: the Wan VAE's time stride is 4).")
+flags.DEFINE_integer("fps", 16, "Frames per second of the MP4s (Wan 2.1 is trained at 16).")
 flags.DEFINE_multi_string("prompts", [], "Prompt; repeat the flag for several.")
 flags.DEFINE_string("prompt_file", None, "Text file with one prompt per line (added after --prompts).")
-flags.DEFINE_integer("height", 1024, "Image height in pixels (multiple of 16 for FLUX).")
-flags.DEFINE_integer("width", 1024, "Image width in pixels (multiple of 16 for FLUX).")
-flags.DEFINE_integer("steps", 28, "Euler steps.")
-flags.DEFINE_float("guidance", 3.5, "Distilled guidance scale (FLUX.1-dev); ignored by schnell.")
-flags.DEFINE_float("true_cfg", 1.0, "True classifier-free guidance scale; > 1 needs --negative_prompt.")
-flags.DEFINE_string("negative_prompt", None, "Negative prompt for true CFG.")
+flags.DEFINE_integer("height", None, "Height in pixels (multiple of 16); default 1024 (t2i), 480 (t2v, i2v).")
+flags.DEFINE_integer("width", None, "Width in pixels (multiple of 16); default 1024 (t2i), 832 (t2v, i2v).")
+flags.DEFINE_integer("steps", None, "Sampling steps; default 28 (t2i), 50 (t2v, i2v).")
+flags.DEFINE_float("guidance", None, "t2i: distilled guidance scale (FLUX.1-dev; ignored by schnell), default "
+                   "3.5; t2v/i2v: classifier-free guidance scale (two passes when > 1), default 5.")
+flags.DEFINE_float("true_cfg", 1.0, "t2i: true classifier-free guidance scale; > 1 needs --negative_prompt.")
+flags.DEFINE_string("negative_prompt", None, "Negative prompt for true CFG (t2v/i2v: default '').")
 flags.DEFINE_integer("batch_size", 1, "Images per compiled sampling call.")
 flags.DEFINE_integer("seed", 0, "Seed of the first image; image i uses seed + i.")
 flags.DEFINE_integer("max_sequence_length", 512, "T5 tokens per prompt.")
@@ -77,7 +96,8 @@ def progress(done: int, total: int, started: float):
     width = 30
     filled = width * done // total
     rate = done / max(time.time() - started, 1e-9)
-    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} images, {rate:.2f} img/s")
+    unit, rate_unit = ("images", "img/s") if FLAGS.task == "t2i" else ("videos", "videos/s")
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {unit}, {rate:.2f} {rate_unit}")
     if done == total:
         sys.stderr.write("\n")
     sys.stderr.flush()
@@ -121,9 +141,49 @@ def check_flags(pipeline_is_world: bool):
                              "--search_backward, --steps)") from e
 
 
+def resolve_task_defaults():
+    """Flags left unset take the task's defaults (FLUX's for t2i, Wan 2.1's for video)."""
+    for name, value in TASK_DEFAULTS[FLAGS.task].items():
+        if getattr(FLAGS, name) is None:
+            setattr(FLAGS, name, value)
+
+
+def main_video(prompts: list[str]):
+    """--task=t2v|i2v with a Wan pipeline folder (rdance.run.video)."""
+    from rdance.diffusion import wan_pipeline
+    from rdance.run.video import generate_videos
+    i2v = FLAGS.task == "i2v"
+    if i2v and not FLAGS.image:
+        raise app.UsageError("--task=i2v needs --image=PATH (the video's first frame)")
+    if FLAGS.image and not i2v:
+        raise app.UsageError("--image is the first frame of --task=i2v; drop it or pass --task=i2v")
+    if FLAGS.image and not Path(FLAGS.image).is_file():
+        raise app.UsageError(f"--image {FLAGS.image} does not exist")
+    if FLAGS.search != "none" or FLAGS.verifier or FLAGS.batch_size != 1 or FLAGS.true_cfg != 1.0:
+        raise app.UsageError("--search, --verifier, --batch_size and --true_cfg are for --task=t2i; video uses "
+                             "--guidance (with --negative_prompt) and one video per prompt")
+    try:
+        wan_pipeline.preflight(FLAGS.pipeline, image_given=i2v, num_frames=FLAGS.num_frames, height=FLAGS.height,
+                               width=FLAGS.width)
+    except (ValueError, FileNotFoundError) as e:
+        raise app.UsageError(f"{e} (flags --task, --pipeline, --num_frames, --height, --width)") from e
+    out_dir = Path(FLAGS.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pipe = wan_pipeline.WanSampler.from_pretrained(FLAGS.pipeline, dtype=FLAGS.dtype or None)
+    settings = dict(num_frames=FLAGS.num_frames, height=FLAGS.height, width=FLAGS.width, num_steps=FLAGS.steps,
+                    guidance_scale=FLAGS.guidance, max_sequence_length=FLAGS.max_sequence_length)
+    n = generate_videos(pipe, prompts, out_dir, image=FLAGS.image, image_path=FLAGS.image, settings=settings,
+                        seed=FLAGS.seed, negative_prompt=FLAGS.negative_prompt, fps=FLAGS.fps,
+                        pipeline=str(FLAGS.pipeline), progress=progress)
+    logging.info("wrote %d videos to %s", n, out_dir)
+
+
 def main(argv):
     del argv
     prompts = read_prompts()
+    resolve_task_defaults()
+    if FLAGS.task != "t2i":
+        return main_video(prompts)
     world = is_world_folder(FLAGS.pipeline)
     check_flags(world)
     out_dir = Path(FLAGS.out_dir)

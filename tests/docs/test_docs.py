@@ -13,9 +13,9 @@ import pytest
 
 from tests.docs.commands import REPO, doc_files, documented_commands
 
-# Each documented entrypoint -> the test file that runs it as a user types it (a subprocess of
-# `python -m ...`, the console script, or launch/tpu.py). "demo" means a stage of the demo's CI
-# variant runs it (tests/jobs/test_demo.py, and .ci/run in a fresh venv).
+# Each documented entrypoint -> the test file (or files, each of which must run it) that runs it
+# as a user types it (a subprocess of `python -m ...`, the console script, or launch/tpu.py).
+# "demo" means a stage of the demo's CI variant runs it (tests/jobs/test_demo.py, and .ci/run in a fresh venv).
 RUN_BY = {
     "rdance.run.demo": "tests/jobs/test_demo.py",
     "rdance.run.ablate": "tests/jobs/test_ablate.py",
@@ -24,7 +24,7 @@ RUN_BY = {
     "rdance.run.train_reward": "tests/reward/test_train_reward.py",
     "rdance.run.score": "tests/run/test_score_cli.py",
     "rdance.run.preference_set": "tests/data/test_readme_commands.py",
-    "rdance.run.generate": "tests/models/flux/test_generate.py",
+    "rdance.run.generate": ("tests/models/flux/test_generate.py", "tests/models/wan/test_generate.py"),
     "rdance.run.evaluate": "tests/run/test_evaluate.py",
     "rdance.run.finetune": "tests/train/conftest.py",
     "rdance.run.pretrain_generator": "demo",
@@ -54,12 +54,13 @@ def test_every_documented_command_is_run_by_a_test(entry):
     where = [c.where for c in COMMANDS if c.entry == entry]
     assert entry in RUN_BY, (f"`{entry}` is shown in {', '.join(sorted(set(where)))} but no test runs it: add a "
                              f"tiny-scale test that runs it as a user types it and name it in RUN_BY")
-    test_file = RUN_BY[entry]
-    if test_file == "demo":
+    test_files = RUN_BY[entry]
+    if test_files == "demo":
         assert entry in demo_stage_modules(), f"{entry} is no longer a stage of the demo: give it its own test"
         return
-    text = open(os.path.join(REPO, test_file)).read()
-    assert f'"{entry}"' in text or f"'{entry}'" in text, f"{test_file} does not run `{entry}`"
+    for test_file in (test_files,) if isinstance(test_files, str) else test_files:
+        text = open(os.path.join(REPO, test_file)).read()
+        assert f'"{entry}"' in text or f"'{entry}'" in text, f"{test_file} does not run `{entry}`"
 
 
 def help_command(entry: str) -> list[str]:
