@@ -15,7 +15,7 @@ import time
 import numpy as np
 import portpicker
 
-from tests.conftest import REPO
+from tests.conftest import REPO, cpu_xla_flags
 
 SLICE = ["--name=rd", "--project=rdance-test", "--zone=us-east5-a", "--accelerator=v5p-16"]
 BUCKET = "gs://rdance-test/pod"
@@ -31,7 +31,7 @@ def losses(workdir):
 
 def cpu_env(devices, **extra):
     env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **extra)
+               XLA_FLAGS=cpu_xla_flags(devices), **extra)
     env.pop("PYTEST_CURRENT_TEST", None)
     return env
 

@@ -17,22 +17,31 @@ def _grad(model, args, call):
         return jax.grad(lambda x: call(nnx.merge(graphdef, state), x).sum())(args)
 
 
-@pytest.mark.parametrize("name", list(POLICIES))
-def test_transformer_gradients_match_without_remat(flux_pipe, rng, name):
-    args = inputs(rng)
-    call = lambda m, x: m(**dict(args, hidden_states=x))  # noqa: E731
-    want = _grad(load_transformer(flux_pipe[0] / "transformer", remat="none"), args["hidden_states"], call)
-    got = _grad(load_transformer(flux_pipe[0] / "transformer", remat=name), args["hidden_states"], call)
+# Each case: (loader, folder, input, call); the no-remat gradient is computed once per case.
+CASES = {
+    "transformer": (load_transformer, "transformer", lambda rng: inputs(rng),
+                    lambda args: (args["hidden_states"], lambda m, x: m(**dict(args, hidden_states=x)))),
+    "vae": (load_vae, "vae", lambda rng: rng.standard_normal((1, 4, 8, 8)).astype(np.float32),
+            lambda z: (z, lambda m, z: m.decode_latents(z))),
+}
+
+
+@pytest.fixture(scope="module")
+def without_remat(flux_pipe):
+    """Per case: the input, the call, and the gradient without remat."""
+    out = {}
+    for case, (load, folder, make, split) in CASES.items():
+        x, call = split(make(np.random.default_rng(0)))
+        out[case] = (x, call, _grad(load(flux_pipe[0] / folder, remat="none"), x, call))
+    return out
+
+
+@pytest.mark.parametrize("name", [n for n in POLICIES if n != "none"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_gradients_match_without_remat(flux_pipe, without_remat, case, name):
+    x, call, want = without_remat[case]
+    got = _grad(CASES[case][0](flux_pipe[0] / CASES[case][1], remat=name), x, call)
     assert np.abs(want).max() > 0
-    np.testing.assert_allclose(got, want, atol=1e-5)
-
-
-@pytest.mark.parametrize("name", list(POLICIES))
-def test_vae_decode_gradients_match_without_remat(flux_pipe, rng, name):
-    z = rng.standard_normal((1, 4, 8, 8)).astype(np.float32)
-    call = lambda m, z: m.decode_latents(z)  # noqa: E731
-    want = _grad(load_vae(flux_pipe[0] / "vae", remat="none"), z, call)
-    got = _grad(load_vae(flux_pipe[0] / "vae", remat=name), z, call)
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
