@@ -16,7 +16,7 @@ from rdance.data.records import PreferenceRecord
 from rdance.world.motion import (FRAMES, MOTION_KINDS, MOTIONS, OPPOSITE, MotionScene, draw_path, plan,
                                  sample_motion_scene)
 from rdance.world.motion_judge import judge_clip
-from rdance.world.pairs import rationale_of
+from rdance.world.pairs import judged_pair
 from rdance.world.prompts import COLOURS, SHAPES, ObjectSpec
 from rdance.world.render import mistaken_scene
 
@@ -72,20 +72,11 @@ def make_clip_pair(index: int, seed: int, size: int, frames: int, label_noise: f
     drawn from {faithful, each mistake} and ranked by the motion judge's score."""
     rng = np.random.default_rng([seed, index])
     mscene = sample_motion_scene(rng, kinds)
-    options = [None, *possible_clip_mistakes(mscene)]
-    while True:
-        choice = [options[rng.integers(len(options))] for _ in range(2)]
-        if rng.random() < clean_share:
-            choice = [None, options[1 + rng.integers(len(options) - 1)]][::rng.choice([-1, 1])]
-        clips = [render_clip_variant(mscene, m, size, frames, rng) for m in choice]
-        verdicts = [judge_clip(c, mscene) for c in clips]
-        if verdicts[0].score != verdicts[1].score:  # ties carry no preference
-            break
-    winner = int(verdicts[1].score > verdicts[0].score)
-    rationale = rationale_of(verdicts[winner], verdicts[1 - winner])
-    if rng.random() < label_noise:
-        winner = 1 - winner
-    return PreferenceRecord(prompt=mscene.prompt, images=tuple(clips), label=winner,
+    clips, winner, rationale = judged_pair(
+        rng, [None, *possible_clip_mistakes(mscene)], lambda options: options[rng.integers(len(options))],
+        lambda mistake: render_clip_variant(mscene, mistake, size, frames, rng), lambda clip: judge_clip(clip, mscene),
+        clean_share, label_noise)
+    return PreferenceRecord(prompt=mscene.prompt, images=clips, label=winner,
                             criteria=MOTION_CRITERIA, rationale=rationale)
 
 

@@ -62,21 +62,31 @@ def make_pair(index: int, seed: int, size: int, label_noise: float, kinds=KINDS,
     """
     rng = np.random.default_rng([seed, index])
     scene = sample_scene(rng, kinds)
-    mistakes = [None, *possible_mistakes(scene)]
+    images, winner, rationale = judged_pair(
+        rng, [None, *possible_mistakes(scene)], lambda options: _draw(rng, options, mistake_weights),
+        lambda mistake: render_variant(scene, mistake, size, rng), lambda image: judge(image, scene),
+        clean_share, label_noise)
+    return PreferenceRecord(prompt=scene.prompt, images=images, label=winner,
+                            criteria=ALIGNMENT_CRITERIA, rationale=rationale)
+
+
+def judged_pair(rng, options, draw, render, judge_one, clean_share: float, label_noise: float):
+    """Two renders of ``options`` (None = faithful, else a mistake), drawn until the judge tells
+    them apart (ties carry no preference): (renders, index of the better one, rationale), the
+    label flipped with probability ``label_noise``. Still images and clips share it."""
     while True:
-        choice = [_draw(rng, mistakes, mistake_weights) for _ in range(2)]
+        choice = [draw(options) for _ in range(2)]
         if rng.random() < clean_share:
-            choice = [None, _draw(rng, mistakes[1:], mistake_weights)][::rng.choice([-1, 1])]
-        images = [render_variant(scene, m, size, rng) for m in choice]
-        verdicts = [judge(im, scene) for im in images]
-        if verdicts[0].score != verdicts[1].score:  # ties carry no preference
+            choice = [None, draw(options[1:])][::rng.choice([-1, 1])]
+        renders = [render(m) for m in choice]
+        verdicts = [judge_one(r) for r in renders]
+        if verdicts[0].score != verdicts[1].score:
             break
     winner = int(verdicts[1].score > verdicts[0].score)
     rationale = rationale_of(verdicts[winner], verdicts[1 - winner])
     if rng.random() < label_noise:
         winner = 1 - winner
-    return PreferenceRecord(prompt=scene.prompt, images=tuple(images), label=winner,
-                            criteria=ALIGNMENT_CRITERIA, rationale=rationale)
+    return tuple(renders), winner, rationale
 
 
 class PreferencePairs:

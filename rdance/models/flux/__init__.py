@@ -31,7 +31,9 @@ PIPELINE_FILES = {"transformer": "transformer/config.json", "vae": "vae/config.j
 PIPELINE_CLASSES = ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline")
 
 
-def _load(path, cfg_cls, model_cls, torch_key, check, mesh, rules, runtime, **convert_kw):
+def load_model(path, cfg_cls, model_cls, torch_key, check, mesh, rules, runtime, **convert_kw):
+    """A diffusers/transformers model folder (config.json + safetensors) as ``model_cls``, its config
+    checked by ``check``, parameters placed on their shards as they are read (Wan's loaders too)."""
     raw = config.read_json(path)
     config.check_type(raw, path, **check)
     cfg = config.from_dict(cfg_cls, raw, **runtime)
@@ -41,22 +43,22 @@ def _load(path, cfg_cls, model_cls, torch_key, check, mesh, rules, runtime, **co
 
 
 def load_transformer(path, *, mesh=None, rules=sharding.DEFAULT_RULES, **runtime) -> transformer.FluxTransformer:
-    return _load(path, transformer.FluxConfig, transformer.FluxTransformer, transformer.torch_key,
+    return load_model(path, transformer.FluxConfig, transformer.FluxTransformer, transformer.torch_key,
                  dict(class_names=(transformer.CLASS_NAME,)), mesh, rules, runtime)
 
 
 def load_vae(path, *, mesh=None, rules=sharding.DEFAULT_RULES, **runtime) -> vae.AutoencoderKL:
-    return _load(path, vae.VAEConfig, vae.AutoencoderKL, vae.torch_key,
+    return load_model(path, vae.VAEConfig, vae.AutoencoderKL, vae.torch_key,
                  dict(class_names=(vae.CLASS_NAME,)), mesh, rules, runtime)
 
 
 def load_t5(path, *, mesh=None, rules=sharding.DEFAULT_RULES, **runtime) -> t5.T5Encoder:
-    return _load(path, t5.T5Config, t5.T5Encoder, t5.torch_key, dict(model_types=t5.MODEL_TYPES),
+    return load_model(path, t5.T5Config, t5.T5Encoder, t5.torch_key, dict(model_types=t5.MODEL_TYPES),
                  mesh, rules, runtime, tied=t5.TIED)
 
 
 def load_clip(path, *, mesh=None, rules=sharding.DEFAULT_RULES, **runtime) -> clip.CLIPTextModel:
-    return _load(path, clip.CLIPTextConfig, clip.CLIPTextModel, clip.torch_key,
+    return load_model(path, clip.CLIPTextConfig, clip.CLIPTextModel, clip.torch_key,
                  dict(model_types=clip.MODEL_TYPES), mesh, rules, runtime, rename=clip.normalise_key)
 
 

@@ -16,17 +16,8 @@ from flax import nnx
 
 from rdance.core import sharding
 from rdance.models import convert
-from rdance.models.flux import config
+from rdance.models.flux import config, load_model
 from rdance.models.wan import transformer, umt5, vae
-
-
-def _load_model(path, cfg_cls, model_cls, torch_key, check, mesh, rules, runtime, **convert_kw):
-    raw = config.read_json(path)
-    config.check_type(raw, path, **check)
-    cfg = config.from_dict(cfg_cls, raw, **runtime)
-    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: model_cls(cfg, rngs=nnx.Rngs(0))))
-    shardings = None if mesh is None else sharding.state_shardings(abstract, mesh, rules)
-    return nnx.merge(graphdef, convert.load_state(path, abstract, torch_key, shardings, **convert_kw))
 
 
 def _export_diffusers(model, path, torch_key, class_name, max_shard_bytes) -> Path:
@@ -37,20 +28,20 @@ def _export_diffusers(model, path, torch_key, class_name, max_shard_bytes) -> Pa
 
 def load_transformer(path, *, mesh=None, rules=sharding.DEFAULT_RULES, **runtime) -> transformer.WanTransformer:
     """A diffusers WanTransformer3DModel folder (``<pipeline>/transformer``), T2V or I2V."""
-    return _load_model(path, transformer.WanConfig, transformer.WanTransformer, transformer.torch_key,
+    return load_model(path, transformer.WanConfig, transformer.WanTransformer, transformer.torch_key,
                        dict(class_names=(transformer.CLASS_NAME,)), mesh, rules, runtime,
                        unused=transformer.UNUSED_KEYS)
 
 
 def load_umt5(path, *, mesh=None, rules=sharding.DEFAULT_RULES, **runtime) -> umt5.UMT5Encoder:
     """A transformers UMT5EncoderModel folder (``<pipeline>/text_encoder``)."""
-    return _load_model(path, umt5.UMT5Config, umt5.UMT5Encoder, umt5.torch_key,
+    return load_model(path, umt5.UMT5Config, umt5.UMT5Encoder, umt5.torch_key,
                        dict(model_types=umt5.MODEL_TYPES), mesh, rules, runtime, tied=umt5.TIED)
 
 
 def load_vae(path, *, mesh=None, rules=sharding.DEFAULT_RULES, **runtime) -> vae.AutoencoderKLWan:
     """A diffusers AutoencoderKLWan folder (``<pipeline>/vae``)."""
-    return _load_model(path, vae.WanVAEConfig, vae.AutoencoderKLWan, vae.torch_key,
+    return load_model(path, vae.WanVAEConfig, vae.AutoencoderKLWan, vae.torch_key,
                        dict(class_names=(vae.CLASS_NAME,)), mesh, rules, runtime)
 
 
