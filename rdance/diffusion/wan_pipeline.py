@@ -88,14 +88,20 @@ def check_task(path, image_to_video: bool, image_given: bool):
                          "WanImageToVideoPipeline folder (e.g. Wan-AI/Wan2.1-I2V-14B-480P-Diffusers)")
 
 
-def preflight(path, *, image_given: bool, num_frames: int, height: int, width: int):
-    """The checks of :meth:`WanSampler.check` from the folder's JSON files alone, so a command
-    fails in a second instead of after loading 14B parameters."""
-    path = Path(path)
+def read_index(path: Path) -> dict:
+    """The folder's model_index.json, refused unless it names a Wan pipeline."""
     index = cfglib.read_json(path, "model_index.json")
     if index.get("_class_name") not in (T2V, I2V):
         raise cfglib.CheckpointTypeError(f"{path} is a {index.get('_class_name')} folder, not a Wan pipeline "
                                          f"({T2V} or {I2V}, e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers)")
+    return index
+
+
+def preflight(path, *, image_given: bool, num_frames: int, height: int, width: int):
+    """The checks of :meth:`WanSampler.check` from the folder's JSON files alone, so a command
+    fails in a second instead of after loading 14B parameters."""
+    path = Path(path)
+    read_index(path)
     transformer, vae = cfglib.read_json(path / "transformer"), cfglib.read_json(path / "vae")
     stride = 2 ** sum(map(bool, vae.get("temperal_downsample", (False, True, True))))
     spatial = 2 ** (len(vae.get("dim_mult", (1, 2, 4, 4))) - 1)
@@ -147,10 +153,7 @@ class WanSampler:
         transformer's compute dtype (parameters stay as stored)."""
         from transformers import AutoTokenizer
         path = Path(path)
-        index = cfglib.read_json(path, "model_index.json")
-        if index.get("_class_name") not in (T2V, I2V):
-            raise cfglib.CheckpointTypeError(f"{path} is a {index.get('_class_name')} folder, not a Wan pipeline "
-                                             f"({T2V} or {I2V}, e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers)")
+        index = read_index(path)
         place = dict(mesh=mesh, rules=rules, attention=attention)
         transformer = load_transformer(path / "transformer", dtype=dtype, **place)
         scheduler = cfglib.read_json(path / "scheduler", "scheduler_config.json")

@@ -2,7 +2,7 @@
 loop's prompt-file eval (rdance.train.prompt_eval) share, so the two give the same numbers for
 the same parameters and noise.
 
-* :func:`sample_plan`: which noise each sample gets. Sample k of prompt p is row p - start of the
+* :func:`sample_grid`: every sample of every prompt, drawn call by call; which noise each gets: Sample k of prompt p is row p - start of the
   call for the ``batch_size`` prompts starting at ``start``, with seed ``seed + k * 1_000_003 +
   start`` (its noise: ``per_sample_normal(key(that seed), row)``, as
   rdance.diffusion.search.Searcher draws it for plain sampling).
@@ -11,19 +11,23 @@ the same parameters and noise.
 """
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 SEED_STRIDE = 1_000_003   # between sample k and k + 1 of the same prompt
 
 
-def sample_plan(num_prompts: int, samples_per_prompt: int, batch_size: int, seed: int
-                ) -> Iterator[tuple[int, int, int]]:
-    """(k, start, call seed) of every sampling call: prompts start..start+batch_size-1, sample k."""
-    for k in range(samples_per_prompt):
-        for start in range(0, num_prompts, batch_size):
-            yield k, start, seed + k * SEED_STRIDE + start
+def sample_grid(num_prompts: int, samples_per_prompt: int, batch_size: int, seed: int,
+                draw: Callable[[int, int, int], np.ndarray]) -> np.ndarray:
+    """[P, K, ...]: ``draw(start, stop, call_seed)`` gives sample k of prompts start..stop-1, with
+    call_seed = seed + k * SEED_STRIDE + start."""
+    chunks = []
+    for start in range(0, num_prompts, batch_size):
+        stop = min(start + batch_size, num_prompts)
+        chunks.append(np.stack([draw(start, stop, seed + k * SEED_STRIDE + start)
+                                for k in range(samples_per_prompt)], axis=1))
+    return np.concatenate(chunks)
 
 
 def score_samples(images: np.ndarray, prompts: Sequence[str], rm=None, criteria: Sequence[str] = (),

@@ -40,7 +40,7 @@ from absl import app, flags, logging
 
 from rdance.core import console
 from rdance.reward.gsb import gsb_verdicts
-from rdance.reward.prompt_eval import sample_plan, score_samples
+from rdance.reward.prompt_eval import sample_grid, score_samples
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("generators", None, "LABEL=FOLDER pairs (FluxPipeline or world generator folders).", required=True)
@@ -79,12 +79,10 @@ def parse_generators(pairs: list[str]) -> dict[str, str]:
 
 
 def sample_all(opened, prompts: list[str]) -> np.ndarray:
-    """uint8 [P, K, H, W, 3]: sample k of prompt p with the noise rdance.reward.prompt_eval.sample_plan
+    """uint8 [P, K, H, W, 3]: sample k of prompt p with the noise rdance.reward.prompt_eval.sample_grid
     gives it (the fine-tuning loop's prompt-file eval draws the same)."""
-    images = [[None] * FLAGS.samples_per_prompt for _ in range(0, len(prompts), FLAGS.batch_size)]
-    for k, start, seed in sample_plan(len(prompts), FLAGS.samples_per_prompt, FLAGS.batch_size, FLAGS.seed):
-        images[start // FLAGS.batch_size][k] = opened.sample(prompts[start:start + FLAGS.batch_size], seed=seed).images
-    return np.concatenate([np.stack(chunk, axis=1) for chunk in images])
+    return sample_grid(len(prompts), FLAGS.samples_per_prompt, FLAGS.batch_size, FLAGS.seed,
+                       lambda start, stop, seed: opened.sample(prompts[start:stop], seed=seed).images)
 
 
 def write_geneval(folder: Path, items, images: np.ndarray) -> None:

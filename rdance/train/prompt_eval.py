@@ -5,7 +5,7 @@ hold (EMA unless ``export.use_ema`` is off) draw ``eval.samples`` samples of eac
 ``eval.prompts`` (text, GenEval JSONL, DrawBench CSV, PartiPrompts TSV: rdance.data.prompt_sets)
 with the same noise every time: sample k of the prompts starting at s draws the noise
 ``rdance.run.evaluate --seed=eval.seed --batch_size=eval.batch_size`` draws
-(rdance.reward.prompt_eval.sample_plan), so each eval equals that command on the exported
+(rdance.reward.prompt_eval.sample_grid), so each eval equals that command on the exported
 generator. They are scored by a pointwise or regressive RM folder (``eval.rm``, each of
 ``eval.criteria``: ``eval/rm/<criteria>``) and/or a CLIP folder (``eval.clip``:
 ``eval/clip_score``), the means over prompts and samples; the last eval's samples are written to
@@ -19,7 +19,7 @@ import numpy as np
 
 from rdance.core.config_checks import ConfigValueError
 from rdance.data.prompt_sets import PromptFileError, read_prompt_set
-from rdance.reward.prompt_eval import sample_plan, score_samples
+from rdance.reward.prompt_eval import sample_grid, score_samples
 from rdance.train.generator_eval import Sampler
 from rdance.train.loop import due
 from rdance.train.metrics import MetricWriter
@@ -88,13 +88,11 @@ class PromptFileEval:
     def samples(self, trainable) -> np.ndarray:
         """uint8 [P, K, H, W, 3] of ``trainable``, noise as ``rdance.run.evaluate`` draws it."""
         e = self.config.eval
-        chunks = [[None] * e.samples for _ in range(0, len(self.prompts), e.batch_size)]
-        for k, start, seed in sample_plan(len(self.prompts), e.samples, e.batch_size, e.seed):
-            rows = slice(start, start + e.batch_size)
-            tokens = {name: v[rows] for name, v in self.tokens.items()}
-            ids = np.arange(len(self.prompts[rows]))
-            chunks[start // e.batch_size][k] = self.sampler(trainable, self.frozen, tokens, ids, seed=seed)
-        return np.concatenate([np.stack(chunk, axis=1) for chunk in chunks])
+
+        def draw(start, stop, seed):
+            tokens = {name: v[start:stop] for name, v in self.tokens.items()}
+            return self.sampler(trainable, self.frozen, tokens, np.arange(stop - start), seed=seed)
+        return sample_grid(len(self.prompts), e.samples, e.batch_size, e.seed, draw)
 
     def __call__(self, state, step: int) -> dict[str, float]:
         images = self.samples(getattr(state, self.which))
