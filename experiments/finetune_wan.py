@@ -5,7 +5,7 @@ reward model that judges clips.
         --config.generator.path=/ckpt/Wan2.1-T2V-1.3B-Diffusers --config.reward.path=/ckpt/rm-video-2b/export \\
         --config.data.prompt_file=/data/video_prompts.txt --distributed
 
-The argument names the generator, 1.3b or 14b, optionally with the RM size after a '+'
+The argument names the generator, 1.3b or 14b (or tiny: toy sizes for a fit check in seconds), optionally with the RM size after a '+'
 (``1.3b+8b``; defaults 2b for 1.3b and 8b for 14b): an InternVL3 RM trained on clips with
 experiments/rm_internvl3.py:SIZE and ``rm.video_frames`` (8 here, picked ``uniform``ly from the
 first frame to the last; the RM folder's reward_config.json says what it was trained with). The
@@ -53,6 +53,33 @@ def architecture(size: str) -> dict:
     return dict(SHARED, transformer=transformer)
 
 
+# 'tiny': Wan's and InternVL3's structure at toy sizes (9 frames of 32x32, a 3-level VAE, one
+# transformer block, a one-layer RM seeing 2 frames), so the fit check of the whole step compiles
+# in seconds (tests/models/wan/test_wan_fit_check.py runs it).
+TINY = dict(
+    transformer=dict(_class_name="WanTransformer3DModel", patch_size=[1, 2, 2], num_attention_heads=2,
+                     attention_head_dim=16, in_channels=4, out_channels=4, text_dim=32, freq_dim=32, ffn_dim=64,
+                     num_layers=1, rope_max_seq_len=32),
+    vae=dict(_class_name="AutoencoderKLWan", base_dim=4, z_dim=4, dim_mult=[1, 1, 1], num_res_blocks=1,
+             temperal_downsample=[True, True], latents_mean=[0.0] * 4, latents_std=[1.0] * 4),
+    text_encoder=dict(model_type="umt5", vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4,
+                      relative_attention_num_buckets=8, relative_attention_max_distance=16,
+                      feed_forward_proj="gated-gelu"),
+    scheduler=SHARED["scheduler"],
+)
+TINY_RM = dict(
+    config=dict(model_type="internvl", downsample_ratio=0.5, projector_hidden_act="gelu", tie_word_embeddings=True,
+                vision_feature_layer=-1, vision_feature_select_strategy="default",
+                vision_config=dict(model_type="internvl_vision", hidden_size=32, num_hidden_layers=1,
+                                   num_attention_heads=2, intermediate_size=64, image_size=[32, 32], patch_size=[8, 8],
+                                   norm_type="layer_norm", use_qk_norm=False, use_mean_pooling=True,
+                                   layer_scale_init_value=0.1),
+                text_config=dict(model_type="qwen2", vocab_size=1024, hidden_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=1, intermediate_size=64,
+                                 max_position_embeddings=512, rope_theta=10000.0, rms_norm_eps=1e-6,
+                                 hidden_act="silu", tie_word_embeddings=True)),
+    reward_config=dict(max_prompt_tokens=120, max_tiles=1, video_frames=2, video_sampling="uniform"))
+
 RM_SIZE = {"1.3b": "2b", "14b": "8b"}
 VIDEO_FRAMES = 8
 # Prompts x samples per step, and the micro-batches they are split into.
@@ -61,8 +88,11 @@ BATCH = {"1.3b": (8, 2), "14b": (16, 4)}
 
 def get_config(arg: str | None = "1.3b") -> ml_collections.ConfigDict:
     size, _, rm_size = (arg or "1.3b").lower().partition("+")
+    if size == "tiny":
+        return tiny()
     if size not in TRANSFORMER:
-        raise ValueError(f"Wan size {size!r}: use one of {sorted(TRANSFORMER)} (optionally +RM size, e.g. 1.3b+8b)")
+        raise ValueError(f"Wan size {size!r}: use one of {sorted(TRANSFORMER)} or tiny (optionally +RM size, "
+                         "e.g. 1.3b+8b)")
     rm_size = rm_size or RM_SIZE[size]
     c = finetune_smoke.get_config()
     c.algo = "refl"
@@ -87,4 +117,15 @@ def get_config(arg: str | None = "1.3b") -> ml_collections.ConfigDict:
     c.monitor.update(dict(window=200, eval_every=0, eval_params="ema", eval_chunk=8, grid_every=100,
                           grid_size=8, grid_columns=1))
     c.train.update(dict(steps=2000, log_every=10, checkpoint_every=100, keep_checkpoints=3))
+    return c
+
+
+def tiny() -> ml_collections.ConfigDict:
+    """The 1.3b recipe at toy sizes (TINY, TINY_RM): 2 prompts x 2 samples of 9 frames of 32x32."""
+    c = get_config("1.3b")
+    c.generator.update(dict(path="/path/to/tiny-wan", num_frames=9, height=32, width=32, max_sequence_length=8,
+                            architecture=TINY))
+    c.reward.update(dict(path="/path/to/tiny-rm", architecture=TINY_RM))
+    c.sampler.num_steps, c.refl.window = 4, 2
+    c.data.global_batch_size, c.optim.grad_accum_steps, c.monitor.window = 4, 1, 4
     return c
