@@ -20,6 +20,13 @@ from rdance.diffusion.wan_pipeline import WanSampler  # noqa: E402
 from tests.models.wan.test_transformer import _diffusers_load  # noqa: E402
 
 SIZE = dict(num_frames=5, height=32, width=16)
+# Unoptimised machine code: these programs run once (tests/train/conftest.py's TINY does the same).
+FAST_COMPILE = dict(xla_backend_optimization_level=0, xla_llvm_disable_expensive_passes=True)
+
+
+def run_once(fn, *args):
+    """``fn(*args)`` compiled as one program (eager nnx calls would compile op by op)."""
+    return jax.jit(fn).lower(*args).compile(compiler_options=FAST_COMPILE)(*args)
 
 
 def section(folder, **overrides):
@@ -55,9 +62,12 @@ def test_open_wan_real_and_abstract_agree(opened):
 def test_decode_and_encode_clips(opened):
     _, _, gen, _ = opened
     latents = jax.random.normal(jax.random.key(0), (2, *gen.latent_shape))
-    clips = gen.decode(gen.frozen, latents)
+
+    def round_trip(frozen, latents):
+        clips = gen.decode(frozen, latents)
+        return clips, gen.encode(frozen, jnp.round(clips * 255).astype(jnp.uint8))
+    clips, encoded = run_once(round_trip, gen.frozen, latents)
     assert clips.shape == (2, 5, 32, 16, 3) and 0.0 <= float(clips.min()) and float(clips.max()) <= 1.0
-    encoded = gen.encode(gen.frozen, np.asarray(clips * 255, np.uint8))
     assert encoded.shape == (2, *gen.latent_shape) and bool(jnp.isfinite(encoded).all())
 
 
@@ -65,14 +75,18 @@ def test_velocity_is_wans_classifier_free_guidance(opened):
     """Guided: v_neg + 5 (v_pos - v_neg) with the negative prompt's UMT5 states; unguided (what
     the flow-matching losses fit): the prompt's velocity alone, timestep 1000 t."""
     _, mesh, gen, params = opened
-    model = nnx.merge(sharding.sharded_shapes(gen.make_model, mesh, sharding.DEFAULT_RULES)[0], params)
-    cond = gen.condition(model, gen.frozen, gen.tokenize(["a cat surfs", "a dog"]))
+    graphdef = sharding.sharded_shapes(gen.make_model, mesh, sharding.DEFAULT_RULES)[0]
     x = jax.random.normal(jax.random.key(1), (2, *gen.latent_shape))
-    with jax.default_matmul_precision("highest"):
+
+    def velocities(params, frozen, tokens, x):
+        model = nnx.merge(graphdef, params)
+        cond = gen.condition(model, frozen, tokens)
         v_pos = model(x, jnp.full((2,), 300.0), cond["text"])
         v_neg = model(x, jnp.full((2,), 300.0), jnp.repeat(cond["negative"], 2, axis=0))
-        guided = gen.velocity(model, cond)(x, 0.3)
-        plain = gen.velocity(model, cond, guided=False)(x, 0.3)
+        return v_pos, v_neg, gen.velocity(model, cond)(x, 0.3), gen.velocity(model, cond, guided=False)(x, 0.3)
+    with jax.default_matmul_precision("highest"):
+        v_pos, v_neg, guided, plain = run_once(velocities, params, gen.frozen,
+                                               gen.tokenize(["a cat surfs", "a dog"]), x)
     np.testing.assert_allclose(plain, v_pos, atol=1e-5)
     np.testing.assert_allclose(guided, v_neg + 5.0 * (v_pos - v_neg), atol=1e-4)
 
