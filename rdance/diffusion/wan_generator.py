@@ -16,7 +16,8 @@ diffusers' WanPipeline defaults to); the flow-matching losses fit the unguided v
 
 ``decode`` runs the whole clip through the VAE decoder: the decoder is causal in time, frame t
 depends on every latent frame up to its own through the feature cache, so the frames a reward
-model sees cannot be decoded alone; the port already decodes one latent frame at a time in a
+model sees cannot be decoded alone (only frames after the last one seen could be skipped, and
+'uniform' sampling sees the last frame); the port already decodes one latent frame at a time in a
 ``lax.scan`` (memory of one chunk), each block rematerialised (``vae_remat``, 'full' by default)
 so ReFL's gradient through the decode fits.
 
