@@ -1,9 +1,10 @@
 """ReFL (or reward-weighted fine-tuning) of Wan 2.1 text-to-video against a generative InternVL3
 reward model that judges clips.
 
-    python -m rdance.run.finetune --config=experiments/finetune_wan.py:1.3b --workdir=gs://bucket/wan-refl \\
-        --config.generator.path=/ckpt/Wan2.1-T2V-1.3B-Diffusers --config.reward.path=/ckpt/rm-video-2b/export \\
-        --config.data.prompt_file=/data/video_prompts.txt --distributed
+    python -m rdance.run.finetune --config=experiments/finetune_wan.py:1.3b \\
+        --workdir=gs://bucket/wan-refl --config.generator.path=/ckpt/Wan2.1-T2V-1.3B-Diffusers \\
+        --config.reward.path=/ckpt/rm-video-2b/export --config.data.prompt_file=/data/video_prompts.txt \\
+        --distributed
 
 The argument names the generator, 1.3b or 14b (or tiny: toy sizes for a fit check in seconds), optionally with the RM size after a '+'
 (``1.3b+8b``; defaults 2b for 1.3b and 8b for 14b): an InternVL3 RM trained on clips with

@@ -94,7 +94,8 @@ def build(prompts: Sequence[str], sample_fn: SampleFn, score_fn: ScoreFn, *, num
             pref[p, i, j] = score_fn(idx[p], candidates[p, i], candidates[p, j])
         w, soft = round_robin(pref)
         pick = select(w, soft, top_k, how)
-        images.append(np.take_along_axis(candidates, pick.reshape(pick.shape + (1,) * (candidates.ndim - 2)), axis=1))
+        per_sample_axes = (1,) * (candidates.ndim - 2)          # an image's or a clip's
+        images.append(np.take_along_axis(candidates, pick.reshape(pick.shape + per_sample_axes), axis=1))
         wins.append(w), prefs.append(soft), chosen.append(pick)
         logging.info("reference bank: %d/%d prompts", idx[-1] + 1, len(prompts))
     return ReferenceBank(np.concatenate(images), np.concatenate(wins), np.concatenate(prefs),

@@ -108,8 +108,9 @@ def rwr_weights(rewards: jax.Array, temperature: float, eps: float = 1e-6) -> ja
 def random_shift(images: jax.Array, key: jax.Array, ids: jax.Array, max_shift: int) -> jax.Array:
     """Translate each sample [n, ..., H, W, C] (an image, or a clip whose frames all move together)
     by its own random (dy, dx) in [-max_shift, max_shift], edges repeated. Scoring a randomly
-    shifted image (an expectation over translations, drawn once per sample and step) keeps ReFL from following an RM's gradient into patterns locked to
-    its patch grid, an adversarial direction no translation-invariant judge rewards."""
+    shifted image (an expectation over translations, drawn once per sample and step) keeps ReFL
+    from following an RM's gradient into patterns locked to its patch grid, an adversarial
+    direction no translation-invariant judge rewards."""
     if max_shift <= 0:
         return images
     lead = images.ndim - 4      # axes between the batch and (H, W, C): a clip's time axis
