@@ -8,10 +8,10 @@ reward model that judges clips.
 
 The argument names the generator, 1.3b or 14b (or tiny: the recipe at toy sizes, for tests),
 optionally with the RM size after a '+' (``1.3b+8b``; defaults 2b for 1.3b and 8b for 14b): an
-InternVL3 RM trained on clips with experiments/rm_internvl3.py:SIZE and ``rm.video_frames`` (8
-here, picked ``uniform``ly from the first frame to the last; the RM folder's reward_config.json
-says what it was trained with). The clip is Wan's 480x832 at 81 frames; each frame the RM sees is one 448px tile, so a pairwise
-question holds 2 x 8 x 258 image tokens.
+InternVL3 RM trained on clips with experiments/rm_internvl3.py:SIZE and ``rm.video_frames`` (8 here,
+picked ``uniform``ly from the first frame to the last; the RM folder's reward_config.json says what
+it was trained with). The clip is Wan's 480x832 at 81 frames; each frame the RM sees is one 448px
+tile, so a pairwise question holds 2 x 8 x 258 image tokens.
 
 Defaults: Wan's own sampling settings (guidance 5.0 with the empty negative prompt, the folder's
 flow shift, 3.0 at 480p) on 30 Euler steps, ReFL's gradient through the last of them at a step
