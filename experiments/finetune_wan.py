@@ -25,6 +25,10 @@ in for the folders, see docs/finetune.md):
 
     python -m rdance.run.fit_check --entry=rdance.run.finetune --config=experiments/finetune_wan.py:1.3b \\
         --topology=v5p:2x2x1
+
+It does not fit (bench/results/fit_check.md): 240.74 GiB of temporaries per chip there, and one
+81-frame sample per chip alone needs 112.20 GiB, so every slice needs a sample split over chips
+(sequence sharding) or shorter clips first.
 """
 import ml_collections
 
