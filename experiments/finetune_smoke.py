@@ -39,7 +39,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.algo = "refl"                     # refl | rwr
-    # kind: world (a rdance.run.pretrain_generator export) | flux (a diffusers FluxPipeline folder).
+    # kind: world (a rdance.run.pretrain_generator export) | flux (a diffusers FluxPipeline folder) |
+    # wan (a diffusers WanPipeline folder; experiments/finetune_wan.py adds its num_frames, negative_prompt, vae_remat).
     c.generator = dict(kind="world", path="", transformer_path="", height=32, width=32,
                        guidance_scale=3.5, max_sequence_length=512, dtype="", remat="none",
                        attention="auto",   # rdance.models.attention: auto, xla, chunked, cudnn, splash
