@@ -10,7 +10,8 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
+
+from timing import median_time
 
 
 def _configs():
@@ -26,16 +27,6 @@ def _configs():
     big = transformers.InternVLConfig(vision_config=vision, text_config=big_text,
                                       image_token_id=31999, image_seq_length=64)
     return small, big
-
-
-def _timed(fn, repeats):
-    fn()  # compile / warm up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
 
 
 def speed(threads: int, folder: str):
@@ -68,10 +59,10 @@ def speed(threads: int, folder: str):
             hf.generate(input_ids=t_ids, pixel_values=t_pix, attention_mask=t_mask, max_new_tokens=32,
                         min_new_tokens=32, do_sample=False, pad_token_id=0)
 
-    rows = [("forward, 128 tokens + 1 tile", _timed(hf_forward, 5),
-             _timed(lambda: jax.block_until_ready(model.logits(ids, pixels, mask)), 5)),
-            ("generate 32 tokens (greedy)", _timed(hf_generate, 3),
-             _timed(lambda: jax.block_until_ready(model.generate(ids, pixels, mask, max_new_tokens=32).tokens), 3))]
+    rows = [("forward, 128 tokens + 1 tile", median_time(hf_forward, 5),
+             median_time(lambda: jax.block_until_ready(model.logits(ids, pixels, mask)), 5)),
+            ("generate 32 tokens (greedy)", median_time(hf_generate, 3),
+             median_time(lambda: jax.block_until_ready(model.generate(ids, pixels, mask, max_new_tokens=32).tokens), 3))]
     return n_params, rows
 
 
