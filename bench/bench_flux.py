@@ -3,7 +3,8 @@
     python bench/bench_flux.py --threads=2 --size=256 --reps=3
 
 Both models are random, built by diffusers, saved with save_pretrained and loaded by rdance, so
-the two sides compute the same function (checked once per row). Prints one table.
+the two sides compute the same function (checked once per row; that call is each side's warm-up).
+Prints one table.
 """
 import os
 import tempfile
@@ -72,8 +73,8 @@ def main(argv):
 
     diff = np.abs(np.asarray(step(state, args)) - torch_step().numpy()).max()
     rows.append(("denoise step", f"{params / 1e6:.0f}M", f"{FLAGS.size}px, {tokens}+{FLAGS.text_tokens} tok",
-                 median_time(torch_step, FLAGS.reps),
-                 median_time(lambda: step(state, args), FLAGS.reps), diff))
+                 median_time(torch_step, FLAGS.reps, warm_up=False),
+                 median_time(lambda: step(state, args), FLAGS.reps, warm_up=False), diff))
     del ref, model, state
 
     # VAE decode of one latent.
@@ -91,8 +92,8 @@ def main(argv):
 
     diff = np.abs(np.asarray(decode(state, z)) - torch_decode().numpy()).max()
     rows.append(("VAE decode", f"{params / 1e6:.0f}M", f"{FLAGS.size}px",
-                 median_time(torch_decode, FLAGS.reps),
-                 median_time(lambda: decode(state, z), FLAGS.reps), diff))
+                 median_time(torch_decode, FLAGS.reps, warm_up=False),
+                 median_time(lambda: decode(state, z), FLAGS.reps, warm_up=False), diff))
 
     print_comparison(f"FLUX, CPU, {FLAGS.threads} threads, float32, batch 1, median of {FLAGS.reps} (after warm-up)",
                      rows)

@@ -9,7 +9,8 @@ input) with 2 of its 30 blocks (~100M parameters); the VAE is the Wan 2.1 VAE it
 diffusers, saved with save_pretrained and loaded by rdance.models.wan as WanSampler loads them,
 so the two sides compute the same function (checked once per row: max abs difference). A 17-frame
 256x256 clip is 5x32x32 latents, 1280 transformer tokens. The step is one transformer pass and
-an Euler update (classifier-free guidance runs two passes a step). Prints one table.
+an Euler update (classifier-free guidance runs two passes a step). The call that compares the
+two sides' outputs is each side's warm-up (jax compiles there). Prints one table.
 """
 import os
 import tempfile
@@ -22,7 +23,8 @@ flags.DEFINE_integer("threads", os.cpu_count(), "CPU threads for both PyTorch an
 flags.DEFINE_integer("size", 256, "Clip height and width in pixels (multiple of 16).")
 flags.DEFINE_integer("frames", 17, "Clip frames (4k+1: the VAE's time stride is 4).")
 flags.DEFINE_list("text_tokens", ["128", "512"], "UMT5 tokens of the denoising rows (Wan pads every prompt to 512).")
-flags.DEFINE_integer("reps", 3, "Timed repetitions (after one warm-up); the median is reported.")
+flags.DEFINE_integer("reps", 3, "Timed repetitions (after the warm-up call that compares outputs); the median "
+                     "is reported.")
 flags.DEFINE_bool("tiny", False, "Tiny random models instead (a quick check that the bench runs).")
 FLAGS = flags.FLAGS
 
@@ -88,8 +90,8 @@ def main(argv):
         diff = np.abs(np.asarray(step(state, x, t, text)) - torch_step().numpy()).max()
         rows.append((f"denoise step, {text_tokens} text", f"{params / 1e6:.3g}M",
                      f"{'x'.join(map(str, latent[2:]))} lat, {tokens}+{text_tokens} tok",
-                     median_time(torch_step, FLAGS.reps), median_time(lambda: step(state, x, t, text), FLAGS.reps),
-                     diff))
+                     median_time(torch_step, FLAGS.reps, warm_up=False),
+                     median_time(lambda: step(state, x, t, text), FLAGS.reps, warm_up=False), diff))
     del ref, model, state
 
     # VAE decode of the clip's latents (unnormalised, as AutoencoderKLWan.decode takes them).
@@ -107,7 +109,8 @@ def main(argv):
 
     diff = np.abs(np.asarray(decode(state, z)) - torch_decode().numpy()).max()
     rows.append(("VAE decode", f"{params / 1e6:.3g}M", f"-> {FLAGS.frames}x{FLAGS.size}x{FLAGS.size} px",
-                 median_time(torch_decode, FLAGS.reps), median_time(lambda: decode(state, z), FLAGS.reps), diff))
+                 median_time(torch_decode, FLAGS.reps, warm_up=False),
+                 median_time(lambda: decode(state, z), FLAGS.reps, warm_up=False), diff))
 
     print_comparison(f"Wan 2.1{' (tiny)' if FLAGS.tiny else ''}, CPU, {FLAGS.threads} threads, float32, batch 1, "
                      f"median of {FLAGS.reps} (after warm-up)", rows)

@@ -11,11 +11,13 @@ def use_cpu_threads(threads: int):
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
-def median_time(fn, reps: int) -> float:
-    """Median seconds of ``fn()`` over ``reps`` calls after one warm-up call (jax compiles there).
-    Each result is waited for (jax dispatches asynchronously; other values pass through)."""
+def median_time(fn, reps: int, warm_up: bool = True) -> float:
+    """Median seconds of ``fn()`` over ``reps`` calls after one warm-up call (jax compiles there;
+    ``warm_up=False`` when the caller has just called it, e.g. to compare outputs). Each result is
+    waited for (jax dispatches asynchronously; other values pass through)."""
     import jax
-    jax.block_until_ready(fn())
+    if warm_up:
+        jax.block_until_ready(fn())
     times = []
     for _ in range(reps):
         start = time.perf_counter()
