@@ -4,7 +4,7 @@
     python bench/bench_wan.py --threads=2 --size=256 --frames=17 --reps=3
 
 The transformer is Wan 2.1 1.3B's width (12 heads x 128 = 1536, FFN 8960, UMT5's 4096-wide text
-input) with 2 of its 30 blocks (~100M parameters); the VAE is the Wan 2.1 VAE itself
+input) with 2 of its 30 blocks (119M parameters); the VAE is the Wan 2.1 VAE itself
 (AutoencoderKLWan's defaults: base_dim 96, z_dim 16, 127M parameters). Both are random, built by
 diffusers, saved with save_pretrained and loaded by rdance.models.wan as WanSampler loads them,
 so the two sides compute the same function (checked once per row: max abs difference). A 17-frame
