@@ -16,9 +16,10 @@ tokens xla 119 ms forward / 212 ms forward+backward, chunked 61 / 198 ms; at 409
 """
 import os
 import sys
-import time
 
 from absl import app, flags
+
+from timing import median_time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -33,17 +34,6 @@ flags.DEFINE_string("dtype", "float32", "Input dtype.")
 flags.DEFINE_integer("reps", 3, "Timed repetitions after one warm-up; the median is reported.")
 flags.DEFINE_bool("causal", False, "Causal attention.")
 FLAGS = flags.FLAGS
-
-
-def median_time(fn, reps):
-    import jax
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
 
 
 def main(argv):

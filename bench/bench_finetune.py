@@ -20,9 +20,10 @@ the generator's graded step 0.18 s and the RM's forward and backward 0.21 s. Wit
 import os
 import sys
 import tempfile
-import time
 
 from absl import app, flags
+
+from timing import median_time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # experiments/
 
@@ -33,16 +34,6 @@ flags.DEFINE_integer("grad_steps", 1, "refl.grad_steps: Euler steps the gradient
                      "(the window grows to hold them).")
 flags.DEFINE_bool("tiny", False, "Random models of the demo's tiny CI sizes (a quick check that the bench runs).")
 FLAGS = flags.FLAGS
-
-
-def median_time(fn, reps):
-    fn()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
 
 
 def random_folders(tmp, tiny: bool = False):

@@ -3,14 +3,15 @@
     python bench/bench_flux.py --threads=2 --size=256 --reps=3
 
 Both models are random, built by diffusers, saved with save_pretrained and loaded by rdance, so
-the two sides compute the same function (checked once per row). Prints one table.
+the two sides compute the same function (checked once per row; that call is each side's warm-up).
+Prints one table.
 """
 import os
-import sys
 import tempfile
-import time
 
 from absl import app, flags
+
+from timing import median_time, print_comparison, use_cpu_threads
 
 flags.DEFINE_integer("threads", os.cpu_count(), "CPU threads for both PyTorch and XLA.")
 flags.DEFINE_integer("size", 256, "Image side in pixels.")
@@ -29,21 +30,9 @@ VAE = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D"
            shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False)
 
 
-def median_time(fn, reps):
-    fn()  # warm-up (compilation for jax)
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
-
-
 def main(argv):
     del argv
-    # Threads must be fixed before either runtime starts its pools.
-    os.environ["XLA_FLAGS"] = (f"--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads={FLAGS.threads}")
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    use_cpu_threads(FLAGS.threads)   # before jax is imported
     import jax
     import numpy as np
     import torch
@@ -84,8 +73,8 @@ def main(argv):
 
     diff = np.abs(np.asarray(step(state, args)) - torch_step().numpy()).max()
     rows.append(("denoise step", f"{params / 1e6:.0f}M", f"{FLAGS.size}px, {tokens}+{FLAGS.text_tokens} tok",
-                 median_time(torch_step, FLAGS.reps),
-                 median_time(lambda: step(state, args).block_until_ready(), FLAGS.reps), diff))
+                 median_time(torch_step, FLAGS.reps, warm_up=False),
+                 median_time(lambda: step(state, args), FLAGS.reps, warm_up=False), diff))
     del ref, model, state
 
     # VAE decode of one latent.
@@ -103,17 +92,11 @@ def main(argv):
 
     diff = np.abs(np.asarray(decode(state, z)) - torch_decode().numpy()).max()
     rows.append(("VAE decode", f"{params / 1e6:.0f}M", f"{FLAGS.size}px",
-                 median_time(torch_decode, FLAGS.reps),
-                 median_time(lambda: decode(state, z).block_until_ready(), FLAGS.reps), diff))
+                 median_time(torch_decode, FLAGS.reps, warm_up=False),
+                 median_time(lambda: decode(state, z), FLAGS.reps, warm_up=False), diff))
 
-    print(f"\nCPU, {FLAGS.threads} threads, float32, batch 1, median of {FLAGS.reps} (after warm-up)")
-    print(f"| {'what':<13} | params | {'input':<22} | diffusers s | rdance s | speed-up | max abs diff |")
-    print(f"|{'-' * 15}|--------|{'-' * 24}|-------------|----------|----------|--------------|")
-    for what, n, shape, t_ref, t_ours, diff in rows:
-        print(f"| {what:<13} | {n:>6} | {shape:<22} | {t_ref:>11.3f} | {t_ours:>8.3f} | {t_ref / t_ours:>7.2f}x "
-              f"| {diff:>12.1e} |")
-    sys.stdout.flush()
-
+    print_comparison(f"FLUX, CPU, {FLAGS.threads} threads, float32, batch 1, median of {FLAGS.reps} (after warm-up)",
+                     rows)
 
 if __name__ == "__main__":
     app.run(main)

@@ -10,7 +10,8 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
+
+from timing import median_time
 
 
 def _configs():
@@ -28,18 +29,7 @@ def _configs():
     return small, big
 
 
-def _timed(fn, repeats):
-    fn()  # compile / warm up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
-
-
 def speed(threads: int, folder: str):
-    import jax
     import numpy as np
     import torch
     import transformers
@@ -68,10 +58,10 @@ def speed(threads: int, folder: str):
             hf.generate(input_ids=t_ids, pixel_values=t_pix, attention_mask=t_mask, max_new_tokens=32,
                         min_new_tokens=32, do_sample=False, pad_token_id=0)
 
-    rows = [("forward, 128 tokens + 1 tile", _timed(hf_forward, 5),
-             _timed(lambda: jax.block_until_ready(model.logits(ids, pixels, mask)), 5)),
-            ("generate 32 tokens (greedy)", _timed(hf_generate, 3),
-             _timed(lambda: jax.block_until_ready(model.generate(ids, pixels, mask, max_new_tokens=32).tokens), 3))]
+    rows = [("forward, 128 tokens + 1 tile", median_time(hf_forward, 5),
+             median_time(lambda: model.logits(ids, pixels, mask), 5)),
+            ("generate 32 tokens (greedy)", median_time(hf_generate, 3),
+             median_time(lambda: model.generate(ids, pixels, mask, max_new_tokens=32).tokens, 3))]
     return n_params, rows
 
 

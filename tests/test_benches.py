@@ -25,6 +25,7 @@ def run_bench(*args: str) -> str:
     ("bench/bench_attention.py", ["--lengths=40", "--q_chunk=16", "--k_chunk=16", "--reps=1"], "| chunked | 40 |"),
     ("bench/bench_clip_world.py", ["--steps=0,2", "--pairs=8", "--batch_size=4", "--width=32", "--layers=1",
                                    "--heads=2", "--heldout_share=0.2"], "| 2 |"),
+    ("bench/bench_wan.py", ["--tiny", "--size=32", "--frames=5", "--text_tokens=16", "--reps=1"], "| VAE decode"),
     ("bench/bench_motion_judge.py", ["--prompts=3", "--sizes=32", "--frames=4"], "| 32 | faithful |"),
 ])
 def test_bench_prints_its_table(script, args, row):

@@ -226,11 +226,17 @@ class WanSampler:
         return (batch, cfg.z_dim, (num_frames - 1) // cfg.temporal_factor + 1, height // cfg.spatial_factor,
                 width // cfg.spatial_factor)
 
+    @staticmethod
+    def noise(seeds, shape) -> jax.Array:
+        """[len(seeds), *shape]: one independent Gaussian draw per seed."""
+        return jnp.stack([jax.random.normal(jax.random.key(int(s)), shape, jnp.float32) for s in seeds])
+
     def __call__(self, prompts, *, negative_prompts=None, image=None, num_frames: int = 81, height: int = 480,
                  width: int = 832, num_steps: int = 50, guidance_scale: float = 5.0, seed: int = 0,
                  latents=None, max_sequence_length: int = 512, output_type: str = "np"):
         """Videos uint8 [B, F, H, W, 3] (output_type 'np') or the final latents [B, z, T, h, w]
-        ('latent'); ``latents`` replaces the noise drawn from ``seed``."""
+        ('latent'). Video i's noise is drawn from ``seed + i`` alone, so a batch gives the videos
+        that its prompts give one by one from their seeds; ``latents`` replaces the noise."""
         prompts = check_prompts(prompts)
         self.check(num_frames, height, width, image is not None)
         if output_type not in ("np", "latent"):
@@ -245,7 +251,7 @@ class WanSampler:
             negative = self.encode_prompt(neg, max_sequence_length)
         shape = self.latent_shape(len(prompts), num_frames, height, width)
         if latents is None:
-            latents = jax.random.normal(jax.random.key(seed), shape, jnp.float32)
+            latents = self.noise(range(seed, seed + len(prompts)), shape[1:])
         elif tuple(np.shape(latents)) != shape:
             raise ValueError(f"latents of shape {tuple(np.shape(latents))}; this video needs {shape}")
         image_embeds = condition = None

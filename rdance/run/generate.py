@@ -10,7 +10,8 @@ Image i uses seed ``--seed + i``, so any single image can be regenerated from it
 Video (rdance.diffusion.wan_pipeline; frames as PNGs, an MP4 with ``pip install rdance[video]``):
 
     python -m rdance.run.generate --task=t2v --pipeline=/ckpt/Wan2.1-T2V-1.3B-Diffusers --out_dir=/tmp/v \
-        --prompts="a cat surfing" --num_frames=33 --height=480 --width=832 --steps=50 --guidance=5
+        --prompts="a cat surfing" --prompts="a dog skiing" --num_frames=33 --height=480 --width=832 \
+        --steps=50 --guidance=5 --batch_size=2
     python -m rdance.run.generate --task=i2v --pipeline=/ckpt/Wan2.1-I2V-14B-480P-Diffusers --out_dir=/tmp/v \
         --image=first.png --prompts="the cat jumps" --num_frames=33 --height=480 --width=832
 
@@ -61,7 +62,8 @@ flags.DEFINE_float("guidance", None, "t2i: distilled guidance scale (FLUX.1-dev;
                    "3.5; t2v/i2v: classifier-free guidance scale (two passes when > 1), default 5.")
 flags.DEFINE_float("true_cfg", 1.0, "t2i: true classifier-free guidance scale; > 1 needs --negative_prompt.")
 flags.DEFINE_string("negative_prompt", None, "Negative prompt for true CFG (t2v/i2v: default '').")
-flags.DEFINE_integer("batch_size", 1, "Images per compiled sampling call.")
+flags.DEFINE_integer("batch_size", 1, "Images (videos) per compiled sampling call; image (video) i uses seed + i "
+                     "whatever the batching.")
 flags.DEFINE_integer("seed", 0, "Seed of the first image; image i uses seed + i.")
 flags.DEFINE_integer("max_sequence_length", 512, "T5 tokens per prompt.")
 flags.DEFINE_enum("on_overflow", "warn", ["warn", "error"], "Prompt longer than the T5 limit: truncate "
@@ -159,9 +161,11 @@ def main_video(prompts: list[str]):
         raise app.UsageError("--image is the first frame of --task=i2v; drop it or pass --task=i2v")
     if FLAGS.image and not Path(FLAGS.image).is_file():
         raise app.UsageError(f"--image {FLAGS.image} does not exist")
-    if FLAGS.search != "none" or FLAGS.verifier or FLAGS.batch_size != 1 or FLAGS.true_cfg != 1.0:
-        raise app.UsageError("--search, --verifier, --batch_size and --true_cfg are for --task=t2i; video uses "
+    if FLAGS.search != "none" or FLAGS.verifier or FLAGS.true_cfg != 1.0:
+        raise app.UsageError("--search, --verifier and --true_cfg are for --task=t2i; video uses "
                              "--guidance (with --negative_prompt) and one video per prompt")
+    if FLAGS.batch_size < 1:
+        raise app.UsageError("--batch_size must be at least 1")
     try:
         wan_pipeline.preflight(FLAGS.pipeline, image_given=i2v, num_frames=FLAGS.num_frames, height=FLAGS.height,
                                width=FLAGS.width)
@@ -174,7 +178,7 @@ def main_video(prompts: list[str]):
                     guidance_scale=FLAGS.guidance, max_sequence_length=FLAGS.max_sequence_length)
     n = generate_videos(pipe, prompts, out_dir, image=FLAGS.image, image_path=FLAGS.image, settings=settings,
                         seed=FLAGS.seed, negative_prompt=FLAGS.negative_prompt, fps=FLAGS.fps,
-                        pipeline=str(FLAGS.pipeline), progress=progress)
+                        pipeline=str(FLAGS.pipeline), progress=progress, batch_size=FLAGS.batch_size)
     logging.info("wrote %d videos to %s", n, out_dir)
 
 

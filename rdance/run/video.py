@@ -1,6 +1,6 @@
 """Text/image to video for ``rdance.run.generate --task=t2v|i2v``: a Wan pipeline folder sampled
-prompt by prompt (video i from seed ``--seed + i``), each video written as PNG frames
-(``OUT/00000/0000.png`` ...) and, when imageio-ffmpeg is installed (``pip install rdance[video]``),
+``--batch_size`` prompts per call (video i from seed ``--seed + i`` whatever the batching), each
+video written as PNG frames (``OUT/00000/0000.png`` ...) and, when imageio-ffmpeg is installed (``pip install rdance[video]``),
 as ``OUT/00000.mp4``; one samples.jsonl line per video records what regenerates it."""
 from __future__ import annotations
 
@@ -41,22 +41,25 @@ def write_frames(folder: Path, frames: np.ndarray):
 
 
 def generate_videos(pipe, prompts: list[str], out_dir: Path, *, image, image_path, settings: dict, seed: int,
-                    negative_prompt: str | None, fps: int, pipeline: str, progress) -> int:
-    """Sample one video per prompt with ``pipe`` (a WanSampler); returns how many were written."""
+                    negative_prompt: str | None, fps: int, pipeline: str, progress, batch_size: int = 1) -> int:
+    """Sample one video per prompt with ``pipe`` (a WanSampler), ``batch_size`` prompts per
+    sampling call; returns how many were written."""
     mp4 = mp4_available()
     if not mp4:
         print(MP4_NOTE)
     started = time.time()
     with open(out_dir / "samples.jsonl", "a") as log:
-        for i, prompt in enumerate(prompts):
-            video = pipe([prompt], negative_prompts=None if negative_prompt is None else [negative_prompt],
-                         image=image, seed=seed + i, **settings)[0]
-            name = f"{i:05d}"
-            write_frames(out_dir / name, video)
-            if mp4:
-                write_mp4(out_dir / f"{name}.mp4", video, fps)
-            log.write(json.dumps(dict(frames=name, video=f"{name}.mp4" if mp4 else None, prompt=prompt,
-                                      seed=seed + i, negative_prompt=negative_prompt, image=image_path,
-                                      fps=fps, pipeline=pipeline, **settings)) + "\n")
-            progress(i + 1, len(prompts), started)
+        for start in range(0, len(prompts), batch_size):
+            batch = prompts[start:start + batch_size]
+            negative = None if negative_prompt is None else [negative_prompt] * len(batch)
+            videos = pipe(batch, negative_prompts=negative, image=image, seed=seed + start, **settings)
+            for i, (prompt, video) in enumerate(zip(batch, videos), start):
+                name = f"{i:05d}"
+                write_frames(out_dir / name, video)
+                if mp4:
+                    write_mp4(out_dir / f"{name}.mp4", video, fps)
+                log.write(json.dumps(dict(frames=name, video=f"{name}.mp4" if mp4 else None, prompt=prompt,
+                                          seed=seed + i, negative_prompt=negative_prompt, image=image_path,
+                                          fps=fps, pipeline=pipeline, **settings)) + "\n")
+            progress(start + len(batch), len(prompts), started)
     return len(prompts)

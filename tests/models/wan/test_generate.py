@@ -1,7 +1,8 @@
 """`python -m rdance.run.generate --task=t2v|i2v` as users type it (a subprocess) on the tiny
 saved Wan pipelines: PNG frames, an MP4 (imageio-ffmpeg), the JSONL line with its seed and
-settings; frames only with a one-line note when imageio-ffmpeg is missing; one-line errors for
-i2v without --image, a text-to-video folder used for i2v, and num_frames that is not 4k+1."""
+settings; --batch_size videos per call; frames only with a one-line note when imageio-ffmpeg is
+missing; one-line errors for i2v without --image, a text-to-video folder used for i2v, and
+num_frames that is not 4k+1."""
 import json
 
 import numpy as np
@@ -43,7 +44,9 @@ def test_t2v_writes_frames_mp4_and_jsonl(wan_pipes, tmp_path, compile_cache):
     assert frames.std() > 1   # a video, not a blank
 
 
-def test_i2v_without_imageio_ffmpeg_writes_frames_and_a_note(wan_pipes, first_frame, tmp_path, compile_cache):
+def test_i2v_batched_without_imageio_ffmpeg_writes_frames_and_a_note(wan_pipes, first_frame, tmp_path,
+                                                                      compile_cache):
+    """Three prompts in batches of 2 and 1: every video's frames and JSONL line, seeds 0, 1, 2."""
     folder = wan_pipes["i2v", "euler"][0]
     Image.fromarray(first_frame).save(tmp_path / "first.png")
     missing = tmp_path / "no_ffmpeg"
@@ -51,15 +54,19 @@ def test_i2v_without_imageio_ffmpeg_writes_frames_and_a_note(wan_pipes, first_fr
     (missing / "imageio_ffmpeg.py").write_text("raise ImportError('imageio_ffmpeg is not installed')\n")
     out = tmp_path / "out"
     result = generate("--task=i2v", f"--pipeline={folder}", f"--out_dir={out}", f"--image={tmp_path / 'first.png'}",
-                      "--prompts=the cat jumps", "--prompts=the cat sits", *SIZE, "--steps=2", "--guidance=4",
-                      "--max_sequence_length=16", env_path=missing, cache=compile_cache)
+                      "--prompts=the cat jumps", "--prompts=the cat sits", "--prompts=the cat sleeps", *SIZE,
+                      "--steps=2", "--guidance=4", "--max_sequence_length=16", "--batch_size=2", env_path=missing,
+                      cache=compile_cache)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "pip install rdance[video]" in result.stdout
     assert not list(out.glob("*.mp4"))
     lines = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
-    assert [(r["prompt"], r["seed"], r["video"]) for r in lines] == [("the cat jumps", 0, None),
-                                                                     ("the cat sits", 1, None)]
-    assert np.asarray(Image.open(out / "00001" / "0004.png")).shape == (32, 16, 3)
+    assert [(r["prompt"], r["seed"], r["video"], r["frames"]) for r in lines] == [
+        ("the cat jumps", 0, None, "00000"), ("the cat sits", 1, None, "00001"), ("the cat sleeps", 2, None, "00002")]
+    assert "3/3 videos" in result.stderr
+    videos = [np.stack([np.asarray(Image.open(out / f"{i:05d}" / f"{j:04d}.png")) for j in range(5)]) for i in range(3)]
+    assert all(v.shape == (5, 32, 16, 3) for v in videos) and not (out / "00000" / "0005.png").exists()
+    assert np.abs(videos[0].astype(int) - videos[2].astype(int)).max() > 0   # its own noise, not a copy
 
 
 @pytest.mark.parametrize("task,args,message", [
