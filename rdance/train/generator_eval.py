@@ -28,7 +28,8 @@ def place(x: np.ndarray, mesh: Mesh) -> jax.Array:
 
 
 class Sampler:
-    """``sampler(trainable, frozen, tokens, ids, seed=None) -> uint8 [M, H, W, 3]``; sample i's
+    """``sampler(trainable, frozen, tokens, ids, seed=None) -> uint8 [M, H, W, 3]`` (clips:
+    [M, F, H, W, 3]); sample i's
     noise is keyed by (seed, ids[i]), ``seed`` defaulting to the sampler's.
 
     ``effective(trainable, frozen)`` gives the generator's full parameters (identity for full
@@ -48,10 +49,11 @@ class Sampler:
         def run(trainable, frozen, tokens, ids, seed):
             model = nnx.merge(graphdef, effective(trainable, frozen))
             noise = genlib.per_sample_normal(jax.random.key(seed), ids, gen.latent_shape)
-            noise = jax.lax.with_sharding_constraint(noise, NamedSharding(mesh, P(sharding.BATCH_AXES, None, None)))
+            # Split over the batch axes, whatever the rank (packed latents, or clips' frames).
+            noise = jax.lax.with_sharding_constraint(noise, NamedSharding(mesh, P(sharding.BATCH_AXES)))
             return genlib.generate(gen, model, frozen, tokens, noise, sigma_values)
 
-        self._run = jax.jit(run, out_shardings=NamedSharding(mesh, P(sharding.BATCH_AXES, None, None, None)))
+        self._run = jax.jit(run, out_shardings=NamedSharding(mesh, P(sharding.BATCH_AXES)))
 
     def __call__(self, trainable, frozen, tokens: dict, ids: Sequence[int], seed: int | None = None) -> np.ndarray:
         seed = np.int32(self.seed if seed is None else seed)

@@ -17,14 +17,17 @@ __all__ = ["COLOURS", "SHAPES", "Scene", "ObjectSpec", "sample_scene", "render",
 # The world's generator kind, for rdance.diffusion.generator.open_generator.
 from rdance.diffusion.generator import register_generator  # noqa: E402
 from rdance.world.generator import WorldGenerator  # noqa: E402
+from rdance.world.video_generator import WorldVideoGenerator  # noqa: E402
 
 register_generator(WorldGenerator.kind, WorldGenerator.open)
+register_generator(WorldVideoGenerator.kind, WorldVideoGenerator.open)
 
-# The world's data sources ('world', 'world:KIND+KIND', 'world_clips', 'world_captions'), for
+# The world's data sources ('world', 'world:KIND+KIND', 'world_clips', 'world_clip_misses', 'world_captions'), for
 # rdance.data.registry.open_source.
 from rdance.data.registry import register_source  # noqa: E402
 from rdance.world import sources as _sources  # noqa: E402
 
 register_source("world", _sources.open_pairs, "'world'", "'world:KIND+KIND'")
 register_source("world_clips", _sources.open_clip_pairs, "'world_clips'", "'world_clips:KIND+KIND'")
+register_source("world_clip_misses", _sources.open_clip_misses, "'world_clip_misses:MISTAKE+MISTAKE'")
 register_source("world_captions", _sources.open_captions, "'world_captions'")
