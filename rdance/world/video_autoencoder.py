@@ -75,7 +75,7 @@ def train_clip_vae(gen: WorldVideoGenerator, c, workdir: str, kinds=None,
         return RenderedClips(length, seed=seed, image_size=cfg.image_size, frames=cfg.frames, **extra)
     params, timing = fit_vae(gen.make_vae(), c, batches(clips(c.seed, 10_000_000), c.batch_size), to_unit_clips,
                              log)
-    stats_clips = np.concatenate([next(batches(clips(c.seed + 1, 256), 64, 64 * i)) for i in range(4)])
+    stats_clips = next(batches(clips(c.seed + 1, 64), 64))   # 64 clips: 64 x frames x h x w values a channel
     mean, std = latent_stats(gen, params, stats_clips)
     trained = gen.with_vae(params, mean, std)
     stats = {"mean": mean, "std": std, "steps": c.steps, **timing}
