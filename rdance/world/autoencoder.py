@@ -136,17 +136,27 @@ def fit_vae(vae, c, data, to_unit, log: Callable[[int, dict], None] | None = Non
                     "step_s": round((time.time() - compiled_at) / max(c.steps - 1, 1), 4) if compiled_at else None}
 
 
+def trained_before(workdir: str, load: Callable) -> tuple[dict, dict] | None:
+    """(parameters, summary) of the VAE a previous run left in WORKDIR/vae and WORKDIR/vae_stats.json
+    (``load(folder)`` reads the module), or None: a rerun command reuses its VAE stage."""
+    folder, stats_path = os.path.join(workdir, "vae"), os.path.join(workdir, STATS_FILE)
+    if not (os.path.isfile(os.path.join(folder, "config.json")) and os.path.isfile(stats_path)):
+        return None
+    stats = json.load(open(stats_path))
+    logging.info("VAE: loaded the one trained before from %s (%s)", folder, stats)
+    return nnx.to_pure_dict(nnx.state(load(folder), nnx.Param)), stats
+
+
 def train_vae(gen, c, workdir: str, log: Callable[[int, dict], None] | None = None):
     """Train ``gen``'s VAE by config section ``c`` (see the module docstring), or load the one a
     previous run left in WORKDIR/vae; returns ``gen.with_vae(...)`` and the VAE stage's summary
     (also in WORKDIR/vae_stats.json). ``log(step, scalars)`` receives the training metrics."""
     from rdance.models.flux import export_vae, load_vae   # models layer; the world may use it
     folder, stats_path = os.path.join(workdir, "vae"), os.path.join(workdir, STATS_FILE)
-    if os.path.isfile(os.path.join(folder, "config.json")) and os.path.isfile(stats_path):
-        stats = json.load(open(stats_path))
-        vae = load_vae(folder, **gen.cfg._runtime())
-        logging.info("VAE: loaded the one trained before from %s (%s)", folder, stats)
-        return gen.with_vae(nnx.to_pure_dict(nnx.state(vae, nnx.Param)), stats["scale"], stats["shift"]), stats
+    before = trained_before(workdir, lambda path: load_vae(path, **gen.cfg._runtime()))
+    if before:
+        params, stats = before
+        return gen.with_vae(params, stats["scale"], stats["shift"]), stats
 
     params, timing = fit_vae(AutoencoderKL(gen.cfg.vae(), rngs=nnx.Rngs(c.seed)), c,
                              batches(RenderedCaptions(10_000_000, seed=c.seed, image_size=gen.cfg.image_size),

@@ -23,13 +23,10 @@ from absl import logging
 from flax import nnx
 
 from rdance.models.wan import export_vae, load_vae
-from rdance.world.autoencoder import batches, fit_vae
+from rdance.world.autoencoder import STATS_FILE, batches, fit_vae, trained_before
 from rdance.world.motion import RenderedClips, motion_prompt_split, render_clip
 from rdance.world.evaluate import judge_clips
 from rdance.world.video_generator import WorldVideoGenerator, to_unit_clips
-
-STATS_FILE = "vae_stats.json"
-
 
 def latent_stats(gen: WorldVideoGenerator, vae_params, clips: np.ndarray) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of the VAE's posterior means of ``clips`` (Wan's latents_mean/std)."""
@@ -64,11 +61,10 @@ def train_clip_vae(gen: WorldVideoGenerator, c, workdir: str, kinds=None,
     None: all), or load the one a previous run left in WORKDIR/vae; returns the generator with
     it and the stage's summary (also in WORKDIR/vae_stats.json)."""
     folder, stats_path = os.path.join(workdir, "vae"), os.path.join(workdir, STATS_FILE)
-    if os.path.isfile(os.path.join(folder, "config.json")) and os.path.isfile(stats_path):
-        stats = json.load(open(stats_path))
-        vae = load_vae(folder, **gen.cfg._runtime())
-        logging.info("VAE: loaded the one trained before from %s (%s)", folder, stats)
-        return gen.with_vae(nnx.to_pure_dict(nnx.state(vae, nnx.Param)), stats["mean"], stats["std"]), stats
+    before = trained_before(workdir, lambda path: load_vae(path, **gen.cfg._runtime()))
+    if before:
+        params, stats = before
+        return gen.with_vae(params, stats["mean"], stats["std"]), stats
     cfg, extra = gen.cfg, {} if kinds is None else {"kinds": tuple(kinds)}
 
     def clips(seed, length):

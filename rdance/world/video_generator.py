@@ -37,7 +37,7 @@ from rdance.models.wan.transformer import WanConfig, WanTransformer
 from rdance.models.wan.umt5 import UMT5Config, UMT5Encoder
 from rdance.models.wan.vae import AutoencoderKLWan, WanVAEConfig
 from rdance.world.evaluate import MotionJudgeEval
-from rdance.world.generator import _load_tokenizer, prompt_words
+from rdance.world.generator import _load_tokenizer, config_of_sizes, prompt_words, read_folder_config, word_tokens
 from rdance.world.motion import MOTION_KINDS, MOTIONS, MotionScene, RenderedClips, motion_prompt_split
 
 CONFIG_FILE = "world_video.json"
@@ -191,13 +191,7 @@ class WorldVideoGenerator:
         """A fresh generator (random VAE until rdance.world.video_autoencoder trains one);
         ``sizes`` are WorldVideoConfig fields (the config's ``model`` section)."""
         tokenizer = _load_tokenizer(tokenizer_dir)
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(sizes).items()}
-        unknown = set(values) - {f.name for f in dataclasses.fields(WorldVideoConfig)}
-        if unknown:
-            raise ValueError(f"config keys model.{', model.'.join(sorted(unknown))} are not world video generator "
-                             f"sizes; known: {', '.join(f.name for f in dataclasses.fields(WorldVideoConfig))}")
-        cfg = WorldVideoConfig(**dict(values, vocab_size=-(-len(tokenizer) // 16) * 16))
-        gen = cls(cfg, tokenizer, None, seed)
+        gen = cls(config_of_sizes(WorldVideoConfig, sizes, tokenizer), tokenizer, None, seed)
         gen.frozen = {"vae": nnx.to_pure_dict(nnx.state(gen.make_vae(), nnx.Param))}
         return gen
 
@@ -214,16 +208,10 @@ class WorldVideoGenerator:
 
     @classmethod
     def _open_folder(cls, folder: str, **runtime) -> "WorldVideoGenerator":
-        path = os.path.join(folder, CONFIG_FILE)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path} not found: {folder} is not a world video generator folder "
-                                    "(python -m rdance.run.pretrain_generator --config=experiments/video_smoke.py "
-                                    "writes one to WORKDIR/export)")
-        raw = json.load(open(path))
-        if raw.pop("kind", None) != cls.kind:
-            raise ValueError(f"{path} describes a {raw.get('kind')!r} generator, not {cls.kind!r}")
-        raw = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
-        return cls(WorldVideoConfig(**dict(raw, **runtime)), _load_tokenizer(os.path.join(folder, "tokenizer")), folder)
+        cfg = read_folder_config(folder, CONFIG_FILE, cls.kind, WorldVideoConfig, runtime,
+                                 "python -m rdance.run.pretrain_generator --config=experiments/video_smoke.py "
+                                 "writes one to WORKDIR/export")
+        return cls(cfg, _load_tokenizer(os.path.join(folder, "tokenizer")), folder)
 
     @classmethod
     def from_pretrained(cls, folder: str, mesh=None, rules=sharding.DEFAULT_RULES, **runtime):
@@ -263,22 +251,7 @@ class WorldVideoGenerator:
 
     # ----- the generator interface
     def tokenize(self, prompts: Sequence[str]) -> dict[str, np.ndarray]:
-        prompts = list(prompts)
-        if not prompts:
-            raise ValueError("no prompts to tokenize")
-        ids = self.tokenizer(prompts).input_ids
-        for prompt, row in zip(prompts, ids):
-            if len(row) > self.cfg.max_tokens:
-                raise ValueError(f"prompt {prompt!r} has {len(row)} tokens; the generator reads at most "
-                                 f"{self.cfg.max_tokens} (model.max_tokens)")
-            if self.tokenizer.unk_token_id in row:
-                raise ValueError(f"prompt {prompt!r} has words outside the generator's vocabulary "
-                                 f"({' '.join(motion_words())})")
-        out = np.full((len(prompts), self.cfg.max_tokens), self.tokenizer.pad_token_id, np.int32)
-        mask = np.zeros_like(out)
-        for i, row in enumerate(ids):
-            out[i, :len(row)], mask[i, :len(row)] = row, 1
-        return {"ids": out, "mask": mask}
+        return word_tokens(self.tokenizer, prompts, self.cfg.max_tokens, motion_words())
 
     def drop_captions(self, tokens: dict, key: jax.Array, ids: jax.Array) -> dict:
         """Caption dropout: a row's mask zeroed (so its text features are all zero, the empty

@@ -123,12 +123,12 @@ def test_bad_configs_name_the_fix(tmp_path):
     with pytest.raises(ValueError, match="caption dropout"):
         WorldVideoConfig(guidance_scale=3.0)
     WorldVideoGenerator.write_tokenizer(str(tmp_path / "tok"))
-    with pytest.raises(ValueError, match="model.vae_channels are not world video generator sizes"):
+    with pytest.raises(ValueError, match="model.vae_channels are not WorldVideoConfig sizes"):
         WorldVideoGenerator.create(dict(vae_channels=(8, 8)), str(tmp_path / "tok"))
     gen = WorldVideoGenerator.create({}, str(tmp_path / "tok"))
     with pytest.raises(ValueError, match="outside the generator's vocabulary"):
         gen.tokenize(["a red circle moving sideways"])
-    with pytest.raises(FileNotFoundError, match="not a world video generator folder"):
+    with pytest.raises(FileNotFoundError, match="not a world_video generator folder"):
         WorldVideoGenerator.from_pretrained(str(tmp_path))
     from experiments import video_smoke
     from rdance.run.pretrain_generator import make_generator
