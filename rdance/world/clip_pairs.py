@@ -73,8 +73,9 @@ def make_clip_pair(index: int, seed: int, size: int, frames: int, label_noise: f
     near miss in ``mistakes`` are drawn."""
     rng = np.random.default_rng([seed, index])
     mscene = sample_motion_scene(rng, kinds)
+    options = [None, *(m for m in possible_clip_mistakes(mscene) if m in mistakes)]
     clips, winner, rationale = judged_pair(
-        rng, [None, *(m for m in possible_clip_mistakes(mscene) if m in mistakes)], lambda options: options[rng.integers(len(options))],
+        rng, options, lambda options: options[rng.integers(len(options))],
         lambda mistake: render_clip_variant(mscene, mistake, size, frames, rng), lambda clip: judge_clip(clip, mscene),
         clean_share, label_noise)
     return PreferenceRecord(prompt=mscene.prompt, images=clips, label=winner,

@@ -66,7 +66,8 @@ def test_pretraining_exports_a_wan_pipeline_that_diffusers_samples_alike(pretrai
     ours = WanSampler.from_pretrained(folder)(prompts, num_steps=3, guidance_scale=1.0, latents=noise,
                                               max_sequence_length=gen.cfg.max_tokens, output_type="latent", **size)
     # diffusers without accelerate refuses Wan's keep-in-fp32 transformer: that part is loaded strictly by hand.
-    pipe = diffusers.WanPipeline.from_pretrained(folder, transformer=diffusers_transformer(Path(folder) / "transformer"))
+    transformer = diffusers_transformer(Path(folder) / "transformer")
+    pipe = diffusers.WanPipeline.from_pretrained(folder, transformer=transformer)
     with torch.no_grad():
         ref = pipe(prompt=prompts, num_inference_steps=3, guidance_scale=1.0, latents=torch.tensor(noise),
                    max_sequence_length=gen.cfg.max_tokens, output_type="latent", **size).frames.numpy()
