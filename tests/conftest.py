@@ -106,23 +106,25 @@ def make_generator_folder(path, seed=0) -> str:
     return gen.export(nnx.to_pure_dict(nnx.state(gen.make_model(), nnx.Param)), str(path / "generator"))
 
 
-def tiny_rm_config(paradigm="pairwise"):
-    """experiments/rm_smoke.py at the tiny sizes every RM test uses."""
+def tiny_rm_config(paradigm="pairwise", **rm):
+    """experiments/rm_smoke.py at the tiny sizes every RM test uses; ``rm``: other rm.* settings."""
     from experiments import rm_smoke
     c = rm_smoke.get_config()
     c.model.update(dict(patch_size=8, vision_hidden=32, vision_layers=1, vision_heads=2,
                         text_hidden=32, text_layers=1, text_heads=2, text_kv_heads=1))
     c.rm.paradigm = paradigm
+    c.rm.update(rm)
     return c
 
 
-def make_rm_folder(path, paradigm="pairwise") -> str:
-    """A tiny random reward model folder (Hugging Face InternVL layout + word tokenizer)."""
+def make_rm_folder(path, paradigm="pairwise", **rm) -> str:
+    """A tiny random reward model folder (Hugging Face InternVL layout + word tokenizer); ``rm``:
+    other rm.* settings (e.g. video_frames)."""
     from rdance.models.internvl.config import load_config
     from rdance.reward.folder import export
     from rdance.reward.model import RewardNet
     from rdance.world import vlm
-    config = tiny_rm_config(paradigm)
+    config = tiny_rm_config(paradigm, **rm)
     base = vlm.write_model_folder(config.model, config.data.image_size, str(path / "base"))
     net = RewardNet(load_config(base), regression_head=paradigm == "regressive", rngs=nnx.Rngs(3))
     params = nnx.to_pure_dict(nnx.state(net, nnx.Param))

@@ -7,8 +7,12 @@ a pure function of those two, so the loops can jit, shard and differentiate it:
     tokens = gen.tokenize(prompts)                 # host: prompts -> integer arrays
     cond = gen.condition(model, frozen, tokens)    # text conditioning
     v = gen.velocity(model, cond)                  # v(x, t) for the sampler; t scalar or [B]
-    images = gen.decode(frozen, latents)           # packed latents -> [B, H, W, 3] float in [0, 1]
-    latents = gen.encode(frozen, images)           # uint8 [B, H, W, 3] -> packed latents
+    images = gen.decode(frozen, latents)           # latents -> samples [B, *image_shape] float in [0, 1]
+    latents = gen.encode(frozen, images)           # uint8 samples [B, *image_shape] -> latents
+
+A sample is an image [H, W, 3] or a clip [F, H, W, 3] (``image_shape`` says which; the one
+module that tells them apart is rdance.diffusion.samples): every array of samples has the batch
+first and the pixels' (H, W, 3) last, so the loops treat both alike.
 
 What the fine-tuning loop needs beyond the model itself is asked of the generator too, so no
 loop branches on its kind: its built-in prompt split (``prompts``), caption-image pairs for the
@@ -17,7 +21,8 @@ pretraining anchor (``caption_images``) and an evaluator of held-out prompts (``
 Implementations register an opener by kind (:func:`register_generator`) and
 :func:`open_generator` opens a config's ``generator`` section, real or abstract (shapes only, no
 weights read). :class:`rdance.diffusion.flux_generator.FluxGenerator` (a FLUX diffusers folder)
-registers 'flux' when ``rdance.diffusion`` is imported; the synthetic world's
+and :class:`rdance.diffusion.wan_generator.WanGenerator` (a Wan 2.1 WanPipeline folder) register
+'flux' and 'wan' when ``rdance.diffusion`` is imported; the synthetic world's
 :class:`rdance.world.generator.WorldGenerator` (a small pixel-space FLUX transformer) registers
 'world' when ``rdance.world`` is imported, which its entrypoints do.
 """
@@ -38,8 +43,8 @@ T_SAMPLING = ("uniform", "logit_normal")
 
 class Generator(Protocol):
     kind: str
-    image_shape: tuple[int, int, int]        # decoded image [H, W, 3]
-    latent_shape: tuple[int, int]            # packed latents [tokens, channels]
+    image_shape: tuple[int, ...]             # one decoded sample: an image [H, W, 3] or a clip [F, H, W, 3]
+    latent_shape: tuple[int, ...]            # one sample's latents: FLUX packed [tokens, channels], Wan [C, T, h, w]
     schedule: flow_match.ScheduleConfig
     frozen: dict                             # frozen arrays on the mesh ({} when all of it trains)
 
@@ -56,14 +61,14 @@ class Generator(Protocol):
         """Text conditioning of a batch."""
 
     def velocity(self, model, cond, guided: bool = True) -> Velocity:
-        """v(x, t) with x packed latents and t a noise level in [0, 1], scalar or per row; with
+        """v(x, t) with x latents [B, *latent_shape] and t a noise level in [0, 1], scalar or per row; with
         guided=False, the plain velocity that flow-matching losses fit (no classifier-free guidance)."""
 
     def decode(self, frozen, latents) -> jax.Array:
-        """Packed latents -> images [B, H, W, 3] float in [0, 1], differentiable."""
+        """Latents -> samples [B, *image_shape] float in [0, 1], differentiable."""
 
     def encode(self, frozen, images) -> jax.Array:
-        """uint8 images [B, H, W, 3] -> packed latents (for flow-matching losses)."""
+        """uint8 samples [B, *image_shape] -> latents (for flow-matching losses)."""
 
     def export(self, params, folder: str) -> str:
         """Write the generator with trainable parameters ``params`` to ``folder``."""
@@ -81,7 +86,8 @@ class Generator(Protocol):
 
 
 def sigmas(gen: Generator, num_steps: int) -> np.ndarray:
-    """The generator's noise levels for ``num_steps`` Euler steps (shifted as it is configured)."""
+    """The generator's noise levels for ``num_steps`` Euler steps (shifted as it is configured; a
+    resolution-dependent shift, FLUX's, reads the token count latent_shape[0], a static one not)."""
     return flow_match.sigmas(num_steps, gen.latent_shape[0], gen.schedule)
 
 
@@ -111,20 +117,20 @@ def flow_matching_loss(gen: Generator, model, cond: dict, x0: jax.Array, key: ja
     x0 = x0.astype(jnp.float32)
     t = sample_t(jax.random.fold_in(key, 0), ids, t_sampling)
     noise = per_sample_normal(jax.random.fold_in(key, 1), ids, x0.shape[1:])
-    tb = t[:, None, None]
+    tb = t.reshape((-1,) + (1,) * (x0.ndim - 1))
     x_t = (1 - tb) * x0 + tb * noise
     v = gen.velocity(model, cond, guided=False)(x_t, t).astype(jnp.float32)
     return jnp.mean(jnp.square(v - (noise - x0)), axis=tuple(range(1, x0.ndim)))
 
 
 def generate(gen: Generator, model, frozen, tokens, noise: jax.Array, sigma_values) -> jax.Array:
-    """Sample with ``len(sigma_values) - 1`` Euler steps and decode: images [B, H, W, 3] in [0, 1]."""
+    """Sample with ``len(sigma_values) - 1`` Euler steps and decode: samples [B, *image_shape] in [0, 1]."""
     cond = gen.condition(model, frozen, tokens)
     return gen.decode(frozen, sample(gen.velocity(model, cond), noise, sigma_values))
 
 
 def to_uint8(images) -> np.ndarray:
-    """Float images in [0, 1] -> uint8 on the host."""
+    """Float images (or clips) in [0, 1] -> uint8 on the host."""
     return np.asarray(np.clip(np.round(np.asarray(images, np.float32) * 255.0), 0, 255), np.uint8)
 
 

@@ -49,6 +49,22 @@ def prompt_clean(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
+def tokenize(tokenizer, prompts, max_sequence_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """(input_ids, attention_mask) int32 [B, max_sequence_length] of the cleaned prompts, padded on
+    the right and truncated as diffusers' WanPipeline tokenizes them."""
+    prompts = [prompt_clean(p) for p in check_prompts(prompts)]
+    tok = tokenizer(prompts, padding="max_length", max_length=max_sequence_length, truncation=True,
+                    add_special_tokens=True, return_attention_mask=True)
+    return np.asarray(tok.input_ids, np.int32), np.asarray(tok.attention_mask, np.int32)
+
+
+def zero_padding(states: jax.Array, mask) -> jax.Array:
+    """UMT5 states with every position past a prompt's tokens zeroed: diffusers keeps the first
+    sum(mask) positions (the tokenizer pads on the right)."""
+    keep = jnp.arange(states.shape[1])[None] < jnp.sum(jnp.asarray(mask), axis=1, keepdims=True)
+    return states * keep[..., None].astype(states.dtype)
+
+
 def _uint8_image(image) -> np.ndarray:
     """A PIL image, a path or a uint8 [H, W, 3] array -> uint8 RGB [H, W, 3]."""
     from PIL import Image
@@ -173,14 +189,8 @@ class WanSampler:
 
     def encode_prompt(self, prompts, max_sequence_length: int = 512) -> jax.Array:
         """[B, max_sequence_length, text_dim]: UMT5 features, zero past each prompt's tokens."""
-        prompts = [prompt_clean(p) for p in check_prompts(prompts)]
-        tok = self.tokenizer(prompts, padding="max_length", max_length=max_sequence_length, truncation=True,
-                             add_special_tokens=True, return_attention_mask=True)
-        ids, mask = np.asarray(tok.input_ids, np.int32), np.asarray(tok.attention_mask, np.int32)
-        states = self._umt5(ids, mask)
-        # diffusers keeps the first sum(mask) positions; the tokenizer pads on the right.
-        keep = np.arange(max_sequence_length)[None] < mask.sum(1, keepdims=True)
-        return states * jnp.asarray(keep[..., None], states.dtype)
+        ids, mask = tokenize(self.tokenizer, prompts, max_sequence_length)
+        return zero_padding(self._umt5(ids, mask), mask)
 
     def encode_image(self, image) -> jax.Array:
         """[1, tokens, image_dim]: the image encoder's hidden_states[-2] on the processed image."""

@@ -24,15 +24,15 @@ from etils import epath
 SELECT = ("top", "bottom")
 ARRAYS = ("images", "wins", "preference", "chosen")
 
-# sample_fn(prompt_indexes [M], sample_ids [M]) -> uint8 images [M, H, W, 3]
+# sample_fn(prompt_indexes [M], sample_ids [M]) -> uint8 samples [M, *image_shape] (images or clips)
 SampleFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
-# score_fn(prompt_indexes [M], references [M, H, W, 3], images [M, H, W, 3]) -> P(yes) [M]
+# score_fn(prompt_indexes [M], references [M, *image_shape], images [M, *image_shape]) -> P(yes) [M]
 ScoreFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
 @dataclasses.dataclass
 class ReferenceBank:
-    images: np.ndarray       # [P, k, H, W, 3] uint8: each prompt's references, best ranked first
+    images: np.ndarray       # [P, k, *image_shape] uint8: each prompt's references, best ranked first
     wins: np.ndarray         # [P, N] round-robin win counts of the candidates
     preference: np.ndarray   # [P, N] summed order-averaged preference (the tie-breaker)
     chosen: np.ndarray       # [P, k] which candidates became references
@@ -94,7 +94,7 @@ def build(prompts: Sequence[str], sample_fn: SampleFn, score_fn: ScoreFn, *, num
             pref[p, i, j] = score_fn(idx[p], candidates[p, i], candidates[p, j])
         w, soft = round_robin(pref)
         pick = select(w, soft, top_k, how)
-        images.append(np.take_along_axis(candidates, pick[:, :, None, None, None], axis=1))
+        images.append(np.take_along_axis(candidates, pick.reshape(pick.shape + (1,) * (candidates.ndim - 2)), axis=1))
         wins.append(w), prefs.append(soft), chosen.append(pick)
         logging.info("reference bank: %d/%d prompts", idx[-1] + 1, len(prompts))
     return ReferenceBank(np.concatenate(images), np.concatenate(wins), np.concatenate(prefs),

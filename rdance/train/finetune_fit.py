@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 from rdance.core import sharding
+from rdance.diffusion import samples
 from rdance.train.finetune_data import FinetuneExamples
 from rdance.train.finetune_setup import Setup, build, compiler_options
 from rdance.train.loop import batch_spec
@@ -57,8 +58,8 @@ def lower_step(config, devices) -> LoweredStep:
     setup = build(config, mesh, config.mesh.rules, abstract=True)
     lowered = setup.lower(batch_shapes(config, setup))
     d, m = config.data, config.optim.grad_accum_steps
-    h, w, _ = setup.gen.image_shape
-    what = (f"{config.algo}, {d.global_batch_size} prompts x {d.samples_per_prompt} samples at {h}x{w} in "
+    what = (f"{config.algo}, {d.global_batch_size} prompts x {d.samples_per_prompt} samples of "
+            f"{samples.describe(setup.gen.image_shape)} in "
             f"{m} micro-batch{'es' if m > 1 else ''}, {config.sampler.num_steps} sampler steps, {setup.paradigm} RM"
             + (", anchor" if config.anchor.weight > 0 else ""))
     return LoweredStep(lowered, compiler_options(config.train.compiler_options), mesh, setup.parameter_counts(), what)

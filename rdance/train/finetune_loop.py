@@ -21,6 +21,7 @@ from absl import logging
 
 from rdance.core import config_checks, sharding
 from rdance.data.pipeline import host_batches
+from rdance.diffusion import samples
 from rdance.train import bank as banklib, lora, prompt_eval
 from rdance.train.checkpoint import Checkpointer
 from rdance.train.finetune_data import CaptionImages, FinetuneExamples, read_prompts
@@ -74,7 +75,9 @@ def anchor_source(config, gen, length: int):
     if a.weight <= 0:
         return None
     if a.path:
-        return CaptionImages(a.path, *gen.image_shape[:2])
+        samples.require_stills(gen.image_shape, f"anchor.path={a.path}",
+                               "set anchor.weight=0 (the anchor takes caption-image pairs only)")
+        return CaptionImages(a.path, *samples.frame_size(gen.image_shape))
     pairs = gen.caption_images(length, a.seed)
     if pairs is None:
         raise ValueError("anchor.weight > 0 needs anchor.path (a JSONL of prompt/image pairs) for this generator")

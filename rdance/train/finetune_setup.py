@@ -28,7 +28,7 @@ from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rdance.core import sharding
-from rdance.diffusion import generator as genlib
+from rdance.diffusion import generator as genlib, samples
 from rdance.models import attention as attnlib
 from rdance.reward.api import RewardModel, check_settings
 from rdance.reward.folder import write_model_folder
@@ -94,6 +94,7 @@ def build(config: ml_collections.ConfigDict, mesh, rules, abstract: bool = False
     gen = genlib.open_generator(config.generator, mesh, rules, abstract=abstract)
     scratch = tempfile.TemporaryDirectory() if abstract else None
     rm = open_reward(config, mesh, rules, scratch.name if scratch else None)
+    check_frames(gen, rm)
     paradigm = reward_paradigm(rm)
     settings = step_settings(config, paradigm)
 
@@ -152,6 +153,19 @@ def open_reward(config, mesh, rules, scratch: str | None) -> RewardModel:
         return RewardModel.abstract(folder, settings=settings, **kw)
     raise ValueError(f"reward.path={r.path!r} is not a folder and reward.architecture is empty: point "
                      "reward.path at a reward model folder or give reward.architecture")
+
+
+def check_frames(gen: genlib.Generator, rm: RewardModel) -> None:
+    """The frames the RM sees of each sample exist: a clip generator's samples have at least
+    rm.video_frames frames (a still image is seen whole). Fails before anything compiles."""
+    blank = np.broadcast_to(np.zeros((), np.uint8), gen.image_shape)   # nothing allocated
+    try:
+        rm.spec.frames_of(blank)
+    except ValueError as err:
+        raise ValueError(f"the reward model sees rm.video_frames={rm.spec.video_frames} frames of each clip "
+                         f"({rm.spec.video_sampling}) but the generator makes {samples.describe(gen.image_shape)}: "
+                         "raise generator.num_frames (4k + 1 frames) or use a reward model trained on fewer "
+                         f"frames ({err})") from err
 
 
 def reward_paradigm(rm: RewardModel) -> str:

@@ -106,16 +106,18 @@ def rwr_weights(rewards: jax.Array, temperature: float, eps: float = 1e-6) -> ja
 
 
 def random_shift(images: jax.Array, key: jax.Array, ids: jax.Array, max_shift: int) -> jax.Array:
-    """Translate each image [n, H, W, C] by its own random (dy, dx) in [-max_shift, max_shift],
-    edges repeated. Scoring a randomly shifted image (an expectation over translations, drawn
-    once per sample and step) keeps ReFL from following an RM's gradient into patterns locked to
+    """Translate each sample [n, ..., H, W, C] (an image, or a clip whose frames all move together)
+    by its own random (dy, dx) in [-max_shift, max_shift], edges repeated. Scoring a randomly
+    shifted image (an expectation over translations, drawn once per sample and step) keeps ReFL from following an RM's gradient into patterns locked to
     its patch grid, an adversarial direction no translation-invariant judge rewards."""
     if max_shift <= 0:
         return images
-    h, w = images.shape[1:3]
-    padded = jnp.pad(images, ((0, 0), (max_shift, max_shift), (max_shift, max_shift), (0, 0)), mode="edge")
+    lead = images.ndim - 4      # axes between the batch and (H, W, C): a clip's time axis
+    pad = ((0, 0),) * (1 + lead) + ((max_shift, max_shift),) * 2 + ((0, 0),)
+    padded = jnp.pad(images, pad, mode="edge")
     offsets = jax.vmap(lambda i: jax.random.randint(jax.random.fold_in(key, i), (2,), 0, 2 * max_shift + 1))(ids)
-    return jax.vmap(lambda x, o: jax.lax.dynamic_slice(x, (o[0], o[1], 0), (h, w, x.shape[-1])))(padded, offsets)
+    size = images.shape[1:]
+    return jax.vmap(lambda x, o: jax.lax.dynamic_slice(x, (0,) * lead + (o[0], o[1], 0), size))(padded, offsets)
 
 
 def reward_loss(reward: jax.Array, s: StepSettings) -> jax.Array:
@@ -170,7 +172,7 @@ def make_micro(gen: genlib.Generator, graphdef, reward_fn: RewardFn, s: StepSett
         tokens = per_sample(mb["rm"])
         if s.paradigm != "pairwise":
             return reward_fn(rm_params, tokens, images)
-        refs = jnp.repeat(mb["refs"], g, axis=0)                 # [n, k, H, W, 3]
+        refs = jnp.repeat(mb["refs"], g, axis=0)                 # [n, k, *image_shape]
         k = refs.shape[1]
         if s.references == "sample":
             pick = jax.vmap(lambda i: jax.random.randint(jax.random.fold_in(key, i), (), 0, k))(ids)

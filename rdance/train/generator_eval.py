@@ -28,8 +28,7 @@ def place(x: np.ndarray, mesh: Mesh) -> jax.Array:
 
 
 class Sampler:
-    """``sampler(trainable, frozen, tokens, ids, seed=None) -> uint8 [M, H, W, 3]`` (clips:
-    [M, F, H, W, 3]); sample i's
+    """``sampler(trainable, frozen, tokens, ids, seed=None) -> uint8 [M, *gen.image_shape]``; sample i's
     noise is keyed by (seed, ids[i]), ``seed`` defaulting to the sampler's.
 
     ``effective(trainable, frozen)`` gives the generator's full parameters (identity for full
@@ -45,15 +44,15 @@ class Sampler:
         self.gen, self.mesh, self.chunk = gen, mesh, chunk
         self.seed = seed
         sigma_values = jnp.asarray(genlib.sigmas(gen, num_steps))
+        by_batch = lambda ndim: NamedSharding(mesh, P(sharding.BATCH_AXES, *([None] * (ndim - 1))))  # noqa: E731
 
         def run(trainable, frozen, tokens, ids, seed):
             model = nnx.merge(graphdef, effective(trainable, frozen))
             noise = genlib.per_sample_normal(jax.random.key(seed), ids, gen.latent_shape)
-            # Split over the batch axes, whatever the rank (packed latents, or clips' frames).
-            noise = jax.lax.with_sharding_constraint(noise, NamedSharding(mesh, P(sharding.BATCH_AXES)))
+            noise = jax.lax.with_sharding_constraint(noise, by_batch(1 + len(gen.latent_shape)))
             return genlib.generate(gen, model, frozen, tokens, noise, sigma_values)
 
-        self._run = jax.jit(run, out_shardings=NamedSharding(mesh, P(sharding.BATCH_AXES)))
+        self._run = jax.jit(run, out_shardings=by_batch(1 + len(gen.image_shape)))
 
     def __call__(self, trainable, frozen, tokens: dict, ids: Sequence[int], seed: int | None = None) -> np.ndarray:
         seed = np.int32(self.seed if seed is None else seed)

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rdance.diffusion import samples
+
 
 def window_push(window: jax.Array, step: jax.Array, rewards: jax.Array) -> jax.Array:
     """Write this step's per-sample rewards into row ``step % W`` of the ring buffer."""
@@ -51,8 +53,10 @@ def diversity(images: jax.Array) -> jax.Array:
 
 
 def image_grid(images: np.ndarray, columns: int) -> np.ndarray:
-    """uint8 images [N, H, W, 3] tiled row by row into one [rows*H, columns*W, 3] image with a
-    one-pixel grey border between tiles."""
+    """uint8 samples [N, H, W, 3] tiled row by row into one [rows*H, columns*W, 3] image with a
+    one-pixel grey border between tiles; clips [N, F, H, W, 3] tile as strips of their frames
+    (rdance.diffusion.samples.as_stills)."""
+    images = samples.as_stills(images)
     n, h, w, c = images.shape
     rows = -(-n // columns)
     grid = np.full((rows * (h + 1) + 1, columns * (w + 1) + 1, c), 128, np.uint8)

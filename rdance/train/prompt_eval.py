@@ -86,7 +86,7 @@ class PromptFileEval:
         return due(step, self.config.eval.every, last_step)
 
     def samples(self, trainable) -> np.ndarray:
-        """uint8 [P, K, H, W, 3] of ``trainable``, noise as ``rdance.run.evaluate`` draws it."""
+        """uint8 [P, K, *image_shape] of ``trainable``, noise as ``rdance.run.evaluate`` draws it."""
         e = self.config.eval
 
         def draw(start, stop, seed):
@@ -97,7 +97,7 @@ class PromptFileEval:
     def __call__(self, state, step: int) -> dict[str, float]:
         images = self.samples(getattr(state, self.which))
         scores = score_samples(images, self.prompts, self.rm, self.criteria, self.clip)
-        grid = image_grid(images.reshape(-1, *images.shape[2:]), images.shape[1])
+        grid = image_grid(images.reshape(-1, *images.shape[2:]), images.shape[1])   # a prompt's samples per row
         self.writer.write_image(step, "eval/samples", grid)
         if self._main_process():
             from PIL import Image

@@ -65,7 +65,7 @@ def test_finetune_fit_check_compiles_the_refl_step_for_a_tpu_slice():
     print(result.stdout)
     rows = dict(map(str.strip, line.strip().split("  ", 1)) for line in result.stdout.splitlines() if line.strip())
     assert rows["devices"] == "4" and rows["mesh"] == "{'data': 1, 'fsdp': 4, 'tensor': 1}"
-    assert rows["step"].startswith("refl, 4 prompts x 2 samples at 32x32")
+    assert rows["step"].startswith("refl, 4 prompts x 2 samples of 32x32")
     parts = ("generator (trains)", "t5 (frozen)", "clip (frozen)", "vae (frozen)", "reward model (frozen)")
     counts = [int(rows[p].replace(",", "")) for p in parts]
     assert all(n > 0 for n in counts) and sum(counts) == int(rows["parameters"].replace(",", ""))

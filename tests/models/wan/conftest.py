@@ -68,6 +68,26 @@ def wan_pipes(tmp_path_factory):
     return out
 
 
+def make_train_t2v():
+    """A leaner WanPipeline for the fine-tuning tests: one transformer block and a VAE of three
+    levels at width 4 (the same 4x temporal, here 4x spatial, factors), so a step compiles faster."""
+    torch.manual_seed(2)
+    common = _common()
+    common["vae"] = _perturbed(diffusers.AutoencoderKLWan(
+        base_dim=4, z_dim=4, dim_mult=[1, 1, 1], num_res_blocks=1, temperal_downsample=[True, True],
+        latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[2.0, 0.5, 1.5, 1.0]))
+    transformer = _perturbed(diffusers.WanTransformer3DModel(in_channels=4, out_channels=4, **dict(TINY, num_layers=1)))
+    return diffusers.WanPipeline(transformer=transformer, scheduler=SCHEDULERS["unipc"](), **common)
+
+
+@pytest.fixture(scope="session")
+def wan_train_folder(tmp_path_factory):
+    """The folder of :func:`make_train_t2v`'s pipeline (diffusers' save_pretrained)."""
+    folder = tmp_path_factory.mktemp("wan_train") / "pipeline"
+    make_train_t2v().save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def first_frame():
     """A 32x16 RGB image (the video's size, so both pipelines resize nothing)."""
