@@ -167,7 +167,29 @@ def to_unit_clips(clips) -> jax.Array:
     return jnp.transpose(jnp.asarray(clips, jnp.float32) / 127.5 - 1.0, (0, 4, 1, 2, 3))
 
 
-class WorldVideoGenerator:
+class MovingWorld:
+    """What the loops ask of a moving-world generator beyond its model (the pretraining's eval, the
+    fine-tuning loop's prompts, anchor and eval); ``world`` is its WorldVideoConfig."""
+
+    def prompts(self, data) -> tuple[list[str], list[MotionScene]]:
+        """The moving world's prompt split (``data.prompt_seed``, ``train_prompts``,
+        ``eval_prompts``, ``motion_kinds``): training prompts and held-out motion scenes."""
+        kinds = tuple(data.get("motion_kinds") or MOTION_KINDS)
+        train, heldout = motion_prompt_split(data.prompt_seed, data.train_prompts, data.eval_prompts, kinds)
+        return [s.prompt for s in train], heldout
+
+    def caption_images(self, length: int, seed: int) -> RenderedClips:
+        """Faithful rendered clips of random motion scenes: the anchor's caption-clip pairs."""
+        return RenderedClips(length, seed=seed, image_size=self.world.image_size, frames=self.world.frames)
+
+    def heldout_evaluator(self, sampler, heldout, samples_per_prompt: int):
+        """The motion judge on held-out motion scenes; None for prompt strings (a prompt file)."""
+        if not heldout or not all(isinstance(s, MotionScene) for s in heldout):
+            return None
+        return MotionJudgeEval(sampler, self, heldout, samples_per_prompt)
+
+
+class WorldVideoGenerator(MovingWorld):
     kind = "world_video"
 
     def __init__(self, cfg: WorldVideoConfig, tokenizer, folder: str | None = None, seed: int = 0):
@@ -178,6 +200,10 @@ class WorldVideoGenerator:
         self.schedule = flow_match.ScheduleConfig(use_dynamic_shifting=False, shift=cfg.shift)
         self.frozen: dict = {}
         self.vae_def = nnx.split(nnx.eval_shape(self.make_vae), nnx.Param)[0]
+
+    @property
+    def world(self) -> WorldVideoConfig:
+        return self.cfg
 
     # ----- construction
     @staticmethod
@@ -220,22 +246,6 @@ class WorldVideoGenerator:
         vae = load_vae(os.path.join(folder, "vae"), mesh=mesh, rules=rules, **gen.cfg._runtime())
         gen.frozen = {"vae": nnx.to_pure_dict(nnx.state(vae, nnx.Param))}
         return gen
-
-    @classmethod
-    def abstract(cls, folder: str, mesh=None, rules=sharding.DEFAULT_RULES, **runtime):
-        """Shapes only (the fit check): the folder's config and tokenizer; the VAE as ShapeDtypeStructs."""
-        gen = cls._open_folder(folder, **runtime)
-        gen.frozen = {"vae": (nnx.to_pure_dict(nnx.split(nnx.eval_shape(gen.make_vae), nnx.Param)[1])
-                              if mesh is None else sharding.sharded_shapes(gen.make_vae, mesh, rules)[1])}
-        return gen
-
-    @classmethod
-    def open(cls, cfg, mesh, rules, abstract: bool = False):
-        """A config's ``generator`` section (kind 'world_video'): ``path`` a generator folder."""
-        if not cfg.path:
-            raise ValueError(f"generator.kind={cfg.kind!r} needs generator.path (a folder from python -m "
-                             "rdance.run.pretrain_generator --config=experiments/video_smoke.py)")
-        return (cls.abstract if abstract else cls.from_pretrained)(cfg.path, mesh, rules)
 
     def make_model(self) -> WorldVideoNet:
         return WorldVideoNet(self.cfg, rngs=nnx.Rngs(self.seed))
@@ -304,23 +314,6 @@ class WorldVideoGenerator:
     def encode(self, frozen, clips) -> jax.Array:
         """uint8 clips [B, F, H, W, 3] -> packed latents (the VAE's normalised posterior mean)."""
         return self.pack(self._vae(frozen).encode_latents(to_unit_clips(clips)).astype(jnp.float32))
-
-    def prompts(self, data) -> tuple[list[str], list]:
-        """The moving world's prompt split (``data.prompt_seed``, ``train_prompts``,
-        ``eval_prompts``, ``motion_kinds``): training prompts and held-out motion scenes."""
-        kinds = tuple(data.get("motion_kinds") or MOTION_KINDS)
-        train, heldout = motion_prompt_split(data.prompt_seed, data.train_prompts, data.eval_prompts, kinds)
-        return [s.prompt for s in train], heldout
-
-    def caption_images(self, length: int, seed: int) -> RenderedClips:
-        """Faithful rendered clips of random motion scenes: the anchor's caption-clip pairs."""
-        return RenderedClips(length, seed=seed, image_size=self.cfg.image_size, frames=self.cfg.frames)
-
-    def heldout_evaluator(self, sampler, heldout, samples_per_prompt: int):
-        """The motion judge on held-out motion scenes; None for prompt strings (a prompt file)."""
-        if not heldout or not all(isinstance(s, MotionScene) for s in heldout):
-            return None
-        return MotionJudgeEval(sampler, self, heldout, samples_per_prompt)
 
     def export(self, params, folder: str) -> str:
         """A diffusers WanPipeline folder, plus world_video.json. ``params`` and ``frozen`` must be

@@ -1,7 +1,7 @@
 """The moving world's video generator (a miniature Wan): the documented pretraining command at tiny
 scale writes a WanPipeline folder that rdance's WanSampler and diffusers' WanPipeline sample
-alike; its VAE's training step lowers the loss on a fixed batch; its held-out evaluator returns
-the motion judge's scalars; bad configs fail with errors that name the fix."""
+alike, and that the fine-tuning kind 'world_video' opens and judges with the motion judge; its
+VAE's training step lowers the loss on a fixed batch; bad configs fail with errors that name the fix."""
 import json
 import os
 import subprocess
@@ -17,6 +17,8 @@ from flax import nnx
 
 from rdance.core import sharding
 from rdance.data.registry import open_source
+from experiments import finetune_video_smoke
+from rdance.diffusion.generator import open_generator
 from rdance.diffusion.wan_pipeline import WanSampler
 from rdance.train.generator_eval import Sampler
 from rdance.world.autoencoder import make_train_step
@@ -79,22 +81,28 @@ def test_pretraining_exports_a_wan_pipeline_that_diffusers_samples_alike(pretrai
     assert cond["text"].shape == (2, gen.cfg.max_tokens, gen.cfg.text_dim)
 
 
-def test_heldout_evaluator_returns_motion_judge_scalars(pretrained):
-    folder = os.path.join(pretrained[0], "export")
-    gen = WorldVideoGenerator.from_pretrained(folder)
-    data = ml_collections.ConfigDict(dict(prompt_seed=1, train_prompts=3, eval_prompts=2, motion_kinds=("single",)))
-    train, heldout = gen.prompts(data)
+def test_world_video_kind_opens_the_folder_for_fine_tuning_and_judges_held_out_motion(pretrained):
+    """What the fine-tuning loop opens (kind 'world_video', experiments/finetune_video_smoke.py):
+    the folder's clip shape, the moving world's prompt split, rendered anchor clips, and the motion
+    judge's scalars on held-out prompts."""
+    import rdance.world  # noqa: F401  registers the kind
+    config = finetune_video_smoke.get_config()
+    config.generator.path = os.path.join(pretrained[0], "export")
+    config.data.update(dict(train_prompts=3, eval_prompts=2))
+    mesh = sharding.make_mesh((1, -1, 1), jax.devices()[:1])
+    gen = open_generator(config.generator, mesh, sharding.DEFAULT_RULES)
+    assert gen.kind == "world_video" and gen.image_shape == (5, 32, 32, 3) and gen.max_sequence_length == 12
+    train, heldout = gen.prompts(config.data)
     assert len(train) == 3 and not set(train) & {m.prompt for m in heldout}
     graphdef = nnx.split(nnx.eval_shape(gen.make_model), nnx.Param)[0]
-    mesh = sharding.make_mesh((1, -1, 1), jax.devices()[:1])
     evaluate = gen.heldout_evaluator(Sampler(gen, graphdef, mesh, 2, 2, 0), heldout, 1)
     scalars, clips = evaluate(gen.initial_params(mesh, sharding.DEFAULT_RULES), gen.frozen)
-    assert clips.shape == (2, gen.cfg.frames, 32, 32, 3) and clips.dtype == np.uint8
+    assert clips.shape == (2, 5, 32, 32, 3) and clips.dtype == np.uint8
     for key in ("judge", "judge/per_frame", "judge/direction", "judge/persistence"):
         assert 0.0 <= scalars[key] <= 1.0
     assert gen.heldout_evaluator(None, ["a prompt string"], 1) is None
     prompt, clip = gen.caption_images(4, seed=0)[0]
-    assert clip.shape == (gen.cfg.frames, 32, 32, 3) and isinstance(prompt, str)
+    assert clip.shape == (5, 32, 32, 3) and "moving" in prompt or "staying" in prompt
 
 
 def test_clip_vae_training_step_lowers_the_loss(tmp_path):
@@ -131,6 +139,10 @@ def test_bad_configs_name_the_fix(tmp_path):
         gen.tokenize(["a red circle moving sideways"])
     with pytest.raises(FileNotFoundError, match="not a world_video generator folder"):
         WorldVideoGenerator.from_pretrained(str(tmp_path))
+    from rdance.world.world_wan import WorldWanGenerator
+    config = finetune_video_smoke.get_config()
+    with pytest.raises(ValueError, match="needs generator.path"):
+        WorldWanGenerator.open(config.generator, None, sharding.DEFAULT_RULES)
     from experiments import video_smoke
     from rdance.run.pretrain_generator import make_generator
     config = video_smoke.get_config()
