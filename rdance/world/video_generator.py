@@ -10,6 +10,11 @@ frame-major, so the flow-matching loss and the samplers treat them as any packed
 Text features past each prompt's last token are zero, as diffusers' WanPipeline makes them, and
 the empty caption (caption dropout, guidance's negative prompt '') is all zeros.
 
+This class is what pretraining trains (text encoder and transformer, rdance.run.pretrain_generator
+with ``kind='world_video'``); fine-tuning opens its folder as generator kind 'world_video'
+(rdance.world.world_wan: a WanGenerator, the transformer trains). Both take the moving world's
+prompts, anchor clips and motion judge from :class:`MovingWorld`.
+
 A generator folder (``export``) is a diffusers ``WanPipeline`` folder: model_index.json,
 tokenizer/, text_encoder/ (transformers UMT5EncoderModel), transformer/
 (WanTransformer3DModel), vae/ (AutoencoderKLWan), scheduler/ (FlowMatchEuler with the
