@@ -7,6 +7,9 @@ pretraining anchor, and the motion judge on held-out prompts (rdance.world.video
 """
 from __future__ import annotations
 
+import os
+import shutil
+
 from rdance.diffusion.wan_generator import WanGenerator
 from rdance.models import attention as attnlib
 from rdance.world.generator import read_folder_config
@@ -38,3 +41,10 @@ class WorldWanGenerator(MovingWorld, WanGenerator):
     @property
     def world(self) -> WorldVideoConfig:
         return self._world
+
+    def export(self, params, folder: str) -> str:
+        """WanGenerator's WanPipeline folder, with the base folder's world_video.json, so the
+        fine-tuned folder opens as kind 'world_video' again."""
+        folder = super().export(params, folder)
+        shutil.copy2(os.path.join(self.path, CONFIG_FILE), os.path.join(folder, CONFIG_FILE))
+        return folder

@@ -81,7 +81,7 @@ def test_pretraining_exports_a_wan_pipeline_that_diffusers_samples_alike(pretrai
     assert cond["text"].shape == (2, gen.cfg.max_tokens, gen.cfg.text_dim)
 
 
-def test_world_video_kind_opens_the_folder_for_fine_tuning_and_judges_held_out_motion(pretrained):
+def test_world_video_kind_opens_the_folder_for_fine_tuning_and_judges_held_out_motion(pretrained, tmp_path):
     """What the fine-tuning loop opens (kind 'world_video', experiments/finetune_video_smoke.py):
     the folder's clip shape, the moving world's prompt split, rendered anchor clips, and the motion
     judge's scalars on held-out prompts."""
@@ -103,6 +103,9 @@ def test_world_video_kind_opens_the_folder_for_fine_tuning_and_judges_held_out_m
     assert gen.heldout_evaluator(None, ["a prompt string"], 1) is None
     prompt, clip = gen.caption_images(4, seed=0)[0]
     assert clip.shape == (5, 32, 32, 3) and "moving" in prompt or "staying" in prompt
+    # A fine-tuned folder opens as the same kind again.
+    config.generator.path = gen.export(gen.initial_params(None, sharding.DEFAULT_RULES), str(tmp_path / "tuned"))
+    assert open_generator(config.generator, mesh, sharding.DEFAULT_RULES, abstract=True).world == gen.world
 
 
 def test_clip_vae_training_step_lowers_the_loss(tmp_path):
