@@ -8,7 +8,7 @@ The control is the same run with the reward's weight at 0 (``--config.refl.scale
 anchor (flow matching on rendered clips) and the optimiser act, so the gain of ReFL over the
 control is what the reward adds. Prompts are the moving world's split (``data.prompt_seed``,
 ``train_prompts``, ``eval_prompts``, ``motion_kinds``: one object, as the generator pretrained);
-the clip shape and prompt length come from the folder. Figures: bench/results/world_video.md.
+the clip shape and prompt length come from the folder. Figures: bench/results/video_refl.md.
 """
 import ml_collections
 
