@@ -46,11 +46,12 @@ def edges(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     return x[..., 1:, :] - x[..., :-1, :], x[..., 1:] - x[..., :-1]
 
 
-def vae_loss(vae, x: jax.Array, key: jax.Array, kl_weight: float, edge_weight: float):
+def vae_loss(vae, x: jax.Array, key: jax.Array, kl_weight: float, edge_weight: float, sample: bool = True):
     """(loss, metrics) of images ``x`` (NCHW in [-1, 1]; or clips, NCTHW, for the Wan VAE)
-    reconstructed from a latent sample; ``vae`` has ``encode -> (mean, logvar)`` and ``decode``."""
+    reconstructed from a latent sample (``sample=False``: from the posterior mean); ``vae`` has
+    ``encode -> (mean, logvar)`` and ``decode``."""
     mean, logvar = vae.encode(x)
-    z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape, mean.dtype)
+    z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape, mean.dtype) if sample else mean
     rec = vae.decode(z).astype(jnp.float32)
     l1, mse = jnp.mean(jnp.abs(rec - x)), jnp.mean(jnp.square(rec - x))
     edge = sum(jnp.mean(jnp.abs(a - b)) for a, b in zip(edges(rec), edges(x)))
@@ -59,12 +60,13 @@ def vae_loss(vae, x: jax.Array, key: jax.Array, kl_weight: float, edge_weight: f
     return loss, {"l1": l1, "mse": mse, "edge": edge, "kl": kl}
 
 
-def make_train_step(graphdef, tx, kl_weight: float, edge_weight: float, to_unit=to_unit_range) -> Callable:
+def make_train_step(graphdef, tx, kl_weight: float, edge_weight: float, to_unit=to_unit_range,
+                    sample: bool = True) -> Callable:
     """step(params, opt_state, uint8 batch, key) -> (params, opt_state, loss, metrics), jitted;
     ``to_unit`` maps the batch (images NHWC by default) to the VAE's input in [-1, 1]."""
     def step(params, opt_state, images, key):
         def loss_fn(p):
-            return vae_loss(nnx.merge(graphdef, p), to_unit(images), key, kl_weight, edge_weight)
+            return vae_loss(nnx.merge(graphdef, p), to_unit(images), key, kl_weight, edge_weight, sample)
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss, metrics
@@ -118,7 +120,9 @@ def fit_vae(vae, c, data, to_unit, log: Callable[[int, dict], None] | None = Non
                                                   max(c.steps, c.warmup_steps + 1), end_value=0.0)
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule))
     opt_state = tx.init(params)
-    step_fn = make_train_step(graphdef, tx, c.kl_weight, c.edge_weight, to_unit)
+    # sample_posterior=False reconstructs from the posterior mean: a fresh Wan VAE's latents are
+    # ~0.01 against unit sampling noise, and sampled, its decoder learnt to ignore them.
+    step_fn = make_train_step(graphdef, tx, c.kl_weight, c.edge_weight, to_unit, c.get("sample_posterior", True))
     key = jax.random.key(c.seed)
     compiled_at = None
     for step in range(1, c.steps + 1):

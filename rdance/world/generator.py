@@ -203,7 +203,7 @@ class WorldGenerator:
         (the config's ``model`` section), ``tokenizer_dir`` holds :meth:`write_tokenizer`'s files."""
         tokenizer = _load_tokenizer(tokenizer_dir)
         gen = cls(config_of_sizes(WorldGeneratorConfig, sizes, tokenizer), tokenizer, None, seed)
-        if cfg.vae_channels:   # a random VAE until rdance.world.autoencoder.train_vae trains one
+        if gen.cfg.vae_channels:   # a random VAE until rdance.world.autoencoder.train_vae trains one
             gen.frozen = {"vae": nnx.to_pure_dict(nnx.state(gen.make_vae(), nnx.Param))}
         return gen
 
