@@ -259,13 +259,7 @@ class WorldGenerator:
         return WorldGeneratorNet(self.cfg, rngs=nnx.Rngs(self.seed))
 
     def initial_params(self, mesh, rules) -> dict | None:
-        if self.folder is None:
-            return None
-        runtime = self.cfg._runtime()
-        text = load_t5(os.path.join(self.folder, "text_encoder"), mesh=mesh, rules=rules, **runtime)
-        transformer = load_transformer(os.path.join(self.folder, "transformer"), mesh=mesh, rules=rules, **runtime)
-        return {"text": nnx.to_pure_dict(nnx.state(text, nnx.Param)),
-                "transformer": nnx.to_pure_dict(nnx.state(transformer, nnx.Param))}
+        return folder_params(self.folder, load_t5, load_transformer, mesh, rules, self.cfg._runtime())
 
     # ----- the interface
     def tokenize(self, prompts: Sequence[str]) -> dict[str, np.ndarray]:
@@ -374,6 +368,17 @@ class WorldGenerator:
         if self.cfg.vae_channels:
             export_vae(self._vae(jax.device_get(self.frozen)), os.path.join(folder, "vae"))
         return folder
+
+
+def folder_params(folder: str | None, load_text, load_transformer, mesh, rules, runtime: dict) -> dict | None:
+    """{"text", "transformer"} parameters of a world generator folder (on ``mesh``), read by
+    its text encoder's and transformer's loaders; None without a folder (random init)."""
+    if folder is None:
+        return None
+    text = load_text(os.path.join(folder, "text_encoder"), mesh=mesh, rules=rules, **runtime)
+    transformer = load_transformer(os.path.join(folder, "transformer"), mesh=mesh, rules=rules, **runtime)
+    return {"text": nnx.to_pure_dict(nnx.state(text, nnx.Param)),
+            "transformer": nnx.to_pure_dict(nnx.state(transformer, nnx.Param))}
 
 
 def config_of_sizes(config_cls, sizes: dict, tokenizer):

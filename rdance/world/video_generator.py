@@ -42,7 +42,8 @@ from rdance.models.wan.transformer import WanConfig, WanTransformer
 from rdance.models.wan.umt5 import UMT5Config, UMT5Encoder
 from rdance.models.wan.vae import AutoencoderKLWan, WanVAEConfig
 from rdance.world.evaluate import MotionJudgeEval
-from rdance.world.generator import _load_tokenizer, config_of_sizes, prompt_words, read_folder_config, word_tokens
+from rdance.world.generator import (_load_tokenizer, config_of_sizes, folder_params, prompt_words,
+                                    read_folder_config, word_tokens)
 from rdance.world.motion import MOTION_KINDS, MOTIONS, MotionScene, RenderedClips, motion_prompt_split
 
 CONFIG_FILE = "world_video.json"
@@ -256,13 +257,7 @@ class WorldVideoGenerator(MovingWorld):
         return WorldVideoNet(self.cfg, rngs=nnx.Rngs(self.seed))
 
     def initial_params(self, mesh, rules) -> dict | None:
-        if self.folder is None:
-            return None
-        runtime = self.cfg._runtime()
-        text = load_umt5(os.path.join(self.folder, "text_encoder"), mesh=mesh, rules=rules, **runtime)
-        transformer = load_transformer(os.path.join(self.folder, "transformer"), mesh=mesh, rules=rules, **runtime)
-        return {"text": nnx.to_pure_dict(nnx.state(text, nnx.Param)),
-                "transformer": nnx.to_pure_dict(nnx.state(transformer, nnx.Param))}
+        return folder_params(self.folder, load_umt5, load_transformer, mesh, rules, self.cfg._runtime())
 
     # ----- the generator interface
     def tokenize(self, prompts: Sequence[str]) -> dict[str, np.ndarray]:
