@@ -2,6 +2,11 @@
 
     python -m rdance.run.pretrain_generator --config=experiments/gen_smoke.py --workdir=/tmp/gen
 
+``kind`` picks the world: 'world' (the default; stills, a miniature FLUX) or 'world_video' (the
+moving world's clips, a miniature Wan 2.1: rdance.world.video_generator, experiments/video_smoke.py,
+its VAE trained by rdance.world.video_autoencoder, judged by the motion judge, exported as a
+diffusers WanPipeline folder). For stills:
+
 With a VAE (``model.vae_channels``, the recipe's default) the VAE is trained first on world
 renders (rdance.world.autoencoder, config section ``vae``; written to WORKDIR/vae with its latent
 statistics and reconstruction judge in WORKDIR/vae_stats.json, reused when the command is rerun),
@@ -25,6 +30,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 from absl import flags, logging
 from flax import nnx
 
@@ -34,9 +40,11 @@ from rdance.core import console, sharding, status
 from rdance.diffusion import generator as genlib
 from rdance.world.autoencoder import train_vae
 from rdance.world.generator import WorldGenerator
+from rdance.world.motion import RenderedClips
+from rdance.world.video_autoencoder import train_clip_vae
+from rdance.world.video_generator import WorldVideoGenerator
 from rdance.train.generator_eval import Sampler
-from rdance.world.captions import RenderedCaptions, world_prompt_split
-from rdance.world.evaluate import JudgeEval
+from rdance.world.captions import RenderedCaptions
 from rdance.train.host import sync, to_host
 from rdance.train.loop import Task, train
 from rdance.world.sampled_pairs import write_pairs
@@ -45,19 +53,42 @@ from rdance.world.sampled_pairs import write_pairs
 flags.adopt_module_key_flags(cli)
 
 
-def make_generator(config, workdir: str) -> WorldGenerator:
-    """A fresh world generator whose tokenizer lives in WORKDIR/tokenizer (written by process 0)."""
+KINDS = {WorldGenerator.kind: WorldGenerator, WorldVideoGenerator.kind: WorldVideoGenerator}
+
+
+def make_generator(config, workdir: str):
+    """A fresh generator of ``config.kind`` whose tokenizer lives in WORKDIR/tokenizer (written by process 0)."""
+    kind = config.get("kind", WorldGenerator.kind)
+    if kind not in KINDS:
+        raise ValueError(f"config key kind={kind!r}: pretrain_generator trains {' or '.join(map(repr, KINDS))}")
     folder = os.path.join(workdir, "tokenizer")
     sizes = dict(config.model, dtype=config.model.dtype or None)
     if jax.process_index() == 0:
-        WorldGenerator.write_tokenizer(folder)
+        KINDS[kind].write_tokenizer(folder)
     sync("generator_tokenizer_written")
-    return WorldGenerator.create(sizes, folder, seed=config.seed)
+    return KINDS[kind].create(sizes, folder, seed=config.seed)
 
 
-def make_task(config, gen: WorldGenerator) -> Task:
+def motion_kinds(config) -> dict:
+    """The motion prompt kinds the moving world's data draws ({} for all of them)."""
+    kinds = config.data.get("motion_kinds")
+    return {"kinds": tuple(kinds)} if kinds else {}
+
+
+def with_trained_vae(gen, config, workdir: str):
+    """The generator with its VAE trained by config section ``vae`` (or the one WORKDIR holds)."""
+    if isinstance(gen, WorldVideoGenerator):
+        return train_clip_vae(gen, config.vae, workdir, **motion_kinds(config))[0]
+    return train_vae(gen, config.vae, workdir)[0] if gen.cfg.vae_channels else gen
+
+
+def make_task(config, gen) -> Task:
     d = config.data
-    source = RenderedCaptions(d.num_examples, seed=d.seed, image_size=gen.cfg.image_size)
+    if isinstance(gen, WorldVideoGenerator):
+        source = RenderedClips(d.num_examples, seed=d.seed, image_size=gen.cfg.image_size, frames=gen.cfg.frames,
+                               **motion_kinds(config))
+    else:
+        source = RenderedCaptions(d.num_examples, seed=d.seed, image_size=gen.cfg.image_size)
 
     def transform(example):
         prompt, image = example
@@ -73,21 +104,23 @@ def make_task(config, gen: WorldGenerator) -> Task:
     return Task(make_model=gen.make_model, loss_fn=loss_fn, source=source, transform=transform)
 
 
-def make_evaluator(config, gen: WorldGenerator):
+def make_evaluator(config, gen):
+    """The generator's own held-out evaluator (the judge, or the motion judge) on ``eval.prompts``
+    held-out prompts of ``eval.prompt_seed``, ``eval.samples`` samples each."""
     e = config.eval
-    _, scenes = world_prompt_split(e.prompt_seed, 0, e.prompts)
+    split = ml_collections.ConfigDict(dict(prompt_seed=e.prompt_seed, train_prompts=0, eval_prompts=e.prompts,
+                                           motion_kinds=motion_kinds(config).get("kinds", ())))
     mesh = sharding.make_mesh(config.mesh.shape)
     graphdef = nnx.split(nnx.eval_shape(gen.make_model), nnx.Param)[0]
-    judge_eval = JudgeEval(Sampler(gen, graphdef, mesh, e.num_steps, e.chunk, e.sample_seed), gen, scenes, e.samples)
-    return lambda params, step: judge_eval(params, gen.frozen)[0]
+    sampler = Sampler(gen, graphdef, mesh, e.num_steps, e.chunk, e.sample_seed)
+    evaluate = gen.heldout_evaluator(sampler, gen.prompts(split)[1], e.samples)
+    return lambda params, step: evaluate(params, gen.frozen)[0]
 
 
 def main(argv):
     del argv
     config, workdir = cli.start()
-    gen = make_generator(config, workdir)
-    if gen.cfg.vae_channels:
-        gen, _ = train_vae(gen, config.vae, workdir)
+    gen = with_trained_vae(make_generator(config, workdir), config, workdir)
     task = make_task(config, gen)
     if config.eval.prompts:
         task.evaluate = make_evaluator(config, gen)
@@ -99,8 +132,8 @@ def main(argv):
         gen.export(params, export_dir)
     sync("generator_exported")
     logging.info("exported the generator to %s", export_dir)
-    p = config.pairs
-    if p.num_prompts and jax.process_index() == 0:   # on this host's devices alone
+    p = config.get("pairs")
+    if p and p.num_prompts and jax.process_index() == 0:   # on this host's devices alone
         graphdef = nnx.split(nnx.eval_shape(gen.make_model), nnx.Param)[0]
         local = sharding.make_mesh((1, -1, 1), jax.local_devices())
         sampler = Sampler(gen, graphdef, local, config.eval.num_steps, config.eval.chunk, p.seed)

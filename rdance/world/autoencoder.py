@@ -41,14 +41,17 @@ def to_unit_range(images) -> jax.Array:
 
 
 def edges(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Differences of neighbouring pixels of NCHW images, along height and width."""
-    return x[:, :, 1:] - x[:, :, :-1], x[:, :, :, 1:] - x[:, :, :, :-1]
+    """Differences of neighbouring pixels along height and width (the last two axes: NCHW
+    images, NCTHW clips)."""
+    return x[..., 1:, :] - x[..., :-1, :], x[..., 1:] - x[..., :-1]
 
 
-def vae_loss(vae: AutoencoderKL, x: jax.Array, key: jax.Array, kl_weight: float, edge_weight: float):
-    """(loss, metrics) of images ``x`` (NCHW in [-1, 1]) reconstructed from a latent sample."""
+def vae_loss(vae, x: jax.Array, key: jax.Array, kl_weight: float, edge_weight: float, sample: bool = True):
+    """(loss, metrics) of images ``x`` (NCHW in [-1, 1]; or clips, NCTHW, for the Wan VAE)
+    reconstructed from a latent sample (``sample=False``: from the posterior mean); ``vae`` has
+    ``encode -> (mean, logvar)`` and ``decode``."""
     mean, logvar = vae.encode(x)
-    z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape, mean.dtype)
+    z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape, mean.dtype) if sample else mean
     rec = vae.decode(z).astype(jnp.float32)
     l1, mse = jnp.mean(jnp.abs(rec - x)), jnp.mean(jnp.square(rec - x))
     edge = sum(jnp.mean(jnp.abs(a - b)) for a, b in zip(edges(rec), edges(x)))
@@ -57,11 +60,13 @@ def vae_loss(vae: AutoencoderKL, x: jax.Array, key: jax.Array, kl_weight: float,
     return loss, {"l1": l1, "mse": mse, "edge": edge, "kl": kl}
 
 
-def make_train_step(graphdef, tx, kl_weight: float, edge_weight: float) -> Callable:
-    """step(params, opt_state, images uint8 NHWC, key) -> (params, opt_state, loss, metrics), jitted."""
+def make_train_step(graphdef, tx, kl_weight: float, edge_weight: float, to_unit=to_unit_range,
+                    sample: bool = True) -> Callable:
+    """step(params, opt_state, uint8 batch, key) -> (params, opt_state, loss, metrics), jitted;
+    ``to_unit`` maps the batch (images NHWC by default) to the VAE's input in [-1, 1]."""
     def step(params, opt_state, images, key):
         def loss_fn(p):
-            return vae_loss(nnx.merge(graphdef, p), to_unit_range(images), key, kl_weight, edge_weight)
+            return vae_loss(nnx.merge(graphdef, p), to_unit(images), key, kl_weight, edge_weight, sample)
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss, metrics
@@ -99,31 +104,25 @@ def reconstruction_judge(gen, eval_prompts: int, prompt_seed: int = 7, chunk: in
     return out
 
 
-def train_vae(gen, c, workdir: str, log: Callable[[int, dict], None] | None = None):
-    """Train ``gen``'s VAE by config section ``c`` (see the module docstring), or load the one a
-    previous run left in WORKDIR/vae; returns ``gen.with_vae(...)`` and the VAE stage's summary
-    (also in WORKDIR/vae_stats.json). ``log(step, scalars)`` receives the training metrics."""
-    from rdance.models.flux import export_vae, load_vae   # models layer; the world may use it
-    folder, stats_path = os.path.join(workdir, "vae"), os.path.join(workdir, STATS_FILE)
-    if os.path.isfile(os.path.join(folder, "config.json")) and os.path.isfile(stats_path):
-        stats = json.load(open(stats_path))
-        vae = load_vae(folder, **gen.cfg._runtime())
-        logging.info("VAE: loaded the one trained before from %s (%s)", folder, stats)
-        return gen.with_vae(nnx.to_pure_dict(nnx.state(vae, nnx.Param)), stats["scale"], stats["shift"]), stats
-
+def fit_vae(vae, c, data, to_unit, log: Callable[[int, dict], None] | None = None,
+            prefix: str = "vae") -> tuple[dict, dict]:
+    """Train ``vae`` (a fresh nnx module with ``encode``/``decode``) by config section ``c`` on
+    the uint8 batches of the iterator ``data``: returns its parameters and the timing
+    (``train_s``, ``step_s`` after compilation). ``log(step, scalars)`` receives the metrics."""
     for name in ("learning_rate", "kl_weight", "edge_weight"):
         if not c[name] >= 0 or (name == "learning_rate" and not c[name] > 0):
-            raise ValueError(f"config key vae.{name}={c[name]!r} must be {'positive' if name == 'learning_rate' else '>= 0'}")
+            raise ValueError(f"config key {prefix}.{name}={c[name]!r} must be "
+                             f"{'positive' if name == 'learning_rate' else '>= 0'}")
     started = time.time()
-    graphdef, state = nnx.split(AutoencoderKL(gen.cfg.vae(), rngs=nnx.Rngs(c.seed)), nnx.Param)
+    graphdef, state = nnx.split(vae, nnx.Param)
     params = nnx.to_pure_dict(state)
     schedule = optax.warmup_cosine_decay_schedule(0.0, c.learning_rate, min(c.warmup_steps, c.steps),
                                                   max(c.steps, c.warmup_steps + 1), end_value=0.0)
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule))
     opt_state = tx.init(params)
-    step_fn = make_train_step(graphdef, tx, c.kl_weight, c.edge_weight)
-    source = RenderedCaptions(10_000_000, seed=c.seed, image_size=gen.cfg.image_size)
-    data = batches(source, c.batch_size)
+    # sample_posterior=False reconstructs from the posterior mean: a fresh Wan VAE's latents are
+    # ~0.01 against unit sampling noise, and sampled, its decoder learnt to ignore them.
+    step_fn = make_train_step(graphdef, tx, c.kl_weight, c.edge_weight, to_unit, c.get("sample_posterior", True))
     key = jax.random.key(c.seed)
     compiled_at = None
     for step in range(1, c.steps + 1):
@@ -132,17 +131,45 @@ def train_vae(gen, c, workdir: str, log: Callable[[int, dict], None] | None = No
             jax.block_until_ready(loss)
             compiled_at = time.time()
         if step % c.log_every == 0 or step == c.steps:
-            scalars = {"vae/loss": float(loss), **{f"vae/{k}": float(v) for k, v in metrics.items()},
-                       "vae/lr": float(schedule(step))}
+            scalars = {f"{prefix}/loss": float(loss), **{f"{prefix}/{k}": float(v) for k, v in metrics.items()},
+                       f"{prefix}/lr": float(schedule(step))}
             logging.info("VAE step %d/%d: %s", step, c.steps, "  ".join(f"{k} {v:.4g}" for k, v in scalars.items()))
             if log:
                 log(step, scalars)
+    return params, {"train_s": round(time.time() - started, 1),
+                    "step_s": round((time.time() - compiled_at) / max(c.steps - 1, 1), 4) if compiled_at else None}
+
+
+def trained_before(workdir: str, load: Callable) -> tuple[dict, dict] | None:
+    """(parameters, summary) of the VAE a previous run left in WORKDIR/vae and WORKDIR/vae_stats.json
+    (``load(folder)`` reads the module), or None: a rerun command reuses its VAE stage."""
+    folder, stats_path = os.path.join(workdir, "vae"), os.path.join(workdir, STATS_FILE)
+    if not (os.path.isfile(os.path.join(folder, "config.json")) and os.path.isfile(stats_path)):
+        return None
+    stats = json.load(open(stats_path))
+    logging.info("VAE: loaded the one trained before from %s (%s)", folder, stats)
+    return nnx.to_pure_dict(nnx.state(load(folder), nnx.Param)), stats
+
+
+def train_vae(gen, c, workdir: str, log: Callable[[int, dict], None] | None = None):
+    """Train ``gen``'s VAE by config section ``c`` (see the module docstring), or load the one a
+    previous run left in WORKDIR/vae; returns ``gen.with_vae(...)`` and the VAE stage's summary
+    (also in WORKDIR/vae_stats.json). ``log(step, scalars)`` receives the training metrics."""
+    from rdance.models.flux import export_vae, load_vae   # models layer; the world may use it
+    folder, stats_path = os.path.join(workdir, "vae"), os.path.join(workdir, STATS_FILE)
+    before = trained_before(workdir, lambda path: load_vae(path, **gen.cfg._runtime()))
+    if before:
+        params, stats = before
+        return gen.with_vae(params, stats["scale"], stats["shift"]), stats
+
+    params, timing = fit_vae(AutoencoderKL(gen.cfg.vae(), rngs=nnx.Rngs(c.seed)), c,
+                             batches(RenderedCaptions(10_000_000, seed=c.seed, image_size=gen.cfg.image_size),
+                                     c.batch_size), to_unit_range, log)
     stats_images = np.concatenate([next(batches(RenderedCaptions(4096, seed=c.seed + 1, image_size=gen.cfg.image_size),
                                                 256, 256 * i)) for i in range(4)])
     shift, scale = latent_stats(gen, params, stats_images)
     trained = gen.with_vae(params, scale, shift)
-    stats = {"shift": shift, "scale": scale, "steps": c.steps, "train_s": round(time.time() - started, 1),
-             "step_s": round((time.time() - compiled_at) / max(c.steps - 1, 1), 4) if compiled_at else None}
+    stats = {"shift": shift, "scale": scale, "steps": c.steps, **timing}
     if c.eval_prompts:
         stats.update(reconstruction_judge(trained, c.eval_prompts))
     logging.info("VAE trained: %s", stats)

@@ -27,17 +27,23 @@ class RenderedCaptions:
         return scene.prompt, render(scene, self.image_size, rng)
 
 
-def world_prompt_split(seed: int, num_train: int, num_heldout: int) -> tuple[list[Scene], list[Scene]]:
-    """Distinct training prompts and distinct held-out prompts that share no prompt text."""
-    rng = np.random.default_rng(seed)
-    seen: dict[str, Scene] = {}
-    for _ in range(100_000):
+def distinct_split(draw, num_train: int, num_heldout: int, tries: int = 100_000) -> tuple[list, list]:
+    """Distinct training and held-out items (by ``.prompt``) from ``draw()``, in the order drawn;
+    the two lists share no prompt text."""
+    seen: dict = {}
+    for _ in range(tries):
         if len(seen) == num_train + num_heldout:
             break
-        scene = sample_scene(rng)
-        seen.setdefault(scene.prompt, scene)
+        item = draw()
+        seen.setdefault(item.prompt, item)
     else:
         raise ValueError(f"the world has fewer than {num_train + num_heldout} distinct prompts; "
                          "ask for fewer training or held-out prompts")
-    scenes = list(seen.values())
-    return scenes[:num_train], scenes[num_train:]
+    items = list(seen.values())
+    return items[:num_train], items[num_train:]
+
+
+def world_prompt_split(seed: int, num_train: int, num_heldout: int) -> tuple[list[Scene], list[Scene]]:
+    """Distinct training prompts and distinct held-out prompts that share no prompt text."""
+    rng = np.random.default_rng(seed)
+    return distinct_split(lambda: sample_scene(rng), num_train, num_heldout)

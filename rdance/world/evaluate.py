@@ -9,6 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from rdance.world.judge import check_rates, judge
+from rdance.world.motion_judge import judge_clip
 from rdance.world.prompts import Scene
 
 
@@ -45,3 +46,35 @@ class JudgeEval:
         out.update({f"check/{name}": rate for name, rate in checks.items()})
         return out, images
 
+
+
+def judge_clips(clips: np.ndarray, mscenes: Sequence) -> tuple[dict[str, float], np.ndarray]:
+    """The motion judge over clips uint8 [N, F, H, W, 3] of motion scenes: ({"judge": mean score,
+    "judge/per_frame|direction|persistence": mean parts}, each clip's score)."""
+    verdicts = [judge_clip(clip, m) for clip, m in zip(clips, mscenes)]
+    scores = np.asarray([v.score for v in verdicts], np.float32)
+    out = {"judge": float(scores.mean())}
+    for part in ("per_frame", "direction", "persistence"):
+        out[f"judge/{part}"] = float(np.mean([getattr(v, part) for v in verdicts]))
+    return out, scores
+
+
+class MotionJudgeEval:
+    """The motion judge (rdance.world.motion_judge) over held-out motion scenes, as
+    :class:`JudgeEval` over still scenes: sample s of scene p has id ``s * P + p``, fixed noise."""
+
+    def __init__(self, sampler, gen, mscenes: Sequence, samples_per_prompt: int = 1):
+        if samples_per_prompt < 1:
+            raise ValueError(f"samples_per_prompt is {samples_per_prompt}; judge at least one sample per prompt")
+        self.sampler, self.mscenes, self.samples = sampler, list(mscenes) * samples_per_prompt, samples_per_prompt
+        self.tokens = gen.tokenize([m.prompt for m in self.mscenes])
+
+    def __call__(self, trainable, frozen) -> tuple[dict[str, float], np.ndarray]:
+        """({"judge": mean score, "judge/per_frame|direction|persistence": mean parts,
+        "judge/MOTION": mean score per asked motion}, clips [samples_per_prompt * P, F, H, W, 3])."""
+        clips = self.sampler(trainable, frozen, self.tokens, np.arange(len(self.mscenes)))
+        out, scores = judge_clips(clips, self.mscenes)
+        motions = np.asarray([m.motion for m in self.mscenes])
+        for motion in sorted(set(motions)):
+            out[f"judge/{motion}"] = float(scores[motions == motion].mean())
+        return out, clips

@@ -202,11 +202,8 @@ class WorldGenerator:
         """A fresh (randomly initialised) generator; ``sizes`` are WorldGeneratorConfig fields
         (the config's ``model`` section), ``tokenizer_dir`` holds :meth:`write_tokenizer`'s files."""
         tokenizer = _load_tokenizer(tokenizer_dir)
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(sizes).items()}
-        # Rows padded to a multiple of 16 so the embedding splits over tensor-parallel meshes.
-        cfg = WorldGeneratorConfig(**dict(values, vocab_size=-(-len(tokenizer) // 16) * 16))
-        gen = cls(cfg, tokenizer, None, seed)
-        if cfg.vae_channels:   # a random VAE until rdance.world.autoencoder.train_vae trains one
+        gen = cls(config_of_sizes(WorldGeneratorConfig, sizes, tokenizer), tokenizer, None, seed)
+        if gen.cfg.vae_channels:   # a random VAE until rdance.world.autoencoder.train_vae trains one
             gen.frozen = {"vae": nnx.to_pure_dict(nnx.state(gen.make_vae(), nnx.Param))}
         return gen
 
@@ -223,15 +220,8 @@ class WorldGenerator:
 
     @classmethod
     def _open_folder(cls, folder: str, **runtime) -> "WorldGenerator":
-        path = os.path.join(folder, CONFIG_FILE)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path} not found: {folder} is not a world generator folder "
-                                    "(python -m rdance.run.pretrain_generator writes one to WORKDIR/export)")
-        raw = json.load(open(path))
-        if raw.pop("kind", None) != cls.kind:
-            raise ValueError(f"{path} describes a {raw.get('kind')!r} generator, not 'world'")
-        raw = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
-        cfg = WorldGeneratorConfig(**dict(raw, **runtime))
+        cfg = read_folder_config(folder, CONFIG_FILE, cls.kind, WorldGeneratorConfig, runtime,
+                                 "python -m rdance.run.pretrain_generator writes one to WORKDIR/export")
         return cls(cfg, _load_tokenizer(os.path.join(folder, "tokenizer")), folder)
 
     @classmethod
@@ -269,32 +259,11 @@ class WorldGenerator:
         return WorldGeneratorNet(self.cfg, rngs=nnx.Rngs(self.seed))
 
     def initial_params(self, mesh, rules) -> dict | None:
-        if self.folder is None:
-            return None
-        runtime = self.cfg._runtime()
-        text = load_t5(os.path.join(self.folder, "text_encoder"), mesh=mesh, rules=rules, **runtime)
-        transformer = load_transformer(os.path.join(self.folder, "transformer"), mesh=mesh, rules=rules, **runtime)
-        return {"text": nnx.to_pure_dict(nnx.state(text, nnx.Param)),
-                "transformer": nnx.to_pure_dict(nnx.state(transformer, nnx.Param))}
+        return folder_params(self.folder, load_t5, load_transformer, mesh, rules, self.cfg._runtime())
 
     # ----- the interface
     def tokenize(self, prompts: Sequence[str]) -> dict[str, np.ndarray]:
-        prompts = list(prompts)
-        if not prompts:
-            raise ValueError("no prompts to tokenize")
-        ids = self.tokenizer(prompts).input_ids
-        for prompt, row in zip(prompts, ids):
-            if len(row) > self.cfg.max_tokens:
-                raise ValueError(f"prompt {prompt!r} has {len(row)} tokens; the generator reads at most "
-                                 f"{self.cfg.max_tokens} (model.max_tokens)")
-            if self.tokenizer.unk_token_id in row:
-                raise ValueError(f"prompt {prompt!r} has words outside the generator's vocabulary "
-                                 f"({', '.join(prompt_words())})")
-        out = np.full((len(prompts), self.cfg.max_tokens), self.tokenizer.pad_token_id, np.int32)
-        mask = np.zeros_like(out)
-        for i, row in enumerate(ids):
-            out[i, :len(row)], mask[i, :len(row)] = row, 1
-        return {"ids": out, "mask": mask}
+        return word_tokens(self.tokenizer, prompts, self.cfg.max_tokens, prompt_words())
 
     def drop_captions(self, tokens: dict, key: jax.Array, ids: jax.Array) -> dict:
         """Pretraining's caption dropout: each row (by id, as the noise is drawn) becomes the empty
@@ -399,6 +368,63 @@ class WorldGenerator:
         if self.cfg.vae_channels:
             export_vae(self._vae(jax.device_get(self.frozen)), os.path.join(folder, "vae"))
         return folder
+
+
+def folder_params(folder: str | None, load_text, load_transformer, mesh, rules, runtime: dict) -> dict | None:
+    """{"text", "transformer"} parameters of a world generator folder (on ``mesh``), read by
+    its text encoder's and transformer's loaders; None without a folder (random init)."""
+    if folder is None:
+        return None
+    text = load_text(os.path.join(folder, "text_encoder"), mesh=mesh, rules=rules, **runtime)
+    transformer = load_transformer(os.path.join(folder, "transformer"), mesh=mesh, rules=rules, **runtime)
+    return {"text": nnx.to_pure_dict(nnx.state(text, nnx.Param)),
+            "transformer": nnx.to_pure_dict(nnx.state(transformer, nnx.Param))}
+
+
+def config_of_sizes(config_cls, sizes: dict, tokenizer):
+    """``config_cls`` from a config's ``model`` section (lists as tuples), its vocab_size the
+    tokenizer's; an unknown key is an error that lists the known ones."""
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(sizes).items()}
+    known = [f.name for f in dataclasses.fields(config_cls)]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"config keys model.{', model.'.join(unknown)} are not {config_cls.__name__} sizes; "
+                         f"known: {', '.join(known)}")
+    # Rows padded to a multiple of 16 so the embedding splits over tensor-parallel meshes.
+    return config_cls(**dict(values, vocab_size=-(-len(tokenizer) // 16) * 16))
+
+
+def read_folder_config(folder: str, config_file: str, kind: str, config_cls, runtime: dict, writer: str):
+    """The generator config a folder's ``config_file`` holds, refused unless it is of ``kind``;
+    ``runtime`` overrides (dtype, attention, ...); ``writer`` says what writes such folders."""
+    path = os.path.join(folder, config_file)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: {folder} is not a {kind} generator folder ({writer})")
+    raw = json.load(open(path))
+    if raw.pop("kind", None) != kind:
+        raise ValueError(f"{path} describes a {raw.get('kind')!r} generator, not {kind!r}")
+    raw = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+    return config_cls(**dict(raw, **runtime))
+
+
+def word_tokens(tokenizer, prompts: Sequence[str], max_tokens: int, words: Sequence[str]) -> dict[str, np.ndarray]:
+    """Prompts -> {"ids", "mask"} [B, max_tokens] through the world's word tokenizer, padded;
+    a prompt longer than ``max_tokens`` or with a word outside ``words`` is an error."""
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("no prompts to tokenize")
+    ids = tokenizer(prompts).input_ids
+    for prompt, row in zip(prompts, ids):
+        if len(row) > max_tokens:
+            raise ValueError(f"prompt {prompt!r} has {len(row)} tokens; the generator reads at most "
+                             f"{max_tokens} (model.max_tokens)")
+        if tokenizer.unk_token_id in row:
+            raise ValueError(f"prompt {prompt!r} has words outside the generator's vocabulary ({', '.join(words)})")
+    out = np.full((len(prompts), max_tokens), tokenizer.pad_token_id, np.int32)
+    mask = np.zeros_like(out)
+    for i, row in enumerate(ids):
+        out[i, :len(row)], mask[i, :len(row)] = row, 1
+    return {"ids": out, "mask": mask}
 
 
 def _load_tokenizer(folder: str):

@@ -12,6 +12,7 @@ import dataclasses
 
 import numpy as np
 
+from rdance.world.captions import distinct_split
 from rdance.world.prompts import Scene, sample_scene
 from rdance.world.render import draw, place
 
@@ -100,3 +101,29 @@ def render_clip(mscene: MotionScene, size: int = 32, frames: int = FRAMES,
         raise ValueError(f"frames={frames}: a clip needs at least 2 frames to show motion")
     rng = rng if rng is not None else np.random.default_rng(0)
     return draw_path(plan(mscene.scene, mscene.motion, size, rng), size, frames)
+
+
+def motion_prompt_split(seed: int, num_train: int, num_heldout: int,
+                        kinds=MOTION_KINDS) -> tuple[list[MotionScene], list[MotionScene]]:
+    """Distinct training and held-out motion prompts that share no prompt text (as the still
+    world's ``world_prompt_split``)."""
+    rng = np.random.default_rng(seed)
+    return distinct_split(lambda: sample_motion_scene(rng, kinds), num_train, num_heldout)
+
+
+class RenderedClips:
+    """Faithful caption-clip pairs of the moving world: item i is a random motion scene drawn and
+    rendered with the generator seeded by (seed, i); clips [frames, size, size, 3] uint8."""
+
+    def __init__(self, length: int, *, seed: int, image_size: int = 32, frames: int = FRAMES, kinds=MOTION_KINDS):
+        self.length, self.seed, self.image_size, self.frames, self.kinds = length, seed, image_size, frames, kinds
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> tuple[str, np.ndarray]:
+        if not 0 <= index < self.length:
+            raise IndexError(index)
+        rng = np.random.default_rng([self.seed, int(index)])
+        mscene = sample_motion_scene(rng, self.kinds)
+        return mscene.prompt, render_clip(mscene, self.image_size, self.frames, rng)

@@ -1,11 +1,12 @@
 """The world's data sources for rdance.data.registry, registered when rdance.world is imported:
 'world' or 'world:relation+count' (synthetic preference pairs, by prompt kinds),
 'world_clips' or 'world_clips:single+relation' (clip pairs of motion prompts, data.clip_frames
-frames each, default 8) and 'world_captions' (images and what they show, to pretrain a
+frames each, default 8), 'world_clip_misses:direction' (a faithful clip against a near miss of
+the kinds named, 'MISTAKE+MISTAKE') and 'world_captions' (images and what they show, to pretrain a
 from-scratch VLM)."""
 from __future__ import annotations
 
-from rdance.world.clip_pairs import ClipPairs
+from rdance.world.clip_pairs import CLIP_MISTAKES, ClipPairs
 from rdance.world.motion import FRAMES, MOTION_KINDS
 from rdance.world.pairs import PreferencePairs, WorldCaptions
 from rdance.world.prompts import KINDS
@@ -34,6 +35,21 @@ def open_clip_pairs(args: str | None, data, *, seed: int, size: int, noise: floa
                          f"known {MOTION_KINDS}")
     return ClipPairs(size, seed=seed, size=data.image_size, frames=data.get("clip_frames", FRAMES),
                      label_noise=noise, kinds=kinds, clean_share=data.get("clean_share", 0.0))
+
+
+def open_clip_misses(args: str | None, data, *, seed: int, size: int, noise: float, train: bool = False):
+    """``size`` pairs of a faithful clip and a near miss of the kinds ``args`` names
+    ('MISTAKE+MISTAKE', e.g. 'direction': does an RM tell the way a scene moves?)."""
+    del train
+    if not args:
+        raise ValueError(f"data source 'world_clip_misses' needs the near misses: 'world_clip_misses:MISTAKE+MISTAKE' "
+                         f"with MISTAKE in {CLIP_MISTAKES}")
+    mistakes = tuple(args.split("+"))
+    if set(mistakes) - set(CLIP_MISTAKES):
+        raise ValueError(f"data source 'world_clip_misses:{args}': unknown near misses "
+                         f"{sorted(set(mistakes) - set(CLIP_MISTAKES))}; known {CLIP_MISTAKES}")
+    return ClipPairs(size, seed=seed, size=data.image_size, frames=data.get("clip_frames", FRAMES), label_noise=noise,
+                     clean_share=1.0, mistakes=mistakes)
 
 
 def open_captions(args: str | None, data, *, seed: int, size: int, noise: float = 0.0, train: bool = False):
