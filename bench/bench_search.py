@@ -14,7 +14,8 @@ Compute is a multiple of plain sampling (generator function evaluations per prom
   prompt's first sample, the same noise for every verifier: a gain over no search is paired
   within a seed. A pointwise verifier scores each sample alone, so this is exactly Best-of-N;
   a pairwise RM scores each sample against the prompt's first one (P(it beats sample 0)).
-  Its seconds per prompt are the pool's seconds times N / pool size.
+  Its seconds per prompt are the pool's seconds times N / pool size. ``--pool_cache=DIR`` keeps
+  the pools, so a later run with other verifiers scores the same samples without drawing them.
 * **Search over paths** (rdance.diffusion.search, Ma et al. 2025): n paths from half the steps,
   each branching into m = 2 candidates a round, re-noised 1 step up and denoised 3 steps down
   (5 rounds at 20 steps), so its compute is n (0.5 + 0.75 m) = 2n x; n = 1, 2, 4, 8.
@@ -23,7 +24,7 @@ A pointwise RM (``rm.paradigm=pointwise``, P("yes") with no reference, or ``regr
 used as it is; that is the paper's verifier (RewardDance 3.3.2). Each row gives the judge mean
 over prompts averaged over seeds, its spread (sample std over seeds), the gain over the same
 seed's no search with its spread, the per-seed judge means, and seconds per prompt.
-``--out=FILE.json`` also writes every per-seed value.
+``--out=FILE.json`` also writes every per-seed value and each seed's judge score per prompt.
 """
 import argparse
 import json
@@ -54,6 +55,8 @@ def main():
     parser.add_argument("--max_units", type=int, default=16,
                         help="The most compute (x plain sampling): the Best-of-N pool size and the largest search.")
     parser.add_argument("--methods", default="best_of_n,paths", help="Which searches: best_of_n, paths or both.")
+    parser.add_argument("--pool_cache", default="",
+                        help="Folder keeping each seed's Best-of-N pool, so runs with other verifiers reuse it.")
     parser.add_argument("--out", default="", help="Also write every row with its per-seed values to this JSON file.")
     args = parser.parse_args()
     methods = args.methods.split(",")
@@ -99,10 +102,12 @@ def main():
     print("|---|---|---|---|---|---|---|---|---|")
     rows = []
 
-    def emit(label, method, n, m, units, judged, baseline, seconds):
-        gains = [j - b for j, b in zip(judged, baseline)]
+    def emit(label, method, n, m, units, per_prompt, seconds):
+        """One row from each seed's judge scores of the kept samples, one per prompt."""
+        judged = [float(np.mean(j)) for j in per_prompt]
+        gains = [j - float(np.mean(b)) for j, b in zip(judged, plain)]
         rows.append(dict(verifier=label, method=method, n=n, m=m, compute=units, judge=judged, gain=gains,
-                         seconds_per_prompt=seconds))
+                         seconds_per_prompt=seconds, judge_per_prompt=[np.asarray(j).tolist() for j in per_prompt]))
         print(f"| {label} | {method} | {n} | {m or '-'} | {units:g}x | {np.mean(judged):.3f} ± {spread(judged):.3f} "
               f"| {np.mean(gains):+.3f} ± {spread(gains):.3f} | {' / '.join(f'{j:.3f}' for j in judged)} "
               f"| {seconds:.3f} |", flush=True)
@@ -118,20 +123,33 @@ def main():
     first = np.arange(len(prompts)) * pool                      # each prompt's first sample: no search
     plain, pool_judge, pool_scores, pool_seconds = [], [], {label: [] for label in verifiers}, {}
     for seed in range(args.seeds):
-        start = time.time()
+        cached = os.path.join(args.pool_cache, f"pool_prompts{len(prompts)}_steps{args.steps}_n{pool}_seed{seed}.npz")
+        if args.pool_cache and os.path.exists(cached):
+            with np.load(cached) as saved:
+                if str(saved["generator"]) != os.path.abspath(args.generator):
+                    sys.exit(f"{cached} holds the pool of generator {saved['generator']}, not {args.generator}: "
+                             "give another --pool_cache folder")
+                kept.update(images=saved["images"], rows=saved["rows"])
+                pool_seconds.setdefault("sampling", []).append(float(saved["seconds_per_prompt"]))
+        else:
+            start = time.time()
 
-        def record(images, rows):
-            kept.update(images=images, rows=rows)
-            return np.zeros(len(images))
-        searcher(params, gen.frozen, prompts, record, seed=seed, config=pool_config)
-        pool_seconds.setdefault("sampling", []).append((time.time() - start) / len(prompts))
+            def record(images, rows):
+                kept.update(images=images, rows=rows)
+                return np.zeros(len(images))
+            searcher(params, gen.frozen, prompts, record, seed=seed, config=pool_config)
+            pool_seconds.setdefault("sampling", []).append((time.time() - start) / len(prompts))
+            if args.pool_cache:
+                os.makedirs(args.pool_cache, exist_ok=True)
+                np.savez(cached, images=kept["images"], rows=kept["rows"], generator=os.path.abspath(args.generator),
+                         seconds_per_prompt=pool_seconds["sampling"][-1])
         pool_judge.append(judge_rows(kept["images"], kept["rows"]))
-        plain.append(float(pool_judge[-1][first].mean()))
+        plain.append(pool_judge[-1][first])
         for label, make in verifiers.items():
             start = time.time()
             pool_scores[label].append(np.asarray(make()(kept["images"], kept["rows"]), np.float64))
             pool_seconds.setdefault(label, []).append((time.time() - start) / len(prompts))
-    emit("(none)", "none", 1, 0, 1, plain, plain, np.mean(pool_seconds["sampling"]) / pool)
+    emit("(none)", "none", 1, 0, 1, plain, np.mean(pool_seconds["sampling"]) / pool)
     if "best_of_n" in methods:
         for label in verifiers:
             for n in (2, 4, 8, 16, 32, 64):
@@ -141,9 +159,9 @@ def main():
                 for seed in range(args.seeds):
                     per_prompt = pool_scores[label][seed].reshape(len(prompts), pool)[:, :n]
                     best = np.argmax(per_prompt, axis=1) + np.arange(len(prompts)) * pool
-                    judged.append(float(pool_judge[seed][best].mean()))
+                    judged.append(pool_judge[seed][best])
                 seconds = (np.mean(pool_seconds["sampling"]) + np.mean(pool_seconds[label])) * n / pool
-                emit(label, "best_of_n", n, 0, n, judged, plain, seconds)
+                emit(label, "best_of_n", n, 0, n, judged, seconds)
 
     if "paths" in methods:   # every verifier at one compute before the next: a cut-short run compares them
         for n in (1, 2, 4, 8, 16, 32):
@@ -157,9 +175,9 @@ def main():
                 for seed in range(args.seeds):
                     start = time.time()
                     result = searcher(params, gen.frozen, prompts, make(), seed=seed, config=config)
-                    judged.append(float(judge_scores(result.images, scenes).mean()))
+                    judged.append(judge_scores(result.images, scenes))
                     seconds += (time.time() - start) / len(prompts) / args.seeds
-                emit(label, "paths", n, PATHS_M, units, judged, plain, seconds)
+                emit(label, "paths", n, PATHS_M, units, judged, seconds)
 
 
 if __name__ == "__main__":

@@ -35,8 +35,9 @@ def test_bench_prints_its_table(script, args, row):
 
 
 def test_bench_search_prints_its_table(gen_folder, rm_folder, tmp_path):
-    out = run_bench("bench/bench_search.py", f"--generator={gen_folder}", f"--rm=tiny={rm_folder}", "--prompts=2",
-                    "--seeds=2", "--steps=4", "--max_units=2", f"--out={tmp_path / 'rows.json'}")
+    common = [f"--generator={gen_folder}", "--prompts=2", "--seeds=2", "--steps=4", "--max_units=2",
+              f"--pool_cache={tmp_path / 'pools'}"]
+    out = run_bench("bench/bench_search.py", *common, f"--rm=tiny={rm_folder}", f"--out={tmp_path / 'rows.json'}")
     rows = [line for line in out.splitlines() if line.startswith(("| (none)", "| judge (oracle)", "| RM tiny"))]
     # No search once, then Best-of-2 and paths n=1 (2x) for each verifier; nothing above 2x.
     assert len(rows) == 5 and all("nan" not in row for row in rows), out
@@ -45,3 +46,9 @@ def test_bench_search_prints_its_table(gen_folder, rm_folder, tmp_path):
     # Two seeds each; no search is its own baseline, and the oracle's Best-of-2 never loses to it.
     assert all(len(r["judge"]) == 2 for r in saved) and saved[0]["gain"] == [0.0, 0.0]
     assert min(saved[1]["gain"]) >= 0, saved[1]
+    # A second run with another verifier scores the cached pools: the same samples, no search the same.
+    again = run_bench("bench/bench_search.py", *common, "--no_oracle", f"--rm=again={rm_folder}", "--methods=best_of_n",
+                      f"--out={tmp_path / 'again.json'}")
+    reused = json.loads((tmp_path / "again.json").read_text())["rows"]
+    assert reused[0]["judge_per_prompt"] == saved[0]["judge_per_prompt"], again
+    assert reused[1]["judge"] == saved[2]["judge"], again     # the same RM on the same pool keeps the same samples
