@@ -52,3 +52,8 @@ def test_bench_search_prints_its_table(gen_folder, rm_folder, tmp_path):
     reused = json.loads((tmp_path / "again.json").read_text())["rows"]
     assert reused[0]["judge_per_prompt"] == saved[0]["judge_per_prompt"], again
     assert reused[1]["judge"] == saved[2]["judge"], again     # the same RM on the same pool keeps the same samples
+    # The comparison of two RMs over both runs: the same RM on the same pool differs by exactly 0.
+    table = run_bench("bench/search_compare.py", f"--runs={tmp_path / 'rows.json'},{tmp_path / 'again.json'}",
+                      "--rms=tiny,again")
+    best_of_2 = next(line for line in table.splitlines() if line.startswith("| best_of_n | 2x |"))
+    assert "| +0.000 ± 0.000 | +0.000 / +0.000 | ± 0.000 | - |" in best_of_2, table
