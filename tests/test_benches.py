@@ -1,5 +1,6 @@
 """The benchmarks run: each is a script no other test imports, so an API change could break one
 unseen (bench_finetune did, twice). Tiny models, one repetition, the suite's 8 fake devices."""
+import json
 import os
 import subprocess
 import sys
@@ -34,9 +35,26 @@ def test_bench_prints_its_table(script, args, row):
     assert "nan" not in line, line
 
 
-def test_bench_search_prints_its_table(gen_folder, rm_folder):
-    out = run_bench("bench/bench_search.py", f"--generator={gen_folder}", f"--rm=tiny={rm_folder}", "--prompts=2",
-                    "--seeds=1", "--steps=4", "--max_units=2")
-    rows = [line for line in out.splitlines() if line.startswith(("| judge (oracle)", "| RM tiny"))]
-    # none, best_of_n 2, paths n=1 m=1 (1.5x) for each verifier; nothing above 2x.
-    assert len(rows) == 6 and all("nan" not in row for row in rows), out
+def test_bench_search_prints_its_table(gen_folder, rm_folder, tmp_path):
+    common = [f"--generator={gen_folder}", "--prompts=2", "--seeds=2", "--steps=4", "--max_units=2",
+              f"--pool_cache={tmp_path / 'pools'}"]
+    out = run_bench("bench/bench_search.py", *common, f"--rm=tiny={rm_folder}", f"--out={tmp_path / 'rows.json'}")
+    rows = [line for line in out.splitlines() if line.startswith(("| (none)", "| judge (oracle)", "| RM tiny"))]
+    # No search once, then Best-of-2 and paths n=1 (2x) for each verifier; nothing above 2x.
+    assert len(rows) == 5 and all("nan" not in row for row in rows), out
+    saved = json.loads((tmp_path / "rows.json").read_text())["rows"]
+    assert [(r["method"], r["compute"]) for r in saved] == [("none", 1)] + [("best_of_n", 2)] * 2 + [("paths", 2)] * 2
+    # Two seeds each; no search is its own baseline, and the oracle's Best-of-2 never loses to it.
+    assert all(len(r["judge"]) == 2 for r in saved) and saved[0]["gain"] == [0.0, 0.0]
+    assert min(saved[1]["gain"]) >= 0, saved[1]
+    # A second run with another verifier scores the cached pools: the same samples, no search the same.
+    again = run_bench("bench/bench_search.py", *common, "--no_oracle", f"--rm=again={rm_folder}", "--methods=best_of_n",
+                      f"--out={tmp_path / 'again.json'}")
+    reused = json.loads((tmp_path / "again.json").read_text())["rows"]
+    assert reused[0]["judge_per_prompt"] == saved[0]["judge_per_prompt"], again
+    assert reused[1]["judge"] == saved[2]["judge"], again     # the same RM on the same pool keeps the same samples
+    # The comparison of two RMs over both runs: the same RM on the same pool differs by exactly 0.
+    table = run_bench("bench/search_compare.py", f"--runs={tmp_path / 'rows.json'},{tmp_path / 'again.json'}",
+                      "--rms=tiny,again")
+    best_of_2 = next(line for line in table.splitlines() if line.startswith("| best_of_n | 2x |"))
+    assert "| +0.000 ± 0.000 | +0.000 / +0.000 | ± 0.000 | - |" in best_of_2, table
