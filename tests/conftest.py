@@ -46,7 +46,8 @@ def environment(devices: int = 8, cache=None, cache_min_seconds: float = 0) -> d
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
                XLA_FLAGS=cpu_xla_flags(devices))
     if cache:
-        env.update(JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=str(cache_min_seconds))
+        env.update(JAX_COMPILATION_CACHE_DIR=str(cache),
+                   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=str(cache_min_seconds))
     env.pop("PYTEST_CURRENT_TEST", None)   # a child's absl would otherwise think it runs under pytest
     return env
 

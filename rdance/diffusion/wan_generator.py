@@ -48,7 +48,7 @@ from rdance.models.flux.text import check_prompts
 from rdance.models.wan import export_transformer, load_transformer, load_umt5, load_vae
 from rdance.models.wan.transformer import WanConfig, WanTransformer
 from rdance.models.wan.umt5 import UMT5Config, UMT5Encoder
-from rdance.models.wan.vae import AutoencoderKLWan, WanVAEConfig
+from rdance.models.wan.vae import AutoencoderKLWan, WanVAEConfig, clips_to_video, video_to_clips
 
 # The component configs an abstract generator is built from: pipeline component -> file in it.
 PIPELINE_FILES = {"transformer": "config.json", "vae": "config.json", "text_encoder": "config.json",
@@ -211,17 +211,16 @@ class WanGenerator:
         return v
 
     def decode(self, frozen, latents) -> jax.Array:
-        """Latents [B, z, T, h, w] -> clips [B, F, H, W, 3] in [0, 1], differentiable (the whole clip:
+        """Latents [B, z, T, h, w] -> clips [B, F, H, W, 3] in [0, 1] (clipped, as FLUX's decode),
+        differentiable (the whole clip:
         the decoder is causal in time)."""
         vae = nnx.merge(self._defs["vae"], frozen["vae"])
-        video = vae.decode_latents(latents)                           # NCTHW in [-1, 1]
-        return (jnp.transpose(video, (0, 2, 3, 4, 1)).astype(jnp.float32) + 1.0) * 0.5
+        return video_to_clips(vae.decode_latents(latents))
 
     def encode(self, frozen, images) -> jax.Array:
         """uint8 clips [B, F, H, W, 3] -> latents [B, z, T, h, w] (the posterior mean)."""
         vae = nnx.merge(self._defs["vae"], frozen["vae"])
-        x = jnp.transpose(jnp.asarray(images, jnp.float32) / 127.5 - 1.0, (0, 4, 1, 2, 3))
-        return vae.encode_latents(x)
+        return vae.encode_latents(clips_to_video(images))
 
     def export(self, params, folder: str) -> str:
         """A complete WanPipeline folder: the transformer with ``params``, every other component

@@ -2,9 +2,9 @@
 loop's prompt-file eval (rdance.train.prompt_eval) share, so the two give the same numbers for
 the same parameters and noise.
 
-* :func:`sample_grid`: every sample of every prompt, drawn call by call; which noise each gets: Sample k of prompt p is row p - start of the
-  call for the ``batch_size`` prompts starting at ``start``, with seed ``seed + k * 1_000_003 +
-  start`` (its noise: ``per_sample_normal(key(that seed), row)``, as
+* :func:`sample_grid`: every sample of every prompt, drawn call by call. Sample k of prompt p is
+  row p - start of the call for the ``batch_size`` prompts starting at ``start``, with seed
+  ``seed + k * 1_000_003 + start`` (its noise: ``per_sample_normal(key(that seed), row)``, as
   rdance.diffusion.search.Searcher draws it for plain sampling).
 * :func:`score_samples`: a pointwise or regressive reward model's score of each sample for each
   criteria, and a CLIP scorer's, as arrays [P, K] named ``rm/<criteria>`` and ``clip_score``.

@@ -162,7 +162,8 @@ def main(argv):
         p, counts = gsb_verdicts(b_over_a, a_over_b, FLAGS.gsb_margin)
         with open(out / "gsb.jsonl", "w") as log:
             for i, prompt in enumerate(repeated):
-                verdict = "good" if p[i] > 0.5 + FLAGS.gsb_margin else "bad" if p[i] < 0.5 - FLAGS.gsb_margin else "same"
+                margin = FLAGS.gsb_margin
+                verdict = "good" if p[i] > 0.5 + margin else "bad" if p[i] < 0.5 - margin else "same"
                 log.write(json.dumps(dict(prompt=prompt, sample=i % FLAGS.samples_per_prompt,
                                           b_over_a=float(b_over_a[i]), a_over_b=float(a_over_b[i]),
                                           p_b_wins=float(p[i]), verdict=verdict)) + "\n")

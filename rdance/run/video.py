@@ -1,7 +1,7 @@
 """Text/image to video for ``rdance.run.generate --task=t2v|i2v``: a Wan pipeline folder sampled
 ``--batch_size`` prompts per call (video i from seed ``--seed + i`` whatever the batching), each
-video written as PNG frames (``OUT/00000/0000.png`` ...) and, when imageio-ffmpeg is installed (``pip install rdance[video]``),
-as ``OUT/00000.mp4``; one samples.jsonl line per video records what regenerates it."""
+video written as PNG frames (``OUT/00000/0000.png`` ...) and, when imageio-ffmpeg is installed
+(``pip install rdance[video]``), as ``OUT/00000.mp4``; one samples.jsonl line per video records what regenerates it."""
 from __future__ import annotations
 
 import json

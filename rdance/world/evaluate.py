@@ -34,18 +34,21 @@ class JudgeEval:
         self.sampler, self.scenes, self.samples = sampler, list(scenes) * samples_per_prompt, samples_per_prompt
         self.tokens = gen.tokenize([s.prompt for s in self.scenes])
 
-    def __call__(self, trainable, frozen) -> tuple[dict[str, float], np.ndarray]:
-        """({"judge": mean, "judge/KIND": mean per prompt kind, "check/NAME": check_rates}, images
-        [samples_per_prompt * P, H, W, 3])."""
-        images = self.sampler(trainable, frozen, self.tokens, np.arange(len(self.scenes)))
+    def judged(self, images: np.ndarray) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+        """({"judge": mean, "check/NAME": check_rates}, each sample's score, each sample's group:
+        its scene's prompt kind)."""
         scores, checks = judge_with_checks(images, self.scenes)
-        out = {"judge": float(scores.mean())}
-        kinds = np.asarray([s.kind for s in self.scenes])
-        for kind in sorted(set(kinds)):
-            out[f"judge/{kind}"] = float(scores[kinds == kind].mean())
-        out.update({f"check/{name}": rate for name, rate in checks.items()})
-        return out, images
+        out = {"judge": float(scores.mean()), **{f"check/{name}": rate for name, rate in checks.items()}}
+        return out, scores, np.asarray([s.kind for s in self.scenes])
 
+    def __call__(self, trainable, frozen) -> tuple[dict[str, float], np.ndarray]:
+        """(:meth:`judged`'s scalars plus "judge/GROUP": the mean per group, the samples
+        [samples_per_prompt * P, *sample])."""
+        samples = self.sampler(trainable, frozen, self.tokens, np.arange(len(self.scenes)))
+        out, scores, groups = self.judged(samples)
+        for group in sorted(set(groups)):
+            out[f"judge/{group}"] = float(scores[groups == group].mean())
+        return out, samples
 
 
 def judge_clips(clips: np.ndarray, mscenes: Sequence) -> tuple[dict[str, float], np.ndarray]:
@@ -59,22 +62,10 @@ def judge_clips(clips: np.ndarray, mscenes: Sequence) -> tuple[dict[str, float],
     return out, scores
 
 
-class MotionJudgeEval:
+class MotionJudgeEval(JudgeEval):
     """The motion judge (rdance.world.motion_judge) over held-out motion scenes, as
-    :class:`JudgeEval` over still scenes: sample s of scene p has id ``s * P + p``, fixed noise."""
+    :class:`JudgeEval` over still scenes; the groups are the asked motions ("judge/left", ...)."""
 
-    def __init__(self, sampler, gen, mscenes: Sequence, samples_per_prompt: int = 1):
-        if samples_per_prompt < 1:
-            raise ValueError(f"samples_per_prompt is {samples_per_prompt}; judge at least one sample per prompt")
-        self.sampler, self.mscenes, self.samples = sampler, list(mscenes) * samples_per_prompt, samples_per_prompt
-        self.tokens = gen.tokenize([m.prompt for m in self.mscenes])
-
-    def __call__(self, trainable, frozen) -> tuple[dict[str, float], np.ndarray]:
-        """({"judge": mean score, "judge/per_frame|direction|persistence": mean parts,
-        "judge/MOTION": mean score per asked motion}, clips [samples_per_prompt * P, F, H, W, 3])."""
-        clips = self.sampler(trainable, frozen, self.tokens, np.arange(len(self.mscenes)))
-        out, scores = judge_clips(clips, self.mscenes)
-        motions = np.asarray([m.motion for m in self.mscenes])
-        for motion in sorted(set(motions)):
-            out[f"judge/{motion}"] = float(scores[motions == motion].mean())
-        return out, clips
+    def judged(self, clips: np.ndarray) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+        out, scores = judge_clips(clips, self.scenes)
+        return out, scores, np.asarray([m.motion for m in self.scenes])

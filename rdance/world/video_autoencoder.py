@@ -23,15 +23,17 @@ from absl import logging
 from flax import nnx
 
 from rdance.models.wan import export_vae, load_vae
+from rdance.models.wan.vae import clips_to_video
 from rdance.world.autoencoder import STATS_FILE, batches, fit_vae, trained_before
 from rdance.world.motion import RenderedClips, motion_prompt_split, render_clip
 from rdance.world.evaluate import judge_clips
-from rdance.world.video_generator import WorldVideoGenerator, to_unit_clips
+from rdance.world.video_generator import WorldVideoGenerator
+
 
 def latent_stats(gen: WorldVideoGenerator, vae_params, clips: np.ndarray) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of the VAE's posterior means of ``clips`` (Wan's latents_mean/std)."""
     vae = nnx.merge(gen.vae_def, vae_params)
-    mean = jax.jit(lambda x: vae.encode(to_unit_clips(x))[0])(clips)
+    mean = jax.jit(lambda x: vae.encode(clips_to_video(x))[0])(clips)
     axes = (0, 2, 3, 4)
     return [float(v) for v in jnp.mean(mean, axes)], [float(v) + 1e-6 for v in jnp.std(mean, axes)]
 
@@ -69,7 +71,7 @@ def train_clip_vae(gen: WorldVideoGenerator, c, workdir: str, kinds=None,
 
     def clips(seed, length):
         return RenderedClips(length, seed=seed, image_size=cfg.image_size, frames=cfg.frames, **extra)
-    params, timing = fit_vae(gen.make_vae(), c, batches(clips(c.seed, 10_000_000), c.batch_size), to_unit_clips,
+    params, timing = fit_vae(gen.make_vae(), c, batches(clips(c.seed, 10_000_000), c.batch_size), clips_to_video,
                              log)
     stats_clips = next(batches(clips(c.seed + 1, 64), 64))   # 64 clips: 64 x frames x h x w values a channel
     mean, std = latent_stats(gen, params, stats_clips)

@@ -40,7 +40,7 @@ from rdance.models.flux import config as cfglib
 from rdance.models.wan import export_transformer, export_umt5, export_vae, load_transformer, load_umt5, load_vae
 from rdance.models.wan.transformer import WanConfig, WanTransformer
 from rdance.models.wan.umt5 import UMT5Config, UMT5Encoder
-from rdance.models.wan.vae import AutoencoderKLWan, WanVAEConfig
+from rdance.models.wan.vae import AutoencoderKLWan, WanVAEConfig, clips_to_video, video_to_clips
 from rdance.world.evaluate import MotionJudgeEval
 from rdance.world.generator import (_load_tokenizer, config_of_sizes, folder_params, prompt_words,
                                     read_folder_config, word_tokens)
@@ -166,11 +166,6 @@ class WorldVideoNet(nnx.Module):
 def motion_words() -> list[str]:
     """Every word (and the comma) a motion prompt can use."""
     return sorted({*prompt_words(), ",", "moving", "staying", *MOTIONS})
-
-
-def to_unit_clips(clips) -> jax.Array:
-    """uint8 clips [B, F, H, W, 3] -> NCTHW float in [-1, 1] (what AutoencoderKLWan takes)."""
-    return jnp.transpose(jnp.asarray(clips, jnp.float32) / 127.5 - 1.0, (0, 4, 1, 2, 3))
 
 
 class MovingWorld:
@@ -308,12 +303,11 @@ class WorldVideoGenerator(MovingWorld):
 
     def decode(self, frozen, latents) -> jax.Array:
         """Packed latents -> clips [B, F, H, W, 3] in [0, 1], through the VAE decoder (differentiable)."""
-        video = self._vae(frozen).decode_latents(self.unpack(latents.astype(jnp.float32)))
-        return jnp.clip((jnp.transpose(video.astype(jnp.float32), (0, 2, 3, 4, 1)) + 1.0) * 0.5, 0.0, 1.0)
+        return video_to_clips(self._vae(frozen).decode_latents(self.unpack(latents.astype(jnp.float32))))
 
     def encode(self, frozen, clips) -> jax.Array:
         """uint8 clips [B, F, H, W, 3] -> packed latents (the VAE's normalised posterior mean)."""
-        return self.pack(self._vae(frozen).encode_latents(to_unit_clips(clips)).astype(jnp.float32))
+        return self.pack(self._vae(frozen).encode_latents(clips_to_video(clips)).astype(jnp.float32))
 
     def export(self, params, folder: str) -> str:
         """A diffusers WanPipeline folder, plus world_video.json. ``params`` and ``frozen`` must be

@@ -20,10 +20,11 @@ from rdance.data.registry import open_source
 from experiments import finetune_video_smoke
 from rdance.diffusion.generator import open_generator
 from rdance.diffusion.wan_pipeline import WanSampler
+from rdance.models.wan.vae import clips_to_video
 from rdance.train.generator_eval import Sampler
 from rdance.world.autoencoder import make_train_step
 from rdance.world.motion import RenderedClips
-from rdance.world.video_generator import WorldVideoConfig, WorldVideoGenerator, to_unit_clips
+from rdance.world.video_generator import WorldVideoConfig, WorldVideoGenerator
 from tests.conftest import REPO, cpu_xla_flags
 from tests.models.wan.test_transformer import _diffusers_load as diffusers_transformer
 
@@ -115,7 +116,7 @@ def test_clip_vae_training_step_lowers_the_loss(tmp_path):
     params = nnx.to_pure_dict(state)
     tx = optax.adam(3e-3)
     opt_state = tx.init(params)
-    step = make_train_step(graphdef, tx, 1e-4, 1.0, to_unit_clips, sample=False)
+    step = make_train_step(graphdef, tx, 1e-4, 1.0, clips_to_video, sample=False)
     source = RenderedClips(2, seed=0, frames=gen.cfg.frames)
     batch = np.stack([source[i][1] for i in range(2)])
     losses = []

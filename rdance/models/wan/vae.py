@@ -415,6 +415,16 @@ def _ntc(x):
     return jnp.transpose(x, (0, 2, 3, 4, 1))
 
 
+def clips_to_video(clips) -> jax.Array:
+    """uint8 clips [B, F, H, W, 3] -> NCTHW float in [-1, 1], what the VAE encodes."""
+    return _nct(jnp.asarray(clips, jnp.float32) / 127.5 - 1.0)
+
+
+def video_to_clips(video) -> jax.Array:
+    """The decoder's NCTHW video in [-1, 1] -> clips [B, F, H, W, 3] float32 in [0, 1] (clipped)."""
+    return jnp.clip((_ntc(video.astype(jnp.float32)) + 1.0) * 0.5, 0.0, 1.0)
+
+
 def _nct(x):
     return jnp.transpose(x, (0, 4, 1, 2, 3))
 
