@@ -46,13 +46,14 @@ def edges(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     return x[..., 1:, :] - x[..., :-1, :], x[..., 1:] - x[..., :-1]
 
 
-def vae_loss(vae, x: jax.Array, key: jax.Array, kl_weight: float, edge_weight: float, sample: bool = True):
+def vae_loss(vae, x: jax.Array, key: jax.Array, kl_weight: float, edge_weight: float, sample: bool = True,
+             decode_kwargs: dict | None = None):
     """(loss, metrics) of images ``x`` (NCHW in [-1, 1]; or clips, NCTHW, for the Wan VAE)
     reconstructed from a latent sample (``sample=False``: from the posterior mean); ``vae`` has
-    ``encode -> (mean, logvar)`` and ``decode``."""
+    ``encode -> (mean, logvar)`` and ``decode(z, **decode_kwargs)``."""
     mean, logvar = vae.encode(x)
     z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape, mean.dtype) if sample else mean
-    rec = vae.decode(z).astype(jnp.float32)
+    rec = vae.decode(z, **(decode_kwargs or {})).astype(jnp.float32)
     l1, mse = jnp.mean(jnp.abs(rec - x)), jnp.mean(jnp.square(rec - x))
     edge = sum(jnp.mean(jnp.abs(a - b)) for a, b in zip(edges(rec), edges(x)))
     kl = 0.5 * jnp.mean(jnp.square(mean) + jnp.exp(logvar) - 1.0 - logvar)
@@ -61,12 +62,14 @@ def vae_loss(vae, x: jax.Array, key: jax.Array, kl_weight: float, edge_weight: f
 
 
 def make_train_step(graphdef, tx, kl_weight: float, edge_weight: float, to_unit=to_unit_range,
-                    sample: bool = True) -> Callable:
+                    sample: bool = True, decode_kwargs: dict | None = None) -> Callable:
     """step(params, opt_state, uint8 batch, key) -> (params, opt_state, loss, metrics), jitted;
-    ``to_unit`` maps the batch (images NHWC by default) to the VAE's input in [-1, 1]."""
+    ``to_unit`` maps the batch (images NHWC by default) to the VAE's input in [-1, 1]; the rest
+    as :func:`vae_loss`."""
     def step(params, opt_state, images, key):
         def loss_fn(p):
-            return vae_loss(nnx.merge(graphdef, p), to_unit(images), key, kl_weight, edge_weight, sample)
+            return vae_loss(nnx.merge(graphdef, p), to_unit(images), key, kl_weight, edge_weight, sample,
+                            decode_kwargs)
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss, metrics
@@ -105,10 +108,11 @@ def reconstruction_judge(gen, eval_prompts: int, prompt_seed: int = 7, chunk: in
 
 
 def fit_vae(vae, c, data, to_unit, log: Callable[[int, dict], None] | None = None,
-            prefix: str = "vae") -> tuple[dict, dict]:
+            prefix: str = "vae", decode_kwargs: dict | None = None) -> tuple[dict, dict]:
     """Train ``vae`` (a fresh nnx module with ``encode``/``decode``) by config section ``c`` on
     the uint8 batches of the iterator ``data``: returns its parameters and the timing
-    (``train_s``, ``step_s`` after compilation). ``log(step, scalars)`` receives the metrics."""
+    (``train_s``, ``step_s`` after compilation). ``log(step, scalars)`` receives the metrics;
+    ``decode_kwargs`` go to the VAE's decode in the loss."""
     for name in ("learning_rate", "kl_weight", "edge_weight"):
         if not c[name] >= 0 or (name == "learning_rate" and not c[name] > 0):
             raise ValueError(f"config key {prefix}.{name}={c[name]!r} must be "
@@ -122,7 +126,8 @@ def fit_vae(vae, c, data, to_unit, log: Callable[[int, dict], None] | None = Non
     opt_state = tx.init(params)
     # sample_posterior=False reconstructs from the posterior mean: a fresh Wan VAE's latents are
     # ~0.01 against unit sampling noise, and sampled, its decoder learnt to ignore them.
-    step_fn = make_train_step(graphdef, tx, c.kl_weight, c.edge_weight, to_unit, c.get("sample_posterior", True))
+    step_fn = make_train_step(graphdef, tx, c.kl_weight, c.edge_weight, to_unit, c.get("sample_posterior", True),
+                              decode_kwargs)
     key = jax.random.key(c.seed)
     compiled_at = None
     for step in range(1, c.steps + 1):

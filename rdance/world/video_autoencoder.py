@@ -71,8 +71,12 @@ def train_clip_vae(gen: WorldVideoGenerator, c, workdir: str, kinds=None,
 
     def clips(seed, length):
         return RenderedClips(length, seed=seed, image_size=cfg.image_size, frames=cfg.frames, **extra)
+    # Unclamped: Wan's decode clamps to [-1, 1] as diffusers' does, and a clamped pixel passes no
+    # gradient. A fresh decoder that overshoots below -1 (the dark background) on a quarter of its
+    # pixels never learns the objects drawn there: the loss sat flat for 250 steps
+    # (bench/results/video_refl.md).
     params, timing = fit_vae(gen.make_vae(), c, batches(clips(c.seed, 10_000_000), c.batch_size), clips_to_video,
-                             log)
+                             log, decode_kwargs={"clamp": False})
     stats_clips = next(batches(clips(c.seed + 1, 64), 64))   # 64 clips: 64 x frames x h x w values a channel
     mean, std = latent_stats(gen, params, stats_clips)
     trained = gen.with_vae(params, mean, std)
