@@ -166,6 +166,10 @@ def xdist_group_of(path: str) -> str:
     return next((f for f in SHARED_FIXTURE_FOLDERS if relative.startswith(f + "/")), relative)
 
 
+# tryfirst: xdist's own collection hook reads the mark to append "@group" to each test's id, which is
+# what loadgroup schedules by; marked after it (as before 2026-12-07), no test had a group, and each
+# worker built the demo, the notebook run and every other shared fixture again.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     for item in items:
         item.add_marker(pytest.mark.xdist_group(xdist_group_of(str(item.path))))
