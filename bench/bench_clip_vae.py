@@ -32,6 +32,12 @@ def main():
     parser.add_argument("--clamp", action="store_true", help="Take the Wan VAE's loss through its clamp.")
     parser.add_argument("--posterior_sample", action="store_true", help="Reconstruct a posterior sample.")
     parser.add_argument("--base_dim", type=int, default=8, help="The Wan VAE's base width.")
+    parser.add_argument("--init_from", default="",
+                        help="Wan: start from this diffusers AutoencoderKLWan folder (e.g. one torch initialised and "
+                             "saved) instead of rdance's initialisation.")
+    parser.add_argument("--first_frame", action="store_true",
+                        help="Wan: train and probe on 1-frame clips (their first frame): the causal VAE's "
+                             "first chunk alone, as an image VAE.")
     args = parser.parse_args()
 
     import jax
@@ -53,8 +59,13 @@ def main():
         cfg = WorldVideoConfig(**{k: v for k, v in sizes.items() if k in WorldVideoConfig.__dataclass_fields__},
                                vocab_size=64)
         from rdance.models.wan.vae import AutoencoderKLWan
-        vae, to_unit = AutoencoderKLWan(cfg.vae(), rngs=nnx.Rngs(0)), clips_to_video
-        shape = lambda clips: clips
+        if args.init_from:
+            from rdance.models.wan import load_vae
+            vae = load_vae(args.init_from, param_dtype="float32", dtype="float32", remat="none")
+        else:
+            vae = AutoencoderKLWan(cfg.vae(), rngs=nnx.Rngs(0))
+        to_unit = clips_to_video
+        shape = (lambda clips: clips[:, :1]) if args.first_frame else (lambda clips: clips)
         decode_kwargs = None if args.clamp else {"clamp": False}
     else:
         cfg = WorldGeneratorConfig(image_size=size, vae_channels=(16, 32), vae_latent_channels=4, vae_layers=1,

@@ -1,6 +1,7 @@
 """Small building blocks whose parameters carry logical axis names (see rdance.core.sharding)."""
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import jax
@@ -11,6 +12,25 @@ from rdance.core.sharding import param
 
 Initializer = Callable[[jax.Array, Sequence[int], jnp.dtype], jax.Array]
 default_kernel_init = nnx.initializers.normal(0.02)
+
+
+def conv_params(rngs: nnx.Rngs, shape: tuple[int, ...], param_dtype, axes: tuple, use_bias: bool = True,
+                torch_init: bool = False, kernel_init: Initializer = default_kernel_init):
+    """(kernel, bias or None) of a conv whose kernel is ``shape`` [..., in, out]: ``kernel_init`` and
+    zero biases, or torch's defaults for both (``torch_init``: kaiming_uniform with a = sqrt(5), so
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for kernel and bias, fan_in every kernel axis but the last).
+    A model trained from scratch as its torch original is should start as that one does: the world's
+    Wan VAE, with normal(0.02) kernels and zero biases, had not begun to draw objects after 150
+    single-frame steps, where diffusers' own, torch-initialised, had for 2 seeds of 3
+    (bench/results/video_refl.md)."""
+    if not torch_init:
+        kernel = kernel_init(rngs.params(), shape, param_dtype)
+        bias = jnp.zeros((shape[-1],), param_dtype)
+    else:
+        bound = 1.0 / math.sqrt(math.prod(shape[:-1]))
+        kernel = jax.random.uniform(rngs.params(), shape, param_dtype, -bound, bound)
+        bias = jax.random.uniform(rngs.params(), (shape[-1],), param_dtype, -bound, bound)
+    return param(kernel, axes), param(bias, axes[-1:]) if use_bias else None
 
 
 def matmul_rows(x: jax.Array, w: jax.Array) -> jax.Array:
@@ -102,10 +122,9 @@ class Conv2d(nnx.Module):
     def __init__(self, in_features: int, out_features: int, kernel_size: int, *, rngs: nnx.Rngs,
                  stride: int = 1, padding=0, use_bias: bool = True,
                  axes: tuple = ("conv", "conv", "channels", "channels"), param_dtype=jnp.float32,
-                 dtype=None, kernel_init: Initializer = default_kernel_init):
+                 dtype=None, kernel_init: Initializer = default_kernel_init, torch_init: bool = False):
         shape = (kernel_size, kernel_size, in_features, out_features)
-        self.kernel = param(kernel_init(rngs.params(), shape, param_dtype), axes)
-        self.bias = param(jnp.zeros((out_features,), param_dtype), axes[3:]) if use_bias else None
+        self.kernel, self.bias = conv_params(rngs, shape, param_dtype, axes, use_bias, torch_init, kernel_init)
         self.stride = stride
         self.padding = ((padding, padding), (padding, padding)) if isinstance(padding, int) else tuple(padding)
         self.dtype = dtype

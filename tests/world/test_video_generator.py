@@ -1,7 +1,8 @@
 """The moving world's video generator (a miniature Wan): the documented pretraining command at tiny
 scale writes a WanPipeline folder that rdance's WanSampler and diffusers' WanPipeline sample
 alike, and that the fine-tuning kind 'world_video' opens and judges with the motion judge; its
-VAE trains even where its fresh decoder's output starts outside the clamp; bad configs fail with errors that name the fix."""
+VAE trains even where its fresh decoder's output starts outside the clamp; bad configs fail with
+errors that name the fix."""
 import json
 import os
 import subprocess

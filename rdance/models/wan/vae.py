@@ -31,7 +31,7 @@ from rdance.models import remat as rematlib
 from rdance.models.convert import Key
 from rdance.models.flux import config as cfglib
 from rdance.models.flux.vae import upsample_conv
-from rdance.models.layers import Conv2d, default_kernel_init
+from rdance.models.layers import Conv2d, conv_params
 
 CLASS_NAME = "AutoencoderKLWan"
 CACHE_T = 2          # frames of its input a causal 3x3x3 convolution keeps for the next chunk
@@ -108,9 +108,10 @@ class CausalConv3d(nnx.Module):
     def __init__(self, in_features: int, out_features: int, kernel_size, *, rngs: nnx.Rngs,
                  stride=1, padding=0, param_dtype=jnp.float32, dtype=None):
         k = (kernel_size,) * 3 if isinstance(kernel_size, int) else tuple(kernel_size)
-        self.kernel = param(default_kernel_init(rngs.params(), k + (in_features, out_features), param_dtype),
-                            ("conv", "conv", "conv", "channels", "channels"))
-        self.bias = param(jnp.zeros((out_features,), param_dtype), ("channels",))
+        # torch's default init: a Wan VAE trains from scratch only in the world, and learns there as
+        # diffusers' does only with it (rdance.models.layers.conv_params).
+        self.kernel, self.bias = conv_params(rngs, k + (in_features, out_features), param_dtype,
+                                             ("conv", "conv", "conv", "channels", "channels"), torch_init=True)
         self.stride = (stride,) * 3 if isinstance(stride, int) else tuple(stride)
         pt, ph, pw = (padding,) * 3 if isinstance(padding, int) else tuple(padding)
         self.time_pad, self.space_pad = 2 * pt, ((ph, ph), (pw, pw))
@@ -181,8 +182,8 @@ class AttentionBlock(nnx.Module):
     def __init__(self, cfg: WanVAEConfig, dim: int, rngs):
         kw = _kw(cfg)
         self.norm = RMSNorm(dim, images=True, param_dtype=kw["param_dtype"])
-        self.to_qkv = Conv2d(dim, 3 * dim, 1, rngs=rngs, **kw)
-        self.proj = Conv2d(dim, dim, 1, rngs=rngs, **kw)
+        self.to_qkv = Conv2d(dim, 3 * dim, 1, rngs=rngs, torch_init=True, **kw)
+        self.proj = Conv2d(dim, dim, 1, rngs=rngs, torch_init=True, **kw)
         self.impl = cfg.attention
 
     def _frame(self, x):
@@ -215,9 +216,9 @@ class Resample(nnx.Module):
         kw = _kw(cfg)
         self.mode = mode
         if mode.startswith("upsample"):
-            self.resample = Conv2d(dim, dim // 2, 3, padding=1, rngs=rngs, **kw)
+            self.resample = Conv2d(dim, dim // 2, 3, padding=1, rngs=rngs, torch_init=True, **kw)
         else:   # torch pads right/bottom by one and convolves with stride 2 and no padding
-            self.resample = Conv2d(dim, dim, 3, stride=2, padding=((0, 1), (0, 1)), rngs=rngs, **kw)
+            self.resample = Conv2d(dim, dim, 3, stride=2, padding=((0, 1), (0, 1)), rngs=rngs, torch_init=True, **kw)
         if mode == "upsample3d":
             self.time_conv = CausalConv3d(dim, 2 * dim, (3, 1, 1), padding=(1, 0, 0), rngs=rngs, **kw)
         elif mode == "downsample3d":

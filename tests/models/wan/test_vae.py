@@ -153,3 +153,26 @@ def test_loads_onto_a_mesh_and_runs_in_bfloat16(torch_vae, devices):
     assert got.dtype == jnp.bfloat16 and got.shape == want.shape
     err = np.abs(np.asarray(got, np.float32) - want)
     assert err.mean() < 0.02 and err.max() < 0.25   # measured: max 0.07, mean 0.007
+
+
+def test_a_fresh_vae_starts_from_torchs_default_init():
+    """The world's VAE trains from scratch, and with normal(0.02) kernels and zero biases it drew no
+    object where diffusers' own (torch-initialised) VAE learns them (bench/results/video_refl.md):
+    every conv kernel and bias starts U(-1/sqrt(fan_in), 1/sqrt(fan_in)), as torch's Conv layers."""
+    from rdance.models.wan.vae import AutoencoderKLWan, WanVAEConfig
+    cfg = WanVAEConfig(base_dim=8, z_dim=4, dim_mult=(1, 2), num_res_blocks=1, temperal_downsample=(True,),
+                       latents_mean=(0.0,) * 4, latents_std=(1.0,) * 4, remat="none")
+    params = nnx.to_pure_dict(nnx.state(AutoencoderKLWan(cfg, rngs=nnx.Rngs(0)), nnx.Param))
+    flat = {"/".join(str(getattr(p, "key", p)) for p in path): np.asarray(leaf)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+    kernels = {k: v for k, v in flat.items() if k.endswith("kernel") and v.ndim >= 4}
+    torch_convs = [m for m in diffusers.AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 2], num_res_blocks=1,
+                                                         temperal_downsample=[True]).modules()
+                   if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))]
+    assert len(kernels) == len(torch_convs) > 10
+    for name, kernel in kernels.items():
+        bound = 1.0 / np.sqrt(np.prod(kernel.shape[:-1]))
+        bias = flat[name[:-len("kernel")] + "bias"]
+        assert np.abs(kernel).max() <= bound and np.abs(bias).max() <= bound, name
+        assert abs(kernel.std() / (bound / np.sqrt(3.0)) - 1.0) < 0.25, name   # a uniform's std
+        assert np.abs(bias).max() > 0.0, name
