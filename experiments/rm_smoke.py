@@ -79,7 +79,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                   # world_captions only: share of grounding questions among the captions.
                   question_share=0.0,
                   # world_clips only: frames per clip.
-                  clip_frames=8)
+                  clip_frames=8,
+                  # The tokenizer of a model built here knows the moving world's words even when
+                  # no set reads clips: a VLM pretrained on stills that a clip RM starts from.
+                  motion_words=False)
     c.optim = dict(name="adamw", learning_rate=3e-4, schedule="cosine", warmup_steps=50,
                    b1=0.9, b2=0.98, weight_decay=0.01, grad_clip_norm=1.0)
     c.mesh = dict(shape=(1, -1, 1), rules=DEFAULT_RULES)

@@ -13,9 +13,10 @@ from rdance.world.pairs import ALIGNMENT_CRITERIA, PreferencePairs
 def world_corpus(data=None) -> list[str]:
     """Every word the smoke RM will read or write: templates, criteria, prompts, rationales; and
     the moving world's when ``data`` (a config's data block) trains or evaluates on
-    'world_clips' (only then, so a still-image RM keeps its vocabulary, and its figures)."""
+    'world_clips' or sets ``motion_words`` (only then, so a still-image RM keeps its vocabulary,
+    and its figures)."""
     texts = [*rm_folder.template_corpus(), *_still_texts()]
-    if data is not None and reads_clips(data):
+    if data is not None and (reads_clips(data) or data.get("motion_words", False)):
         texts += _clip_texts()
     return texts
 

@@ -95,3 +95,17 @@ def test_world_clips_source_and_jsonl_round_trip(tmp_path):
     write_jsonl([source[0]], str(tmp_path / "clips.jsonl"))
     back = JsonlRecords(str(tmp_path / "clips.jsonl"))[0]
     np.testing.assert_array_equal(back.images[1], source[0].images[1])
+
+
+def test_a_still_vlm_learns_the_moving_worlds_words_only_when_asked():
+    """A VLM pretrained on stills, that a clip RM will start from, needs 'moving', 'up', 'down'
+    in its tokenizer (else they read as <unk>); a still RM keeps its vocabulary."""
+    from experiments import vlm_smoke
+    from rdance.world.vlm import world_corpus
+
+    data = vlm_smoke.get_config().data
+    still = set(" ".join(world_corpus(data)).split())
+    data.motion_words = True
+    moving = set(" ".join(world_corpus(data)).split())
+    assert not {"moving", "up", "down", "staying"} & still
+    assert {"moving", "up", "down", "staying"} <= moving
