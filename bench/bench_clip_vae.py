@@ -8,7 +8,9 @@ its posterior-mean reconstructions of held-out clips on object pixels and on bac
     python bench/bench_clip_vae.py --arch=flux --steps=120
 
 Errors are mean absolute errors summed over RGB in [-1, 1] units; a VAE that draws background
-where the objects are scores the objects' distance from the background (~2.5 here). ``sat`` is
+where the objects are scores the objects' distance from the background (~2.5 here); the last
+column splits the object error by the object's colour (a VAE that keeps shapes but merges
+colours shows there). ``sat`` is
 the share of the decoder's unclamped output below -1: with ``--clamp`` (the loss taken through
 Wan's clamp, as before #23's fix) those pixels pass no gradient.
 """
@@ -50,6 +52,7 @@ def main():
     from rdance.world.autoencoder import batches, make_train_step, to_unit_range
     from rdance.world.generator import WorldGeneratorConfig
     from rdance.world.motion import RenderedClips
+    from rdance.world.prompts import COLOURS
     from rdance.world.video_generator import WorldVideoConfig
 
     sizes = dict(video_smoke.get_config().model)
@@ -91,19 +94,24 @@ def main():
 
     target = np.asarray(to_unit(probe))
     objects = np.abs(target - target[:, :, ..., :1, :1]).sum(1) > 0.2   # unlike the top-left (background) pixel
+    # Each object pixel's colour: the world's colour nearest to its rendered value.
+    palette = np.asarray(list(COLOURS.values()), np.float32) / 127.5 - 1.0
+    nearest = np.abs(np.moveaxis(target, 1, -1)[..., None, :] - palette).sum(-1).argmin(-1)
     print(f"{args.arch} VAE, batch {args.batch_size} clips of {frames}x{size}x{size}, lr {args.learning_rate}"
           f"{', loss through the clamp' if args.clamp else ''}; object pixels {objects.mean():.3f} of the probe")
-    print("| step | loss | l1 | sat < -1 | obj err | bg err | s/step (with compile) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| step | loss | l1 | sat < -1 | obj err | bg err | obj err by colour | s/step (with compile) |")
+    print("|---|---|---|---|---|---|---|---|")
     start = time.time()
     for i in range(1, args.steps + 1):
         params, opt_state, loss, metrics = step(params, opt_state, shape(next(data)), jax.random.key(i))
         if i % args.every == 0 or i == 1:
             out = np.asarray(unclamped_reconstruction(params, probe))
             err = np.abs(out - target).sum(1)
+            by_colour = " ".join(f"{name} {err[objects & (nearest == c)].mean():.2f}"
+                                 for c, name in enumerate(COLOURS) if np.any(objects & (nearest == c)))
             print(f"| {i} | {float(loss):.3f} | {float(metrics['l1']):.3f} | {np.mean(out < -1):.3f} | "
-                  f"{err[objects].mean():.3f} | {err[~objects].mean():.3f} | {(time.time() - start) / i:.2f} |",
-                  flush=True)
+                  f"{err[objects].mean():.3f} | {err[~objects].mean():.3f} | {by_colour} | "
+                  f"{(time.time() - start) / i:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

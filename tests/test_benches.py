@@ -28,6 +28,7 @@ def run_bench(*args: str) -> str:
                                    "--heads=2", "--heldout_share=0.2"], "| 2 |"),
     ("bench/bench_wan.py", ["--tiny", "--size=32", "--frames=5", "--text_tokens=16", "--reps=1"], "| VAE decode"),
     ("bench/bench_motion_judge.py", ["--prompts=3", "--sizes=32", "--frames=4"], "| 32 | faithful |"),
+    ("bench/bench_clip_vae.py", ["--steps=2", "--every=2", "--base_dim=4", "--batch_size=1", "--first_frame"], "| 2 |"),
 ])
 def test_bench_prints_its_table(script, args, row):
     out = run_bench(script, *args)
