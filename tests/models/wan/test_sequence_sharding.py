@@ -46,11 +46,12 @@ def test_wan_transformer_sequence_sharded_matches_unsharded(devices):
     rules = sharding.with_rule(sharding.DEFAULT_RULES, "tokens", "fsdp")
     placed = jax.tree.map(jax.device_put, params, sharding.state_shardings(params, mesh, rules))
     placed_latents = jax.device_put(latents, NamedSharding(mesh, P("data")))
-    with sharding.activations_on(mesh, rules):
-        top = jax.make_jaxpr(forward)(placed, placed_latents).jaxpr
-        full = str(jax.make_jaxpr(step)(placed, placed_latents))
-        (loss_got, out_got), grads_got = jax.jit(step)(placed, placed_latents)
     (loss_ref, out_ref), grads_ref = jax.jit(step)(params, latents)
+    with sharding.activations_on(mesh, rules):
+        # Fresh functions: jit's and make_jaxpr's caches do not know the activation context.
+        top = jax.make_jaxpr(lambda p, x: forward(p, x))(placed, placed_latents).jaxpr
+        full = str(jax.make_jaxpr(lambda p, x: step(p, x))(placed, placed_latents))
+        (loss_got, out_got), grads_got = jax.jit(lambda p, x: step(p, x))(placed, placed_latents)
 
     assert _token_split_constraints(top) == 2   # after the patch embedding, after the last block
     assert "all_gather" in full                 # attention's K/V gathered along the split tokens
