@@ -26,9 +26,19 @@ in for the folders, see docs/finetune.md):
     python -m rdance.run.fit_check --entry=rdance.run.finetune --config=experiments/finetune_wan.py:1.3b \\
         --topology=v5p:2x2x1
 
-It does not fit (bench/results/fit_check.md): 240.74 GiB of temporaries per chip there, and one
-81-frame sample per chip alone needs 112.20 GiB, so every slice needs a sample split over chips
-(sequence sharding) or shorter clips first.
+As the recipe stands (the batch split over chips) it does not fit (bench/results/fit_check.md):
+240.74 GiB of temporaries per chip there, and one 81-frame sample per chip alone needs 112.20 GiB.
+``1.3b,seq`` (or ``14b,seq``) splits one clip over every chip of the slice instead (one prompt
+per micro-batch; the transformer's tokens, the RM's sequence and the VAE decoder's width over
+the chips, the parameters FSDP over them):
+
+    python -m rdance.run.fit_check --entry=rdance.run.finetune --config=experiments/finetune_wan.py:1.3b,seq \\
+        --topology=v5p:2x2x1 --config.data.samples_per_prompt=1
+
+Measured (bench/results/fit_check.md) at v5p:2x2x1, the smallest v5p slice (4 chips), 81
+frames, one sample per micro-batch: libtpu's compiler passed buffer assignment without
+RESOURCE_EXHAUSTED (the recipe's layout fails there within 2 minutes) and was still generating
+code after 50 minutes on the loaded 2-core host, so the per-chip figures were not reported yet.
 """
 import ml_collections
 
