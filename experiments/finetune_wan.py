@@ -38,7 +38,7 @@ the chips, the parameters FSDP over them):
 Measured (bench/results/fit_check.md) at v5p:2x2x1, the smallest v5p slice (4 chips), 81
 frames, one sample per micro-batch: libtpu's compiler passed buffer assignment without
 RESOURCE_EXHAUSTED (the recipe's layout fails there within 2 minutes) and was still generating
-code after 50 minutes on the loaded 2-core host, so the per-chip figures were not reported yet.
+code when its 70-minute timeout stopped it on the loaded 2-core host: no per-chip figures.
 """
 import ml_collections
 
