@@ -26,13 +26,24 @@ in for the folders, see docs/finetune.md):
     python -m rdance.run.fit_check --entry=rdance.run.finetune --config=experiments/finetune_wan.py:1.3b \\
         --topology=v5p:2x2x1
 
-It does not fit (bench/results/fit_check.md): 240.74 GiB of temporaries per chip there, and one
-81-frame sample per chip alone needs 112.20 GiB, so every slice needs a sample split over chips
-(sequence sharding) or shorter clips first.
+As the recipe stands (the batch split over chips) it does not fit (bench/results/fit_check.md):
+240.74 GiB of temporaries per chip there, and one 81-frame sample per chip alone needs 112.20 GiB.
+``1.3b,seq`` (or ``14b,seq``) splits one clip over every chip of the slice instead (one prompt
+per micro-batch; the transformer's tokens, the RM's sequence and the VAE decoder's width over
+the chips, the parameters FSDP over them):
+
+    python -m rdance.run.fit_check --entry=rdance.run.finetune --config=experiments/finetune_wan.py:1.3b,seq \\
+        --topology=v5p:2x2x1 --config.data.samples_per_prompt=1
+
+Measured (bench/results/fit_check.md) at v5p:2x2x1, the smallest v5p slice (4 chips), 81
+frames, one sample per micro-batch: libtpu's compiler passed buffer assignment without
+RESOURCE_EXHAUSTED (the recipe's layout fails there within 2 minutes) and was still generating
+code when its 70-minute timeout stopped it on the loaded 2-core host: no per-chip figures.
 """
 import ml_collections
 
 from experiments import finetune_flux_dev, finetune_smoke
+from rdance.core import sharding
 
 # The Wan-AI/Wan2.1-T2V-*-Diffusers folders' component configs (their config.json values; the
 # two sizes share the VAE, the UMT5-XXL encoder and the scheduler).
@@ -85,6 +96,13 @@ TINY_RM = dict(
                                  hidden_act="silu", tie_word_embeddings=True)),
     reward_config=dict(max_prompt_tokens=120, max_tiles=1, video_frames=2, video_sampling="uniform"))
 
+# ',seq': one clip split over every chip of the slice. The step's batch must split over the
+# data-parallel axes ('data' x 'fsdp'), so a micro-batch of one prompt goes on a mesh whose chips
+# are all on 'tensor': the token axis (and the VAE's width) split over it, the parameters FSDP
+# over it (on 'embed'), no tensor parallelism.
+SEQUENCE_RULES = tuple((name, {"embed": "tensor", "tokens": "tensor"}.get(name, None if target == "tensor" else target))
+                       for name, target in sharding.DEFAULT_RULES)
+
 RM_SIZE = {"1.3b": "2b", "14b": "8b"}
 VIDEO_FRAMES = 8
 # Prompts x samples per step, and the micro-batches they are split into.
@@ -92,9 +110,12 @@ BATCH = {"1.3b": (8, 2), "14b": (16, 4)}
 
 
 def get_config(arg: str | None = "1.3b") -> ml_collections.ConfigDict:
-    size, _, rm_size = (arg or "1.3b").lower().partition("+")
+    spec, _, layout = (arg or "1.3b").lower().partition(",")
+    if layout not in ("", "seq"):
+        raise ValueError(f"layout {layout!r} after ',': use seq (one clip split over the slice's chips) or nothing")
+    size, _, rm_size = spec.partition("+")
     if size == "tiny":
-        return tiny()
+        return tiny() if not layout else sequence_sharded(tiny())
     if size not in TRANSFORMER:
         raise ValueError(f"Wan size {size!r}: use one of {sorted(TRANSFORMER)} or tiny (optionally +RM size, "
                          "e.g. 1.3b+8b)")
@@ -122,6 +143,13 @@ def get_config(arg: str | None = "1.3b") -> ml_collections.ConfigDict:
     c.monitor.update(dict(window=200, eval_every=0, eval_params="ema", eval_chunk=8, grid_every=100,
                           grid_size=8, grid_columns=1))
     c.train.update(dict(steps=2000, log_every=10, checkpoint_every=100, keep_checkpoints=3))
+    return sequence_sharded(c) if layout else c
+
+
+def sequence_sharded(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """``c`` with one prompt per micro-batch, its clips split over every chip (SEQUENCE_RULES)."""
+    c.mesh.shape, c.mesh.rules = (1, 1, -1), SEQUENCE_RULES
+    c.optim.grad_accum_steps = c.data.global_batch_size
     return c
 
 

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from rdance.core import sharding
 from rdance.core.sharding import param
 from rdance.models import attention as attnlib
 from rdance.models import convert
@@ -307,7 +308,11 @@ class WanTransformer(nnx.Module):
             timestep, encoder_hidden_states.astype(dtype), None if image is None else image.astype(dtype), dtype)
         cos, sin = rope_tables(grid, cfg.rope_dims)
 
-        x = run_stack(self.blocks, x, temb6, context, image, cos, sin, remat=cfg.remat)
+        # Tokens pinned to the batch axes (and, with sequence sharding, split along the token axis)
+        # before the first block and after the last, as each block's input is in run_stack: the
+        # patch embedding, the output projection and their gradients then stay split too.
+        x = sharding.constrain_batch(x)
+        x = sharding.constrain_batch(run_stack(self.blocks, x, temb6, context, image, cos, sin, remat=cfg.remat))
 
         shift, scale = jnp.split(self.scale_shift_table[...].astype(jnp.float32)
                                  + temb.astype(jnp.float32)[:, None], 2, axis=1)

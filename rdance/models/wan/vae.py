@@ -20,11 +20,14 @@ frames decode to 1 + 4 (T - 1) frames.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
 
+from rdance.core import sharding
 from rdance.core.sharding import param
 from rdance.models import attention as attnlib
 from rdance.models import remat as rematlib
@@ -127,6 +130,28 @@ class CausalConv3d(nnx.Module):
                                          ((pad, 0),) + self.space_pad,
                                          dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
         return y + self.bias[...].astype(dtype)
+
+
+def split_width(tree):
+    """Under sequence sharding (rdance.core.sharding.activations_on with a 'tokens' rule), the
+    [B, T, H, W, C] arrays of ``tree`` split along their width over the token axes (and their batch
+    over the other data-parallel axes), unchanged otherwise. A clip's frames are the VAE's tokens
+    but its causal convolutions run chunk by chunk in time, so the split is spatial: XLA
+    partitions each convolution by width and exchanges the one-column halos its kernel needs. A
+    width that does not divide is left unsplit."""
+    mesh, seq = sharding.sequence_axes()
+    if not seq:
+        return tree
+    batch_axes = tuple(a for a in sharding.BATCH_AXES if a not in seq and mesh.shape[a] > 1)
+    parts, batch_parts = math.prod(mesh.shape[a] for a in seq), math.prod(mesh.shape[a] for a in batch_axes)
+
+    def constrain(x):
+        if x.ndim != 5 or x.shape[3] % parts:
+            return x
+        batch = batch_axes if batch_axes and x.shape[0] % batch_parts == 0 else None
+        return jax.lax.with_sharding_constraint(
+            x, NamedSharding(mesh, P(batch, None, None, seq if len(seq) > 1 else seq[0], None)))
+    return jax.tree.map(constrain, tree)
 
 
 def cached_conv(conv: CausalConv3d, x, past):
@@ -275,7 +300,7 @@ def _blocks(blocks, x, cache, remat):
     caches = [None] * len(blocks) if cache is None else cache
     new = []
     for block, c in zip(blocks, caches):
-        x, n = rematlib.call(block, remat, x, c)
+        x, n = split_width(rematlib.call(block, remat, x, c))
         new.append(n)
     return x, tuple(new)
 
@@ -333,7 +358,7 @@ class Decoder(nnx.Module):
     def __call__(self, x, cache):
         c_in, c_mid, c_up, c_out = (None,) * 4 if cache is None else cache
         x, n_in = cached_conv(self.conv_in, x, c_in)
-        x, n_mid = rematlib.call(self.mid_block, self.remat, x, c_mid)
+        x, n_mid = split_width(rematlib.call(self.mid_block, self.remat, split_width(x), c_mid))
         x, n_up = _blocks(self.up_blocks, x, c_up, self.remat)
         x, n_out = cached_conv(self.conv_out, jax.nn.silu(self.norm_out(x)), c_out)
         return x, (n_in, n_mid, n_up, n_out)
@@ -351,7 +376,7 @@ class AutoencoderKLWan(nnx.Module):
     def _run(self, module, x, chunk):
         """``module`` over x [B, T, ...]: the first frame, then chunks of ``chunk`` frames scanned
         with the feature cache as the carry; outputs joined along time."""
-        y0, cache = module(x[:, :1], None)
+        y0, cache = split_width(module(split_width(x[:, :1]), None))
         b, t = x.shape[:2]
         n = (t - 1) // chunk
         if n == 0:
@@ -361,8 +386,8 @@ class AutoencoderKLWan(nnx.Module):
 
         def step(cache, chunk_x):
             # Variables rebuilt inside the scan's trace (nnx refuses ones from another level).
-            y, cache = nnx.merge(graphdef, jax.tree.map(lambda v: v, state))(chunk_x, cache)
-            return cache, y
+            y, cache = nnx.merge(graphdef, jax.tree.map(lambda v: v, state))(split_width(chunk_x), cache)
+            return split_width(cache), split_width(y)
         _, ys = jax.lax.scan(step, cache, rest)
         ys = ys.swapaxes(0, 1)
         ys = ys.reshape((b, -1) + ys.shape[3:])
