@@ -35,7 +35,6 @@ def test_decode_split_by_width_matches_unsplit(devices):
         splits = _width_splits(str(jax.make_jaxpr(lambda z: step(z))(z)))
         (_, video_got), grad_got = jax.jit(lambda z: step(z))(z)
 
-    print("splits", splits)
     assert splits >= 10   # every block's output and cache, in the first chunk and in the scanned one (102)
     assert video_got.shape == (1, 3, 3, 4, 8)
     np.testing.assert_allclose(video_got, video_ref, atol=1e-5)
