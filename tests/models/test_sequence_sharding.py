@@ -19,6 +19,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from rdance.core import sharding
 from rdance.core.config_checks import ConfigValueError, check_bounds
 from rdance.models import attention
+from tests.models import assert_same_step
 
 B, T, S, H, D = 2, 16, 24, 4, 8
 
@@ -176,15 +177,10 @@ def test_flux_transformer_sequence_sharded_matches_unsharded(devices):
     step = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)
     shardings = sharding.state_shardings(params, mesh, rules)
     placed = jax.tree.map(lambda x, s: jax.device_put(x, s), params, shardings)
-    ((l_got, out_got), g_got), jaxpr, ((l_ref, out_ref), g_ref) = _sharded_and_plain(
+    got, jaxpr, ref = _sharded_and_plain(
         step, mesh, rules, (placed, jax.device_put(img, NamedSharding(mesh, P("data")))), (params, img))
     assert jaxpr.count("all_gather") >= 2   # the double block's and the single block's attention
-    np.testing.assert_allclose(out_got, out_ref, atol=2e-5)
-    np.testing.assert_allclose(l_got, l_ref, rtol=1e-5)
-    flat_got, flat_ref = jax.tree.leaves(g_got), jax.tree.leaves(g_ref)
-    assert len(flat_got) == len(flat_ref) > 20
-    for a, b in zip(flat_got, flat_ref):
-        np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4)
+    assert_same_step(got, ref, out_atol=2e-5)
 
 
 def test_chunk_sizes_are_config_keys():
