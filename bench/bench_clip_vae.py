@@ -33,6 +33,8 @@ def main():
     parser.add_argument("--learning_rate", type=float, default=4e-3)
     parser.add_argument("--clamp", action="store_true", help="Take the Wan VAE's loss through its clamp.")
     parser.add_argument("--posterior_sample", action="store_true", help="Reconstruct a posterior sample.")
+    parser.add_argument("--colour_weight", type=float, default=0.0,
+                        help="Weight of the L1 on the colour-opponent channels R-G, G-B (autoencoder.chroma).")
     parser.add_argument("--base_dim", type=int, default=8, help="The Wan VAE's base width.")
     parser.add_argument("--init_from", default="",
                         help="Wan: start from this diffusers AutoencoderKLWan folder (e.g. one torch initialised and "
@@ -82,7 +84,8 @@ def main():
     schedule = optax.warmup_cosine_decay_schedule(0.0, args.learning_rate, warmup, args.steps, end_value=0.0)
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule))
     opt_state = tx.init(params)
-    step = make_train_step(graphdef, tx, 1e-4, 1.0, to_unit, args.posterior_sample, decode_kwargs)
+    step = make_train_step(graphdef, tx, 1e-4, 1.0, to_unit, args.posterior_sample, decode_kwargs,
+                           args.colour_weight)
     data = batches(RenderedClips(10_000_000, seed=0, image_size=size, frames=frames), args.batch_size)
     probe = shape(next(batches(RenderedClips(64, seed=1, image_size=size, frames=frames), 8)))
 

@@ -46,30 +46,39 @@ def edges(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     return x[..., 1:, :] - x[..., :-1, :], x[..., 1:] - x[..., :-1]
 
 
+def chroma(x: jax.Array) -> jax.Array:
+    """Two colour-opponent channels, R - G and G - B, of images or clips (channels on axis 1):
+    where the world's green and blue differ (by G - B) and its red and yellow (by R - G)."""
+    return jnp.stack([x[:, 0] - x[:, 1], x[:, 1] - x[:, 2]], axis=1)
+
+
 def vae_loss(vae, x: jax.Array, key: jax.Array, kl_weight: float, edge_weight: float, sample: bool = True,
-             decode_kwargs: dict | None = None):
+             decode_kwargs: dict | None = None, colour_weight: float = 0.0):
     """(loss, metrics) of images ``x`` (NCHW in [-1, 1]; or clips, NCTHW, for the Wan VAE)
     reconstructed from a latent sample (``sample=False``: from the posterior mean); ``vae`` has
-    ``encode -> (mean, logvar)`` and ``decode(z, **decode_kwargs)``."""
+    ``encode -> (mean, logvar)`` and ``decode(z, **decode_kwargs)``. ``colour_weight`` weighs an
+    L1 on the :func:`chroma` channels: the world video VAE drew green and blue as one teal under
+    the plain loss (bench/results/video_refl.md)."""
     mean, logvar = vae.encode(x)
     z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape, mean.dtype) if sample else mean
     rec = vae.decode(z, **(decode_kwargs or {})).astype(jnp.float32)
     l1, mse = jnp.mean(jnp.abs(rec - x)), jnp.mean(jnp.square(rec - x))
     edge = sum(jnp.mean(jnp.abs(a - b)) for a, b in zip(edges(rec), edges(x)))
     kl = 0.5 * jnp.mean(jnp.square(mean) + jnp.exp(logvar) - 1.0 - logvar)
-    loss = l1 + mse + edge_weight * edge + kl_weight * kl
-    return loss, {"l1": l1, "mse": mse, "edge": edge, "kl": kl}
+    colour = jnp.mean(jnp.abs(chroma(rec) - chroma(x)))
+    loss = l1 + mse + edge_weight * edge + kl_weight * kl + colour_weight * colour
+    return loss, {"l1": l1, "mse": mse, "edge": edge, "kl": kl, "colour": colour}
 
 
 def make_train_step(graphdef, tx, kl_weight: float, edge_weight: float, to_unit=to_unit_range,
-                    sample: bool = True, decode_kwargs: dict | None = None) -> Callable:
+                    sample: bool = True, decode_kwargs: dict | None = None, colour_weight: float = 0.0) -> Callable:
     """step(params, opt_state, uint8 batch, key) -> (params, opt_state, loss, metrics), jitted;
     ``to_unit`` maps the batch (images NHWC by default) to the VAE's input in [-1, 1]; the rest
     as :func:`vae_loss`."""
     def step(params, opt_state, images, key):
         def loss_fn(p):
             return vae_loss(nnx.merge(graphdef, p), to_unit(images), key, kl_weight, edge_weight, sample,
-                            decode_kwargs)
+                            decode_kwargs, colour_weight)
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss, metrics
@@ -113,9 +122,11 @@ def fit_vae(vae, c, data, to_unit, log: Callable[[int, dict], None] | None = Non
     the uint8 batches of the iterator ``data``: returns its parameters and the timing
     (``train_s``, ``step_s`` after compilation). ``log(step, scalars)`` receives the metrics;
     ``decode_kwargs`` go to the VAE's decode in the loss."""
-    for name in ("learning_rate", "kl_weight", "edge_weight"):
-        if not c[name] >= 0 or (name == "learning_rate" and not c[name] > 0):
-            raise ValueError(f"config key {prefix}.{name}={c[name]!r} must be "
+    colour_weight = c.get("colour_weight", 0.0)
+    for name, value in (("learning_rate", c.learning_rate), ("kl_weight", c.kl_weight),
+                        ("edge_weight", c.edge_weight), ("colour_weight", colour_weight)):
+        if not value >= 0 or (name == "learning_rate" and not value > 0):
+            raise ValueError(f"config key {prefix}.{name}={value!r} must be "
                              f"{'positive' if name == 'learning_rate' else '>= 0'}")
     started = time.time()
     graphdef, state = nnx.split(vae, nnx.Param)
@@ -127,7 +138,7 @@ def fit_vae(vae, c, data, to_unit, log: Callable[[int, dict], None] | None = Non
     # sample_posterior=False reconstructs from the posterior mean: a fresh Wan VAE's latents are
     # ~0.01 against unit sampling noise, and sampled, its decoder learnt to ignore them.
     step_fn = make_train_step(graphdef, tx, c.kl_weight, c.edge_weight, to_unit, c.get("sample_posterior", True),
-                              decode_kwargs)
+                              decode_kwargs, colour_weight)
     key = jax.random.key(c.seed)
     compiled_at = None
     for step in range(1, c.steps + 1):

@@ -12,7 +12,7 @@ import torch
 from flax import nnx
 
 from rdance.diffusion import flow_match
-from rdance.world.autoencoder import make_train_step, reconstruction_judge, train_vae
+from rdance.world.autoencoder import fit_vae, make_train_step, reconstruction_judge, train_vae, vae_loss
 from rdance.world.captions import RenderedCaptions
 from rdance.world.generator import WorldGenerator, WorldGeneratorConfig
 from tests.conftest import TINY_GENERATOR
@@ -65,8 +65,48 @@ def test_vae_training_step_lowers_the_loss(tmp_path):
     for i in range(12):
         params, opt_state, loss, metrics = step(params, opt_state, images, jax.random.key(i))
         losses.append(float(loss))
-        assert set(metrics) == {"l1", "mse", "edge", "kl"}
+        assert set(metrics) == {"l1", "mse", "edge", "kl", "colour"}
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
+
+
+class ShiftingVAE:
+    """encode: the image itself; decode: ``fn`` of it (a stand-in reconstruction)."""
+    def __init__(self, fn):
+        self.fn = fn
+
+    def encode(self, x):
+        return x, jnp.zeros_like(x)
+
+    def decode(self, z):
+        return self.fn(z)
+
+
+def test_colour_term_sees_hue_not_brightness():
+    from rdance.world.prompts import COLOURS
+    green, blue = (np.asarray(COLOURS[c], np.float32) / 127.5 - 1.0 for c in ("green", "blue"))
+    x = jnp.asarray(np.stack([green, blue])[None].repeat(2, 0).transpose(2, 0, 1)[None])   # NCHW: 1x3x2x2
+    key = jax.random.key(0)
+
+    def loss(fn, weight):
+        return vae_loss(ShiftingVAE(fn), x, key, 0.0, 0.0, sample=False, colour_weight=weight)
+    # A brightness offset costs L1 but no colour error.
+    _, brighter = loss(lambda z: z + 0.1, 2.0)
+    assert float(brighter["l1"]) == pytest.approx(0.1) and float(brighter["colour"]) == pytest.approx(0.0, abs=1e-6)
+    # Drawing green and blue as their mean (the teal of the video VAE) is a colour error along G - B only.
+    teal = lambda z: jnp.broadcast_to(z.mean(axis=3, keepdims=True), z.shape)
+    plain, m = loss(teal, 0.0)
+    weighted, _ = loss(teal, 2.0)
+    gb = abs((green[1] - green[2]) - (blue[1] - blue[2])) / 2    # each pixel's G - B error
+    rg = abs((green[0] - green[1]) - (blue[0] - blue[1])) / 2
+    assert float(m["colour"]) == pytest.approx((gb + rg) / 2, rel=1e-5)
+    assert float(weighted) == pytest.approx(float(plain) + 2.0 * float(m["colour"]), rel=1e-5)
+
+
+def test_negative_colour_weight_is_refused(tmp_path):
+    c = ml_collections.ConfigDict(dict(steps=1, batch_size=1, learning_rate=1e-3, warmup_steps=1, kl_weight=1e-4,
+                                       edge_weight=1.0, colour_weight=-1.0, seed=0, log_every=1))
+    with pytest.raises(ValueError, match=r"vae\.colour_weight=-1.0 must be >= 0"):
+        fit_vae(make(tmp_path).make_vae(), c, iter(()), lambda x: x)
 
 
 def test_trained_vae_is_written_reloaded_and_judged(tmp_path):
