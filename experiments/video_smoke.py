@@ -29,9 +29,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # The VAE stage (rdance.world.video_autoencoder): batch_size clips a step; eval_prompts
     # held-out faithful clips reconstructed and scored by the motion judge; sample_posterior:
     # reconstruct from a posterior sample (True) or its mean (False). 1800 steps from the posterior
-    # mean: recon/judge 0.363 (at 900: 0.000, faint objects; bench/results/video_refl.md).
+    # mean: recon/judge 0.363 (at 900: 0.000, faint objects), 0.550 with colour_weight 2 (an L1 on
+    # R-G and G-B: without it green and blue came back one teal; bench/results/video_refl.md).
     c.vae = dict(steps=1800, batch_size=4, learning_rate=4e-3, warmup_steps=10, kl_weight=1e-4, edge_weight=1.0,
-                 colour_weight=0.0, sample_posterior=False, seed=0, log_every=10, eval_prompts=32)
+                 colour_weight=2.0, sample_posterior=False, seed=0, log_every=10, eval_prompts=32)
     # motion_kinds: the motion prompt kinds drawn (single: one object, the 60 prompts a smoke run can learn).
     c.data = dict(num_examples=1_000_000, global_batch_size=16, seed=0, t_sampling="uniform",
                   motion_kinds=("single",))
