@@ -3,7 +3,9 @@ noise): what pairs.py does for still images, for clips of a motion prompt.
 
 A near-miss clip makes one mistake a video generator makes: it moves the wrong way (or moves
 when asked to stay), stays still when asked to move, swaps the object for another halfway,
-draws it in a wrong colour, or lets it vanish halfway. Records hold clips [frames, H, W, 3];
+draws it in a wrong colour or a wrong shape, or lets it vanish halfway. (The world video
+generator's commonest mistake is the shape: its squares and triangles come out as blobs that the
+judge names nothing, bench/results/video_refl.md.) Records hold clips [frames, H, W, 3];
 rdance.data.records writes them to JSONL as lists of frame paths.
 """
 from __future__ import annotations
@@ -20,7 +22,7 @@ from rdance.world.pairs import judged_pair
 from rdance.world.prompts import COLOURS, SHAPES, ObjectSpec
 from rdance.world.render import mistaken_scene
 
-CLIP_MISTAKES = ("direction", "static", "swap", "colour", "vanish")
+CLIP_MISTAKES = ("direction", "static", "swap", "colour", "shape", "vanish")
 MOTION_CRITERIA = ("Video-text alignment: every object in the prompt is present in every frame with "
                    "the right colour and shape, stated positions are respected, and the scene moves "
                    "as the prompt says.")
@@ -42,8 +44,8 @@ def render_clip_variant(mscene: MotionScene, mistake: str | None, size: int = 32
         if motion == "still":
             raise ValueError(f"{mscene.prompt!r} asks for a still scene: 'static' is no mistake for it")
         motion = "still"
-    elif mistake == "colour":
-        scene = mistaken_scene(scene, "colour", rng)
+    elif mistake in ("colour", "shape"):
+        scene = mistaken_scene(scene, mistake, rng)
     elif mistake not in (None, "swap", "vanish"):
         raise ValueError(f"unknown clip mistake {mistake!r}; known: {CLIP_MISTAKES}")
     path = plan(scene, motion, size, rng)

@@ -51,7 +51,7 @@ def test_judge_scores_right_clips_high_and_each_mistake_low():
     means = {m: np.mean(v) for m, v in scores.items()}
     assert means[None] >= 0.98 and np.median(scores[None]) == 1.0
     assert means["direction"] == 0.0 and means["static"] == 0.0 and means["shuffled"] == 0.0
-    assert means["swap"] < 0.5 and means["vanish"] < 0.5 and means["colour"] < 0.2
+    assert means["swap"] < 0.5 and means["vanish"] < 0.5 and means["colour"] < 0.2 and means["shape"] < 0.2
 
 
 def test_judge_reports_its_parts():
