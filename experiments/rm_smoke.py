@@ -78,8 +78,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                   mistake_weights=dict(colour=1.0, shape=4.0, count=1.0, missing=1.0, relation=1.0),
                   # world_captions only: share of grounding questions among the captions.
                   question_share=0.0,
-                  # world_clips only: frames per clip.
+                  # world_clips only: frames per clip, and how often each kind of near miss is
+                  # drawn for training clip pairs (rdance.world.clip_pairs.CLIP_MISTAKES; uniform
+                  # here: drawn uniformly, a clip RM stayed at chance on shape and direction).
                   clip_frames=8,
+                  clip_mistake_weights=dict(direction=1.0, static=1.0, swap=1.0, colour=1.0, shape=1.0, vanish=1.0),
                   # The tokenizer of a model built here knows the moving world's words even when
                   # no set reads clips: a VLM pretrained on stills that a clip RM starts from.
                   motion_words=False)

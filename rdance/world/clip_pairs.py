@@ -18,7 +18,7 @@ from rdance.data.records import PreferenceRecord
 from rdance.world.motion import (FRAMES, MOTION_KINDS, MOTIONS, OPPOSITE, MotionScene, draw_path, plan,
                                  sample_motion_scene)
 from rdance.world.motion_judge import judge_clip
-from rdance.world.pairs import judged_pair
+from rdance.world.pairs import draw_option, judged_pair, normalised_mistake_weights
 from rdance.world.prompts import COLOURS, SHAPES, ObjectSpec
 from rdance.world.render import mistaken_scene
 
@@ -68,16 +68,18 @@ def render_clip_variant(mscene: MotionScene, mistake: str | None, size: int = 32
 
 
 def make_clip_pair(index: int, seed: int, size: int, frames: int, label_noise: float, kinds=MOTION_KINDS,
-                   clean_share: float = 0.0, mistakes=CLIP_MISTAKES) -> PreferenceRecord:
+                   clean_share: float = 0.0, mistakes=CLIP_MISTAKES,
+                   mistake_weights: dict[str, float] | None = None) -> PreferenceRecord:
     """One clip pair for ``index``: deterministic from (seed, index), judged, maybe mislabelled.
     With probability ``clean_share`` a faithful clip meets a near miss; otherwise both clips are
     drawn from {faithful, each mistake} and ranked by the motion judge's score. Only the kinds of
-    near miss in ``mistakes`` are drawn."""
+    near miss in ``mistakes`` are drawn, uniformly or by ``mistake_weights`` (normalised, see
+    pairs.normalised_mistake_weights)."""
     rng = np.random.default_rng([seed, index])
     mscene = sample_motion_scene(rng, kinds)
     options = [None, *(m for m in possible_clip_mistakes(mscene) if m in mistakes)]
     clips, winner, rationale = judged_pair(
-        rng, options, lambda options: options[rng.integers(len(options))],
+        rng, options, lambda options: draw_option(rng, options, mistake_weights),
         lambda mistake: render_clip_variant(mscene, mistake, size, frames, rng), lambda clip: judge_clip(clip, mscene),
         clean_share, label_noise)
     return PreferenceRecord(prompt=mscene.prompt, images=clips, label=winner,
@@ -88,7 +90,8 @@ class ClipPairs:
     """A random-access source of judged clip pairs (for grain); ``seed`` keeps sets disjoint."""
 
     def __init__(self, num_pairs: int, seed: int, size: int = 32, frames: int = FRAMES, label_noise: float = 0.0,
-                 kinds=MOTION_KINDS, clean_share: float = 0.0, mistakes=CLIP_MISTAKES):
+                 kinds=MOTION_KINDS, clean_share: float = 0.0, mistakes=CLIP_MISTAKES,
+                 mistake_weights: dict[str, float] | None = None):
         if not 0.0 <= label_noise < 0.5:
             raise ValueError(f"label_noise={label_noise}: use a value in [0, 0.5)")
         if not 0.0 <= clean_share <= 1.0:
@@ -100,6 +103,7 @@ class ClipPairs:
             raise ValueError(f"data.clip_frames={frames}: a clip needs at least 2 frames to show motion")
         self.num_pairs, self.seed, self.size, self.frames = num_pairs, seed, size, frames
         self.noise, self.kinds, self.clean_share, self.mistakes = label_noise, kinds, clean_share, tuple(mistakes)
+        self.mistake_weights = normalised_mistake_weights(mistake_weights, CLIP_MISTAKES)
 
     def __len__(self) -> int:
         return self.num_pairs
@@ -108,4 +112,4 @@ class ClipPairs:
         if not 0 <= index < self.num_pairs:
             raise IndexError(index)
         return make_clip_pair(int(index), self.seed, self.size, self.frames, self.noise, self.kinds,
-                              self.clean_share, self.mistakes)
+                              self.clean_share, self.mistakes, self.mistake_weights)

@@ -26,21 +26,21 @@ def rationale_of(better, worse) -> str:
     return words
 
 
-def normalised_mistake_weights(weights: dict[str, float] | None) -> dict[str, float] | None:
-    """A weight for every kind of mistake (a name left out weighs 1), or None when all weigh
-    alike: then pairs are drawn uniformly, the same stream as without weights."""
+def normalised_mistake_weights(weights: dict[str, float] | None, known=MISTAKES) -> dict[str, float] | None:
+    """A weight for every kind of mistake in ``known`` (a name left out weighs 1), or None when
+    all weigh alike: then pairs are drawn uniformly, the same stream as without weights."""
     if weights is None:
         return None
-    unknown = set(weights) - set(MISTAKES)
+    unknown = set(weights) - set(known)
     if unknown:
-        raise ValueError(f"mistake weights name unknown mistakes {sorted(unknown)}; known: {MISTAKES}")
-    full = {m: float(weights.get(m, 1.0)) for m in MISTAKES}
+        raise ValueError(f"mistake weights name unknown mistakes {sorted(unknown)}; known: {tuple(known)}")
+    full = {m: float(weights.get(m, 1.0)) for m in known}
     if any(w < 0 for w in full.values()) or not any(w > 0 for w in full.values()):
         raise ValueError(f"mistake weights {full}: use weights >= 0, at least one > 0")
     return full if len(set(full.values())) > 1 else None
 
 
-def _draw(rng: np.random.Generator, options: list, weights: dict[str, float] | None):
+def draw_option(rng: np.random.Generator, options: list, weights: dict[str, float] | None):
     """One of ``options`` (mistake names, None = faithful, which weighs 1): uniform, or by
     ``weights``. Uniform too when every option weighs 0, e.g. a scene whose only weighted
     mistake is impossible for it."""
@@ -63,7 +63,7 @@ def make_pair(index: int, seed: int, size: int, label_noise: float, kinds=KINDS,
     rng = np.random.default_rng([seed, index])
     scene = sample_scene(rng, kinds)
     images, winner, rationale = judged_pair(
-        rng, [None, *possible_mistakes(scene)], lambda options: _draw(rng, options, mistake_weights),
+        rng, [None, *possible_mistakes(scene)], lambda options: draw_option(rng, options, mistake_weights),
         lambda mistake: render_variant(scene, mistake, size, rng), lambda image: judge(image, scene),
         clean_share, label_noise)
     return PreferenceRecord(prompt=scene.prompt, images=images, label=winner,

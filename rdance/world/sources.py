@@ -26,15 +26,17 @@ def open_pairs(args: str | None, data, *, seed: int, size: int, noise: float, tr
 
 def open_clip_pairs(args: str | None, data, *, seed: int, size: int, noise: float, train: bool = False):
     """``size`` clip pairs of the motion prompt kinds ``args`` names ('KIND+KIND'; None: every
-    kind), ``data.clip_frames`` frames of ``data.image_size`` pixels each."""
-    del train
+    kind), ``data.clip_frames`` frames of ``data.image_size`` pixels each. Only training pairs
+    follow ``data.clip_mistake_weights``: held-out pairs draw their near misses uniformly."""
+    weights = data.get("clip_mistake_weights") if train else None
     kinds = MOTION_KINDS if args is None else tuple(args.split("+"))
     unknown = set(kinds) - set(MOTION_KINDS)
     if unknown:
         raise ValueError(f"data source 'world_clips:{args}': unknown prompt kinds {sorted(unknown)}; "
                          f"known {MOTION_KINDS}")
     return ClipPairs(size, seed=seed, size=data.image_size, frames=data.get("clip_frames", FRAMES),
-                     label_noise=noise, kinds=kinds, clean_share=data.get("clean_share", 0.0))
+                     label_noise=noise, kinds=kinds, clean_share=data.get("clean_share", 0.0),
+                     mistake_weights=None if weights is None else dict(weights))
 
 
 def open_clip_misses(args: str | None, data, *, seed: int, size: int, noise: float, train: bool = False):

@@ -80,6 +80,40 @@ def test_clip_pairs_are_judged_and_noise_flips_labels():
     assert 1 <= flips <= 12
 
 
+def drawn_mistakes(monkeypatch, source, n):
+    """The near misses ``source``'s first ``n`` pairs rendered (None: a faithful clip)."""
+    import rdance.world.clip_pairs as clip_pairs
+    drawn, render = [], clip_pairs.render_clip_variant
+    monkeypatch.setattr(clip_pairs, "render_clip_variant", lambda mscene, mistake, *a: drawn.append(mistake)
+                        or render(mscene, mistake, *a))
+    records = [source[i] for i in range(n)]
+    monkeypatch.setattr(clip_pairs, "render_clip_variant", render)
+    return [m for m in drawn if m is not None], records
+
+
+def test_clip_mistake_weights_draw_hard_negatives_for_training_only(monkeypatch):
+    import ml_collections
+    import rdance.world  # noqa: F401  (registers the world's sources)
+    from rdance.data.registry import open_source
+    uniform, _ = drawn_mistakes(monkeypatch, ClipPairs(60, seed=0, kinds=("single",), clean_share=1.0), 60)
+    heavy, _ = drawn_mistakes(monkeypatch, ClipPairs(60, seed=0, kinds=("single",), clean_share=1.0,
+                                                      mistake_weights={"shape": 10.0}), 60)
+    assert uniform.count("shape") / len(uniform) < 0.35 and heavy.count("shape") / len(heavy) > 0.55
+    # Weights that are all alike draw the same pairs as none.
+    _, plain = drawn_mistakes(monkeypatch, ClipPairs(4, seed=0), 4)
+    _, alike = drawn_mistakes(monkeypatch, ClipPairs(4, seed=0, mistake_weights={"shape": 1.0}), 4)
+    for a, b in zip(plain, alike):
+        np.testing.assert_array_equal(a.images[0], b.images[0])
+    with pytest.raises(ValueError, match="unknown mistakes \\['missing'\\]"):
+        ClipPairs(4, seed=0, mistake_weights={"missing": 2.0})
+    data = ml_collections.ConfigDict(dict(image_size=32, clip_frames=4, clean_share=1.0,
+                                          clip_mistake_weights=dict(shape=10.0)))
+    train, _ = drawn_mistakes(monkeypatch, open_source("world_clips:single", data, seed=0, size=40, noise=0.0,
+                                                       train=True), 40)
+    held_out, _ = drawn_mistakes(monkeypatch, open_source("world_clips:single", data, seed=0, size=40, noise=0.0), 40)
+    assert train.count("shape") > 2 * held_out.count("shape")
+
+
 def test_world_clips_source_and_jsonl_round_trip(tmp_path):
     import ml_collections
     import rdance.world  # noqa: F401  (registers the world's sources)
