@@ -260,7 +260,13 @@ def _tokenizer(path: Path):
 
 
 def _link_or_copy(src, dst):
-    """A hard link where the file system allows one (the 11 GB text encoder is not copied), else a copy."""
+    """A hard link where the file system allows one (the 11 GB text encoder is not copied), else a
+    copy. A file already there from an earlier export (a resumed run exports into the same
+    folder) is kept if it is the base's file, else replaced."""
+    if os.path.lexists(dst):
+        if os.path.exists(dst) and os.path.samefile(src, dst):
+            return dst
+        os.unlink(dst)
     try:
         os.link(src, dst)
     except OSError:

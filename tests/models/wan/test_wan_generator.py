@@ -104,6 +104,12 @@ def test_export_loads_back_in_diffusers_and_wan_sampler(opened, tmp_path):
     exported = pipe.transformer.state_dict()
     assert base.keys() == exported.keys()
     np.testing.assert_allclose(exported["proj_out.weight"].numpy(), base["proj_out.weight"].numpy() + 0.01, atol=1e-6)
+    # A resumed run exports into the same folder again: its linked files are kept, stale ones replaced.
+    stale = tmp_path / "export" / "vae" / "config.json"
+    stale.unlink()
+    stale.write_text("{}")
+    assert gen.export(tuned, out) == out
+    assert (folder / "vae" / "config.json").read_text() == stale.read_text()
 
 
 def test_bad_inputs_fail_with_the_fix(opened):
