@@ -84,10 +84,10 @@ def drawn_mistakes(monkeypatch, source, n):
     """The near misses ``source``'s first ``n`` pairs rendered (None: a faithful clip)."""
     import rdance.world.clip_pairs as clip_pairs
     drawn, render = [], clip_pairs.render_clip_variant
-    monkeypatch.setattr(clip_pairs, "render_clip_variant", lambda mscene, mistake, *a: drawn.append(mistake)
-                        or render(mscene, mistake, *a))
-    records = [source[i] for i in range(n)]
-    monkeypatch.setattr(clip_pairs, "render_clip_variant", render)
+    with monkeypatch.context() as patch:
+        patch.setattr(clip_pairs, "render_clip_variant",
+                      lambda mscene, mistake, *a: drawn.append(mistake) or render(mscene, mistake, *a))
+        records = [source[i] for i in range(n)]
     return [m for m in drawn if m is not None], records
 
 

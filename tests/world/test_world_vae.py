@@ -92,7 +92,8 @@ def test_colour_term_sees_hue_not_brightness():
     # A brightness offset costs L1 but no colour error.
     _, brighter = loss(lambda z: z + 0.1, 2.0)
     assert float(brighter["l1"]) == pytest.approx(0.1) and float(brighter["colour"]) == pytest.approx(0.0, abs=1e-6)
-    # Drawing green and blue as their mean (the teal of the video VAE) is a colour error along G - B only.
+    # Drawing green and blue as their mean (the teal of the video VAE) is a colour error: mostly along
+    # G - B, where the two differ most, and some along R - G.
     teal = lambda z: jnp.broadcast_to(z.mean(axis=3, keepdims=True), z.shape)
     plain, m = loss(teal, 0.0)
     weighted, _ = loss(teal, 2.0)
