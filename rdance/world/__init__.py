@@ -23,8 +23,8 @@ from rdance.world.world_wan import WorldWanGenerator  # noqa: E402
 register_generator(WorldGenerator.kind, WorldGenerator.open)
 register_generator(WorldWanGenerator.kind, WorldWanGenerator.open)
 
-# The world's data sources ('world', 'world:KIND+KIND', 'world_clips', 'world_clip_misses', 'world_captions'), for
-# rdance.data.registry.open_source.
+# The world's data sources ('world', 'world:KIND+KIND', 'world_clips', 'world_clip_misses', 'world_captions',
+# 'world_clip_captions'), for rdance.data.registry.open_source.
 from rdance.data.registry import register_source  # noqa: E402
 from rdance.world import sources as _sources  # noqa: E402
 
@@ -32,3 +32,4 @@ register_source("world", _sources.open_pairs, "'world'", "'world:KIND+KIND'")
 register_source("world_clips", _sources.open_clip_pairs, "'world_clips'", "'world_clips:KIND+KIND'")
 register_source("world_clip_misses", _sources.open_clip_misses, "'world_clip_misses:MISTAKE+MISTAKE'")
 register_source("world_captions", _sources.open_captions, "'world_captions'")
+register_source("world_clip_captions", _sources.open_clip_captions, "'world_clip_captions'")

@@ -113,3 +113,43 @@ class ClipPairs:
             raise IndexError(index)
         return make_clip_pair(int(index), self.seed, self.size, self.frames, self.noise, self.kinds,
                               self.clean_share, self.mistakes, self.mistake_weights)
+
+
+class WorldClipCaptions:
+    """Clips with what they show: the moving world's VLM pretraining set, so a clip RM starts from
+    a VLM that has read motion off frames. A still VLM's captions never make it tell "moving left"
+    from "moving right" (the clip RM built on one stays at chance on direction near misses,
+    bench/results/video_refl.md); here the motion word is part of every caption to predict.
+
+    Each record is a random motion scene's faithful clip captioned by its prompt or, for
+    ``question_share`` of them, a grounding question: the prompt asked about (criteria
+    "question") and its faithful clip (label 1, "yes") or a near miss of it (label 0, "no"),
+    the near miss drawn uniformly or by ``mistake_weights`` (as ClipPairs)."""
+
+    QUESTION = "question"
+
+    def __init__(self, num_clips: int, seed: int, size: int = 32, frames: int = FRAMES, kinds=MOTION_KINDS,
+                 question_share: float = 0.0, mistake_weights: dict[str, float] | None = None):
+        if not 0.0 <= question_share <= 1.0:
+            raise ValueError(f"data.question_share={question_share} must lie in [0, 1]")
+        if frames < 2:
+            raise ValueError(f"data.clip_frames={frames}: a clip needs at least 2 frames to show motion")
+        self.num, self.seed, self.size, self.frames, self.kinds = num_clips, seed, size, frames, kinds
+        self.question_share = question_share
+        self.mistake_weights = normalised_mistake_weights(mistake_weights, CLIP_MISTAKES)
+
+    def __len__(self) -> int:
+        return self.num
+
+    def __getitem__(self, index: int) -> PreferenceRecord:
+        if not 0 <= index < self.num:
+            raise IndexError(index)
+        rng = np.random.default_rng([self.seed, int(index)])
+        mscene = sample_motion_scene(rng, self.kinds)
+        if rng.random() < self.question_share:
+            faithful = rng.random() < 0.5
+            mistake = None if faithful else draw_option(rng, list(possible_clip_mistakes(mscene)), self.mistake_weights)
+            clip = render_clip_variant(mscene, mistake, self.size, self.frames, rng)
+            return PreferenceRecord(prompt=mscene.prompt, images=(clip,), label=int(faithful), criteria=self.QUESTION)
+        clip = render_clip_variant(mscene, None, self.size, self.frames, rng)
+        return PreferenceRecord(prompt=mscene.prompt, images=(clip,), label=1)

@@ -2,11 +2,11 @@
 'world' or 'world:relation+count' (synthetic preference pairs, by prompt kinds),
 'world_clips' or 'world_clips:single+relation' (clip pairs of motion prompts, data.clip_frames
 frames each, default 8), 'world_clip_misses:direction' (a faithful clip against a near miss of
-the kinds named, 'MISTAKE+MISTAKE') and 'world_captions' (images and what they show, to pretrain a
-from-scratch VLM)."""
+the kinds named, 'MISTAKE+MISTAKE'), 'world_captions' (images and what they show, to pretrain a
+from-scratch VLM) and 'world_clip_captions' (clips and what they show, motion included)."""
 from __future__ import annotations
 
-from rdance.world.clip_pairs import CLIP_MISTAKES, ClipPairs
+from rdance.world.clip_pairs import CLIP_MISTAKES, ClipPairs, WorldClipCaptions
 from rdance.world.motion import FRAMES, MOTION_KINDS
 from rdance.world.pairs import PreferencePairs, WorldCaptions
 from rdance.world.prompts import KINDS
@@ -60,3 +60,16 @@ def open_captions(args: str | None, data, *, seed: int, size: int, noise: float 
     if args is not None:
         raise ValueError(f"data source 'world_captions:{args}': 'world_captions' takes no arguments")
     return WorldCaptions(size, seed=seed, size=data.image_size, question_share=data.question_share)
+
+
+def open_clip_captions(args: str | None, data, *, seed: int, size: int, noise: float = 0.0, train: bool = False):
+    """``size`` captioned clips of ``data.clip_frames`` frames (and yes/no grounding questions,
+    ``data.question_share`` of them, whose near misses follow ``data.clip_mistake_weights`` in
+    training; held-out questions draw them uniformly)."""
+    del noise
+    if args is not None:
+        raise ValueError(f"data source 'world_clip_captions:{args}': 'world_clip_captions' takes no arguments")
+    weights = data.get("clip_mistake_weights") if train else None
+    return WorldClipCaptions(size, seed=seed, size=data.image_size, frames=data.get("clip_frames", FRAMES),
+                             question_share=data.question_share,
+                             mistake_weights=None if weights is None else dict(weights))

@@ -12,8 +12,8 @@ from rdance.world.pairs import ALIGNMENT_CRITERIA, PreferencePairs
 
 def world_corpus(data=None) -> list[str]:
     """Every word the smoke RM will read or write: templates, criteria, prompts, rationales; and
-    the moving world's when ``data`` (a config's data block) trains or evaluates on
-    'world_clips' or sets ``motion_words`` (only then, so a still-image RM keeps its vocabulary,
+    the moving world's when ``data`` (a config's data block) trains or evaluates on one of
+    CLIP_SOURCES or sets ``motion_words`` (only then, so a still-image RM keeps its vocabulary,
     and its figures)."""
     texts = [*rm_folder.template_corpus(), *_still_texts()]
     if data is not None and (reads_clips(data) or data.get("motion_words", False)):
@@ -37,9 +37,12 @@ def _clip_texts() -> tuple[str, ...]:
     return (MOTION_CRITERIA, words, *(clips[i].prompt + " " + clips[i].rationale for i in range(len(clips))))
 
 
+CLIP_SOURCES = ("world_clips", "world_clip_misses", "world_clip_captions")
+
+
 def reads_clips(data) -> bool:
     specs = [data.train] + [entry.partition("=")[2] for entry in data.eval_sets.split(",") if entry]
-    return any(spec.partition(":")[0] == "world_clips" for spec in specs)
+    return any(spec.partition(":")[0] in CLIP_SOURCES for spec in specs)
 
 
 def write_model_folder(model, image_size: int, folder: str) -> str:

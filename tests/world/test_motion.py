@@ -143,3 +143,85 @@ def test_a_still_vlm_learns_the_moving_worlds_words_only_when_asked():
     moving = set(" ".join(world_corpus(data)).split())
     assert not {"moving", "up", "down", "staying"} & still
     assert {"moving", "up", "down", "staying"} <= moving
+
+
+def test_clip_captions_say_what_moves_and_questions_are_judged():
+    """The moving world's VLM pretraining set: every caption is its clip's motion prompt, which
+    the clip satisfies; a grounding question's yes/no is what the motion judge says of the clip."""
+    from rdance.world.clip_pairs import WorldClipCaptions
+    from rdance.world.motion import sample_motion_scene
+
+    captions = WorldClipCaptions(30, seed=1, frames=4)
+    for i in range(30):
+        record = captions[i]
+        assert record.kind == "point" and record.label == 1 and not record.criteria
+        assert record.images[0].shape == (4, 32, 32, 3)
+        mscene = sample_motion_scene(np.random.default_rng([1, i]))
+        assert record.prompt == mscene.prompt and judge_clip(record.images[0], mscene).score == 1.0
+    assert {w for i in range(30) for w in captions[i].prompt.split()} >= {"left", "right", "up", "down", "still"}
+    np.testing.assert_array_equal(captions[3].images[0], WorldClipCaptions(30, seed=1, frames=4)[3].images[0])
+
+    questions = WorldClipCaptions(60, seed=2, frames=4, question_share=1.0)
+    labels = []
+    for i in range(60):
+        record = questions[i]
+        assert record.criteria == WorldClipCaptions.QUESTION
+        mscene = sample_motion_scene(np.random.default_rng([2, i]))
+        labels.append(record.label)
+        assert (judge_clip(record.images[0], mscene).score == 1.0) == (record.label == 1), (i, record.prompt)
+    assert 15 < sum(labels) < 45
+    for bad, match in ((dict(question_share=1.5), "question_share"), (dict(frames=1), "at least 2 frames"),
+                       (dict(mistake_weights={"missing": 1.0}), "unknown mistakes")):
+        with pytest.raises(ValueError, match=match):
+            WorldClipCaptions(4, seed=0, **bad)
+
+
+def test_clip_captions_source_draws_hard_negatives_for_training_only_and_reads_motion_words(monkeypatch):
+    import ml_collections
+    import rdance.world  # noqa: F401  (registers the world's sources)
+    from rdance.data.registry import open_source
+    from rdance.world import clip_pairs
+    from rdance.world.vlm import world_corpus
+
+    data = ml_collections.ConfigDict(dict(image_size=32, clip_frames=3, question_share=1.0, train="world_clip_captions",
+                                          eval_sets="", clip_mistake_weights=dict(direction=20.0)))
+    drawn = []
+    real = clip_pairs.render_clip_variant
+    monkeypatch.setattr(clip_pairs, "render_clip_variant",
+                        lambda mscene, mistake, *a: drawn.append(mistake) or real(mscene, mistake, *a))
+    train = open_source("world_clip_captions", data, seed=0, size=80, noise=0.0, train=True)
+    assert all(train[i].images[0].shape == (3, 32, 32, 3) for i in range(80))
+    trained, drawn[:] = list(drawn), []
+    held_out = open_source("world_clip_captions", data, seed=0, size=80, noise=0.0)
+    [held_out[i] for i in range(80)]
+    misses = [m for m in trained if m], [m for m in drawn if m]
+    assert misses[0].count("direction") > 0.7 * len(misses[0]) and misses[1].count("direction") < 0.4 * len(misses[1])
+    with pytest.raises(ValueError, match="takes no arguments"):
+        open_source("world_clip_captions:single", data, seed=0, size=2, noise=0.0)
+    assert {"moving", "left", "staying"} <= set(" ".join(world_corpus(data)).split())
+
+
+def test_clip_caption_rows_show_each_frame_and_answer_with_the_motion(tmp_path):
+    """A clip caption row lays the clip out "FrameN: <image>" per frame (cut to rm.video_frames)
+    and is answered by the motion prompt, whose every word the clip VLM's tokenizer knows."""
+    import ml_collections
+    from rdance.data.tokenizer import build_word_tokenizer
+    from rdance.reward import templates as T
+    from rdance.reward.folder import load_tokenizer, template_corpus
+    from rdance.reward.rows import RowBuilder, RowSpec
+    from rdance.world.clip_pairs import WorldClipCaptions
+    from rdance.world.vlm import world_corpus
+
+    data = ml_collections.ConfigDict(dict(train="world_clip_captions", eval_sets=""))
+    build_word_tokenizer([*template_corpus(), *world_corpus(data)], str(tmp_path))
+    template = T.TokenTemplate(load_tokenizer(str(tmp_path)))
+    record = WorldClipCaptions(1, seed=0, frames=5)[0]
+    spec = RowSpec(paradigm="caption", image_size=32, tokens_per_tile=4, max_prompt_tokens=64, max_answer_tokens=16,
+                   video_frames=2)
+    rows = RowBuilder(template, spec)(record)
+    assert rows["images"].shape == (2, 32, 32, 3)
+    np.testing.assert_array_equal(rows["images"][1], record.images[0][-1])
+    text = template.tokenizer.decode(rows["input_ids"][0][rows["attention_mask"][0] > 0])
+    assert "Frame1" in text and "Frame2" in text and "Frame3" not in text and "<unk>" not in text
+    answer = rows["targets"][0][rows["target_kind"][0] > 0]
+    assert template.tokenizer.decode(answer[:-1]) == record.prompt
