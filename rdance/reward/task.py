@@ -75,7 +75,11 @@ def make_loss_fn(spec: LossSpec):
             if spec.paradigm == "caption":  # every caption token counts alike
                 loss, metrics = losses.answer_ce(logits, targets, kind, 1.0)
                 predicted = jnp.argmax(logits, -1) == targets
-                metrics = {"token_accuracy": (predicted * (kind > 0)).sum() / jnp.maximum((kind > 0).sum(), 1)}
+                # The first answer token alone is a grounding question's yes/no: on a set of
+                # questions it is the VLM's accuracy at telling a prompt's clip from a near miss.
+                first = kind[:, 0] > 0
+                metrics = {"token_accuracy": (predicted * (kind > 0)).sum() / jnp.maximum((kind > 0).sum(), 1),
+                           "first_token_accuracy": (predicted[:, 0] * first).sum() / jnp.maximum(first.sum(), 1)}
                 return loss, metrics
             target = batch["target"].reshape(-1)
             weight = batch["weight"].reshape(-1) if spec.row_weights else None
@@ -142,7 +146,7 @@ class Evaluator:
             net = nnx.merge(graphdef, params)
             if spec.paradigm == "caption":  # held-out captions: teacher-forced NLL and accuracy
                 loss, metrics = make_loss_fn(spec)(net, batch, None)
-                return jnp.stack([loss, metrics["token_accuracy"]])
+                return jnp.stack([loss, metrics["token_accuracy"], metrics["first_token_accuracy"]])
             return row_scores(net, forward_rows(net, batch, spec), spec)
         self._scores = jax.jit(scores)
 
@@ -156,7 +160,8 @@ class Evaluator:
                 parts = [np.asarray(self._scores(params, jax.device_put(
                     {k: v[np.arange(s, s + self.batch) % n] for k, v in rows.items()}, replicated)))
                     for s in range(0, n, self.batch)]
-                out[f"{name}/caption_nll"], out[f"{name}/token_accuracy"] = map(float, np.mean(parts, axis=0))
+                (out[f"{name}/caption_nll"], out[f"{name}/token_accuracy"],
+                 out[f"{name}/first_token_accuracy"]) = map(float, np.mean(parts, axis=0))
                 continue
             chunks = []
             for start in range(0, n, self.batch):

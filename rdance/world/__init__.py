@@ -32,4 +32,5 @@ register_source("world", _sources.open_pairs, "'world'", "'world:KIND+KIND'")
 register_source("world_clips", _sources.open_clip_pairs, "'world_clips'", "'world_clips:KIND+KIND'")
 register_source("world_clip_misses", _sources.open_clip_misses, "'world_clip_misses:MISTAKE+MISTAKE'")
 register_source("world_captions", _sources.open_captions, "'world_captions'")
-register_source("world_clip_captions", _sources.open_clip_captions, "'world_clip_captions'")
+register_source("world_clip_captions", _sources.open_clip_captions, "'world_clip_captions'",
+                "'world_clip_captions:MISTAKE+MISTAKE'")

@@ -124,18 +124,23 @@ class WorldClipCaptions:
     Each record is a random motion scene's faithful clip captioned by its prompt or, for
     ``question_share`` of them, a grounding question: the prompt asked about (criteria
     "question") and its faithful clip (label 1, "yes") or a near miss of it (label 0, "no"),
-    the near miss drawn uniformly or by ``mistake_weights`` (as ClipPairs)."""
+    the near miss drawn uniformly or by ``mistake_weights`` (as ClipPairs) from the kinds in
+    ``mistakes`` (a prompt none of them fits, a still one for 'static', gets its faithful clip)."""
 
     QUESTION = "question"
 
     def __init__(self, num_clips: int, seed: int, size: int = 32, frames: int = FRAMES, kinds=MOTION_KINDS,
-                 question_share: float = 0.0, mistake_weights: dict[str, float] | None = None):
+                 question_share: float = 0.0, mistake_weights: dict[str, float] | None = None,
+                 mistakes=CLIP_MISTAKES):
         if not 0.0 <= question_share <= 1.0:
             raise ValueError(f"data.question_share={question_share} must lie in [0, 1]")
         if frames < 2:
             raise ValueError(f"data.clip_frames={frames}: a clip needs at least 2 frames to show motion")
         self.num, self.seed, self.size, self.frames, self.kinds = num_clips, seed, size, frames, kinds
-        self.question_share = question_share
+        unknown = set(mistakes) - set(CLIP_MISTAKES)
+        if unknown or not mistakes:
+            raise ValueError(f"clip mistakes {sorted(unknown) or '(none)'}: name some of {CLIP_MISTAKES}")
+        self.question_share, self.mistakes = question_share, tuple(mistakes)
         self.mistake_weights = normalised_mistake_weights(mistake_weights, CLIP_MISTAKES)
 
     def __len__(self) -> int:
@@ -147,8 +152,9 @@ class WorldClipCaptions:
         rng = np.random.default_rng([self.seed, int(index)])
         mscene = sample_motion_scene(rng, self.kinds)
         if rng.random() < self.question_share:
-            faithful = rng.random() < 0.5
-            mistake = None if faithful else draw_option(rng, list(possible_clip_mistakes(mscene)), self.mistake_weights)
+            options = [m for m in possible_clip_mistakes(mscene) if m in self.mistakes]
+            faithful = rng.random() < 0.5 or not options
+            mistake = None if faithful else draw_option(rng, options, self.mistake_weights)
             clip = render_clip_variant(mscene, mistake, self.size, self.frames, rng)
             return PreferenceRecord(prompt=mscene.prompt, images=(clip,), label=int(faithful), criteria=self.QUESTION)
         clip = render_clip_variant(mscene, None, self.size, self.frames, rng)

@@ -65,11 +65,15 @@ def open_captions(args: str | None, data, *, seed: int, size: int, noise: float 
 def open_clip_captions(args: str | None, data, *, seed: int, size: int, noise: float = 0.0, train: bool = False):
     """``size`` captioned clips of ``data.clip_frames`` frames (and yes/no grounding questions,
     ``data.question_share`` of them, whose near misses follow ``data.clip_mistake_weights`` in
-    training; held-out questions draw them uniformly)."""
+    training; held-out questions draw them uniformly). 'world_clip_captions:MISTAKE+MISTAKE' is
+    questions only, on near misses of those kinds: as an eval set, its first_token_accuracy is
+    how well the VLM tells a prompt's clip from such a near miss."""
     del noise
-    if args is not None:
-        raise ValueError(f"data source 'world_clip_captions:{args}': 'world_clip_captions' takes no arguments")
+    mistakes = CLIP_MISTAKES if args is None else tuple(args.split("+"))
+    if set(mistakes) - set(CLIP_MISTAKES):
+        raise ValueError(f"data source 'world_clip_captions:{args}': unknown near misses "
+                         f"{sorted(set(mistakes) - set(CLIP_MISTAKES))}; known {CLIP_MISTAKES}")
     weights = data.get("clip_mistake_weights") if train else None
     return WorldClipCaptions(size, seed=seed, size=data.image_size, frames=data.get("clip_frames", FRAMES),
-                             question_share=data.question_share,
+                             question_share=data.question_share if args is None else 1.0, mistakes=mistakes,
                              mistake_weights=None if weights is None else dict(weights))

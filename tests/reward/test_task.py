@@ -6,7 +6,7 @@ from flax import nnx
 
 from experiments import rm_smoke
 from rdance.reward.model import to_pixels
-from rdance.reward.task import forward_rows
+from rdance.reward.task import forward_rows, make_loss_fn
 from rdance.reward.recipe import RewardTraining
 from rdance.world.vlm import world_corpus
 
@@ -41,3 +41,31 @@ def test_pairwise_rows_encode_each_image_once_with_the_plain_forwards_numbers(tm
     plain_grads = nnx.jit(nnx.grad(lambda n: readout(plain(n))))(net)
     for a, b in zip(jax.tree.leaves(fast_grads), jax.tree.leaves(plain_grads)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=5e-6)   # jitted: fused sums reassociate
+
+
+def test_caption_metrics_read_the_first_answer_token_as_a_grounding_questions_yes_or_no(tmp_path):
+    """On a set of grounding questions, first_token_accuracy is the share of rows whose yes/no
+    the model's argmax gets right; token_accuracy also counts the tokens after it."""
+    config = rm_smoke.get_config()
+    config.model.update(patch_size=8, vision_hidden=32, vision_layers=1, vision_heads=2, text_hidden=32,
+                        text_layers=1, text_heads=2, text_kv_heads=1)
+    config.rm.update(paradigm="caption", max_prompt_tokens=64, max_answer_tokens=8)
+    config.data.update(train="world_clip_captions:direction", eval_sets="", clip_frames=2)
+    task = RewardTraining.from_config(config, str(tmp_path), corpus=world_corpus)
+    rows = [task.builder(task.source[i]) for i in range(6)]
+    batch = {k: jnp.asarray(np.stack([r[k] for r in rows])) for k in rows[0]}
+    spec, net = task.loss_spec, task.make_model()
+    first = np.asarray(batch["targets"]).reshape(6, -1)[:, spec.answer_col]
+    assert set(first) <= {spec.yes_id, spec.no_id} and len(set(first)) == 2
+    hidden = nnx.jit(lambda n: forward_rows(n, batch, spec))(net)
+    predicted = np.asarray(jnp.argmax(net.logits(hidden[:, spec.answer_col]), -1))
+    # An untrained model's argmax is rarely yes or no: make the first three rows' targets what it
+    # predicts, so the accuracy to find is at least 1/2 and not 0 by chance.
+    targets = np.asarray(batch["targets"]).reshape(6, -1).copy()
+    targets[:3, spec.answer_col] = predicted[:3]
+    batch["targets"] = jnp.asarray(targets.reshape(batch["targets"].shape))
+    _, metrics = nnx.jit(lambda n: make_loss_fn(spec)(n, batch, None))(net)
+    expected = np.mean(predicted == targets[:, spec.answer_col])
+    assert expected >= 0.5
+    np.testing.assert_allclose(metrics["first_token_accuracy"], expected, atol=1e-6)
+    assert metrics["token_accuracy"] != metrics["first_token_accuracy"]

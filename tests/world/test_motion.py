@@ -171,7 +171,8 @@ def test_clip_captions_say_what_moves_and_questions_are_judged():
         assert (judge_clip(record.images[0], mscene).score == 1.0) == (record.label == 1), (i, record.prompt)
     assert 15 < sum(labels) < 45
     for bad, match in ((dict(question_share=1.5), "question_share"), (dict(frames=1), "at least 2 frames"),
-                       (dict(mistake_weights={"missing": 1.0}), "unknown mistakes")):
+                       (dict(mistake_weights={"missing": 1.0}), "unknown mistakes"),
+                       (dict(mistakes=()), "name some of")):
         with pytest.raises(ValueError, match=match):
             WorldClipCaptions(4, seed=0, **bad)
 
@@ -196,8 +197,13 @@ def test_clip_captions_source_draws_hard_negatives_for_training_only_and_reads_m
     [held_out[i] for i in range(80)]
     misses = [m for m in trained if m], [m for m in drawn if m]
     assert misses[0].count("direction") > 0.7 * len(misses[0]) and misses[1].count("direction") < 0.4 * len(misses[1])
-    with pytest.raises(ValueError, match="takes no arguments"):
+    with pytest.raises(ValueError, match=r"unknown near misses \['single'\]"):
         open_source("world_clip_captions:single", data, seed=0, size=2, noise=0.0)
+    data.question_share = 0.0   # a named set is questions only, on those near misses alone
+    drawn[:] = []
+    direction = open_source("world_clip_captions:direction", data, seed=0, size=40, noise=0.0)
+    assert all(direction[i].criteria == "question" for i in range(40))
+    assert set(drawn) == {None, "direction"}
     assert {"moving", "left", "staying"} <= set(" ".join(world_corpus(data)).split())
 
 
