@@ -49,7 +49,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.seed = 0
     # Sizes of the InternVL-shaped model built from scratch (ignored with rm.pretrained).
     c.model = dict(patch_size=4, downsample_ratio=0.5, vision_hidden=64, vision_layers=2,
-                   vision_heads=4, text_hidden=128, text_layers=3, text_heads=4, text_kv_heads=2)
+                   vision_heads=4, text_hidden=128, text_layers=3, text_heads=4, text_kv_heads=2,
+                   # From scratch only: the vision position embeddings' initial spread (0: zeros,
+                   # as transformers' InternVL starts them).
+                   vision_position_init_std=0.0)
     c.rm = dict(
         pretrained="",                 # a Hugging Face InternVL folder; "" = from scratch
         paradigm="pairwise",           # pairwise | pointwise | regressive

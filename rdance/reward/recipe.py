@@ -53,9 +53,14 @@ class RewardTraining:
                              no_id=template.no_id, answer_col=spec.max_prompt_tokens - 1,
                              image_size=spec.image_size, max_tiles=_stream_tiles(source[0], spec),
                              row_weights=row_weights(config.rm))
-        make_model = lambda: RewardNet(vlm_config, regression_head=spec.paradigm == "regressive",
-                                       rngs=nnx.Rngs(config.seed), remat=config.rm.remat,
-                                       attention=attnlib.from_config(config.rm))
+        position_std = 0.0 if config.rm.pretrained else vision_position_init_std(config.model)
+
+        def make_model():
+            net = RewardNet(vlm_config, regression_head=spec.paradigm == "regressive", rngs=nnx.Rngs(config.seed),
+                            remat=config.rm.remat, attention=attnlib.from_config(config.rm))
+            if position_std:
+                init_vision_positions(net, position_std, config.seed)
+            return net
         eval_sets = {}
         for i, entry in enumerate(filter(None, d.eval_sets.split(","))):
             name, _, eval_spec = entry.partition("=")
@@ -85,6 +90,26 @@ def model_folder(config, workdir: str | None, corpus: Callable[[], Iterable[str]
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices("base_model_written")
     return folder
+
+
+def vision_position_init_std(model) -> float:
+    """model.vision_position_init_std: the spread of a from-scratch vision tower's absolute
+    position embeddings. 0 (the default) starts them at zero, as transformers' InternVL does;
+    then every patch enters the tower alike wherever it lies, and where it lies is learnt slowly."""
+    value = model.get("vision_position_init_std", 0.0)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"model.vision_position_init_std={value!r}; use a spread >= 0 (0: zeros, as transformers)")
+    return float(value)
+
+
+def init_vision_positions(net: RewardNet, std: float, seed: int) -> None:
+    """Draw the vision tower's position embeddings from normal(std), one fixed draw per seed."""
+    table = net.vlm.vision.position_embeddings
+    if table is None:
+        raise ValueError("model.vision_position_init_std is set, but this vision tower has no absolute position "
+                         "embeddings (use_absolute_position_embeddings is false)")
+    key = jax.random.fold_in(jax.random.key(seed), 0x706f73)
+    table[...] = std * jax.random.normal(key, table[...].shape, table[...].dtype)
 
 
 def row_weights(rm) -> bool:

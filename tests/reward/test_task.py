@@ -69,3 +69,27 @@ def test_caption_metrics_read_the_first_answer_token_as_a_grounding_questions_ye
     assert expected >= 0.5
     np.testing.assert_allclose(metrics["first_token_accuracy"], expected, atol=1e-6)
     assert metrics["token_accuracy"] != metrics["first_token_accuracy"]
+
+
+def test_vision_position_init_std_draws_a_from_scratch_towers_positions_and_is_checked(tmp_path):
+    """0 keeps transformers' zeros; a spread draws normal(std) rows, the same for the same seed;
+    a bad value names the field."""
+    import pytest
+    from rdance.reward.recipe import vision_position_init_std
+
+    def positions(std, seed=0):
+        config = rm_smoke.get_config()
+        config.model.update(patch_size=8, vision_hidden=32, vision_layers=1, vision_heads=2, text_hidden=32,
+                            text_layers=1, text_heads=2, text_kv_heads=1, vision_position_init_std=std)
+        config.data.eval_sets, config.seed = "", seed
+        task = RewardTraining.from_config(config, str(tmp_path / f"{std}_{seed}"), corpus=world_corpus)
+        return np.asarray(task.make_model().vlm.vision.position_embeddings[...])
+
+    assert not positions(0.0).any()
+    drawn = positions(0.5)
+    assert drawn.shape == (17, 32) and 0.4 < drawn.std() < 0.6
+    np.testing.assert_array_equal(drawn, positions(0.5))
+    assert not np.array_equal(drawn, positions(0.5, seed=1))
+    for bad in (-1.0, "big", True):
+        with pytest.raises(ValueError, match="model.vision_position_init_std"):
+            vision_position_init_std({"vision_position_init_std": bad})
