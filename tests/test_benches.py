@@ -59,3 +59,26 @@ def test_bench_search_prints_its_table(gen_folder, rm_folder, tmp_path):
                       "--rms=tiny,again")
     best_of_2 = next(line for line in table.splitlines() if line.startswith("| best_of_n | 2x |"))
     assert "| +0.000 ± 0.000 | +0.000 / +0.000 | ± 0.000 | - |" in best_of_2, table
+
+
+def test_probe_motion_words_prints_its_table_and_refuses_a_still_vocabulary(rm_folder, tmp_path):
+    import ml_collections
+    from flax import nnx
+    from rdance.models.internvl.config import load_config
+    from rdance.reward.folder import export, write_model_folder
+    from rdance.reward.model import RewardNet
+    from rdance.world.vlm import world_corpus
+    from tests.conftest import tiny_rm_config
+
+    config = tiny_rm_config("caption")
+    clips = ml_collections.ConfigDict(dict(train="world_clip_captions", eval_sets=""))
+    base = write_model_folder(config.model, 32, str(tmp_path / "base"), world_corpus(clips))
+    params = nnx.to_pure_dict(nnx.state(RewardNet(load_config(base), regression_head=False, rngs=nnx.Rngs(0)), nnx.Param))
+    vlm = export(params, base, str(tmp_path / "export"), config)
+    out = run_bench("bench/probe_motion_words.py", f"--vlm={vlm}", "--clips=6", "--frames=3", "--batch=4")
+    row = next(line for line in out.splitlines() if line.startswith(f"| {vlm} |"))
+    assert row.endswith("| 6 |") and "nan" not in row, out
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+    still = subprocess.run([sys.executable, "bench/probe_motion_words.py", f"--vlm={rm_folder}", "--clips=2"],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert still.returncode != 0 and "lacks the motion words" in still.stderr, still.stderr[-2000:]
