@@ -14,7 +14,8 @@ written to OUT/prompts.txt; then, as a user would type it,
     python -m rdance.run.evaluate --generators=before=B,after=A --rm=RM --prompt_file=OUT/prompts.txt ...
 
 samples both generators with the same noise and judges every pair in both orders; this script
-prints its GSB line as a table (Good + Same + Bad = prompts x samples). The rest of evaluate's
+prints its GSB line as a table (Good + Same + Bad = prompts x samples), then the world's judge's
+verdicts on the same pairs beside the RM's. The rest of evaluate's
 output (grids, gsb.jsonl with each comparison) is in ``--out_dir``.
 """
 import argparse
@@ -79,6 +80,46 @@ def main():
     print("|---|---|---|---|---|---|---|")
     print(f"| {folders['before']} | {folders['after']} | {int(good) + int(same) + int(bad)} | {good} | {same} | {bad} "
           f"| {gsb} |")
+    print_judge_gsb(out, heldout)
+
+
+def print_judge_gsb(out: str, heldout) -> None:
+    """The same pairs judged by the world's judge, which trains nothing: Good where the sample
+    after fine-tuning scores higher, Bad where lower. Set beside the RM's verdicts it shows how
+    much of the RM's GSB the judge confirms; an RM that prefers the fine-tuned generator's
+    style, not its alignment, says Good where the judge ties."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from rdance.world.judge import judge
+
+    index = {scene.prompt: i for i, scene in enumerate(heldout)}
+
+    def score(generator: str, row: dict) -> float:
+        i = index[row["prompt"]]
+        image = Image.open(os.path.join(out, generator, f"{i:05d}", "samples", f"{row['sample']:04d}.png"))
+        return judge(np.asarray(image.convert("RGB")), heldout[i]).score
+
+    with open(os.path.join(out, "gsb.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    good = bad = agree = 0
+    p_on_ties = []
+    for row in rows:
+        change = score("after", row) - score("before", row)
+        if change == 0:
+            p_on_ties.append(row["p_b_wins"])
+            continue
+        good, bad = good + (change > 0), bad + (change < 0)
+        agree += (row["p_b_wins"] > 0.5) == (change > 0)
+    same = len(rows) - good - bad
+    print("\nThe same pairs judged by the world's judge (Good: the sample after scores higher):\n")
+    print("| comparisons | Good | Same | Bad | GSB | RM agrees where the judge differs | RM's P(after wins) where the judge ties |")
+    print("|---|---|---|---|---|---|---|")
+    ties = f"{np.mean(p_on_ties):.3f} mean, > 0.5 in {np.mean(np.array(p_on_ties) > 0.5):.3f}" if p_on_ties else "-"
+    print(f"| {len(rows)} | {good} | {same} | {bad} | {(good - bad) / max(len(rows), 1):+.3f} | "
+          f"{agree} of {good + bad} | {ties} |")
 
 
 if __name__ == "__main__":

@@ -119,4 +119,9 @@ def test_bench_gsb_prints_the_table_for_a_demo_workdir(tmp_path, reference_run, 
     row = next(line for line in done.stdout.splitlines() if line.startswith(f"| {demo}/generator/export |"))
     comparisons, good, same, bad = (int(x) for x in row.split("|")[3:7])
     assert comparisons == 2 and good + same + bad == 2, row
+    lines = done.stdout.splitlines()
+    judged = lines[lines.index("| comparisons | Good | Same | Bad | GSB | RM agrees where the judge differs | "
+                               "RM's P(after wins) where the judge ties |") + 2]
+    comparisons, good, same, bad = (int(x) for x in judged.split("|")[1:5])
+    assert comparisons == 2 and good + same + bad == 2, judged
     assert len((tmp_path / "out" / "prompts.txt").read_text().splitlines()) == 2
