@@ -7,9 +7,15 @@ folder given: the word its argmax puts where the caption names the motion.
 Chance is 1/4 among the four directions; a VLM that never saw clips answers no direction (its
 still captions end where the motion word begins). A folder's tokenizer must know the moving
 world's words (the VLM was trained with data.motion_words or on a clip source).
+
+Two controls show whether the answer comes from the frames at all: "reversed" is the accuracy
+when each clip's frames run backwards (a VLM that reads direction falls far below chance on the
+moving clips), and "frozen dP" the mean total variation between its motion-word probabilities
+(over the five words) on the clip and on the clip with every frame replaced by the first.
 """
 import argparse
 import collections
+import dataclasses
 import os
 import sys
 
@@ -46,24 +52,34 @@ def probe(folder: str, clips: int, frames: int, batch: int, seed: int):
     graphdef, spec = nnx.split(abstract, nnx.Param)[0], task.loss_spec
 
     @jax.jit
-    def predicted(params, batch):
+    def probabilities(params, batch):
         net = nnx.merge(graphdef, params)
-        return jnp.argmax(net.logits(forward_rows(net, batch, spec)[:, spec.answer_col:]), -1)
+        return jax.nn.softmax(net.logits(forward_rows(net, batch, spec)[:, spec.answer_col:]), -1)
+
+    def answer(records):
+        rows = [task.builder(r, training=False) for r in records]
+        stacked = {k: jnp.asarray(np.stack([r[k] for r in rows])) for k in rows[0]}
+        targets = np.asarray(stacked["targets"]).reshape(len(rows), -1)[:, spec.answer_col:]
+        # The motion word is the caption's last motion word ('left of' may come before it).
+        where = [max(j for j, t in enumerate(row) if int(t) in ids) for row in targets]
+        p = np.asarray(probabilities(params, stacked))[np.arange(len(rows)), where]
+        return p, targets[np.arange(len(rows)), where]
 
     source = WorldClipCaptions(clips, seed=seed, frames=frames)
-    hits, counts = collections.Counter(), collections.Counter()
+    hits, counts, reversed_hits, frozen_shift = collections.Counter(), collections.Counter(), collections.Counter(), []
+    word_ids = np.array(list(ids))
     for start in range(0, clips, batch):
-        rows = [task.builder(source[i], training=False) for i in range(start, min(clips, start + batch))]
-        stacked = {k: jnp.asarray(np.stack([r[k] for r in rows])) for k in rows[0]}
-        guess = np.asarray(predicted(params, stacked))
-        targets = np.asarray(stacked["targets"]).reshape(len(rows), -1)[:, spec.answer_col:]
-        for r in range(len(rows)):
-            # The motion word is the caption's last motion word ('left of' may come before it).
-            j = max(j for j, t in enumerate(targets[r]) if int(t) in ids)
-            word = ids[int(targets[r, j])]
+        records = [source[i] for i in range(start, min(clips, start + batch))]
+        p, truth = answer(records)
+        backwards, _ = answer([dataclasses.replace(r, images=(r.images[0][::-1].copy(),)) for r in records])
+        frozen, _ = answer([dataclasses.replace(r, images=(np.repeat(r.images[0][:1], frames, 0),)) for r in records])
+        for r, t in enumerate(truth):
+            word = ids[int(t)]
             counts[word] += 1
-            hits[word] += int(guess[r, j] == targets[r, j])
-    return hits, counts
+            hits[word] += int(p[r].argmax() == t)
+            reversed_hits[word] += int(backwards[r].argmax() == t)
+            frozen_shift.append(0.5 * np.abs(p[r, word_ids] - frozen[r, word_ids]).sum())
+    return hits, counts, reversed_hits, float(np.mean(frozen_shift))
 
 
 def main():
@@ -74,13 +90,14 @@ def main():
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seed", type=int, default=4242, help="The held-out clips' seed.")
     args = parser.parse_args()
-    print(f"| VLM | motion word | {' | '.join(MOTION_WORDS)} | clips |")
-    print("|---|---|" + "---|" * len(MOTION_WORDS) + "---|")
+    print(f"| VLM | motion word | {' | '.join(MOTION_WORDS)} | reversed | frozen dP | clips |")
+    print("|---|---|" + "---|" * len(MOTION_WORDS) + "---|---|---|")
     for folder in args.vlm:
-        hits, counts = probe(folder, args.clips, args.frames, args.batch, args.seed)
+        hits, counts, reversed_hits, frozen_shift = probe(folder, args.clips, args.frames, args.batch, args.seed)
         cells = [f"{hits[w] / counts[w]:.3f} ({counts[w]})" if counts[w] else "-" for w in MOTION_WORDS]
-        print(f"| {folder} | {sum(hits.values()) / sum(counts.values()):.3f} | {' | '.join(cells)} | "
-              f"{sum(counts.values())} |")
+        total = sum(counts.values())
+        print(f"| {folder} | {sum(hits.values()) / total:.3f} | {' | '.join(cells)} | "
+              f"{sum(reversed_hits.values()) / total:.3f} | {frozen_shift:.3f} | {total} |")
 
 
 if __name__ == "__main__":
