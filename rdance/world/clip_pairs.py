@@ -86,6 +86,15 @@ def make_clip_pair(index: int, seed: int, size: int, frames: int, label_noise: f
                             criteria=MOTION_CRITERIA, rationale=rationale)
 
 
+def check_clip_source(frames: int, mistakes) -> None:
+    """A clip source's frame count and near-miss kinds, checked before any clip is drawn."""
+    unknown = set(mistakes) - set(CLIP_MISTAKES)
+    if unknown or not mistakes:
+        raise ValueError(f"clip mistakes {sorted(unknown) or '(none)'}: name some of {CLIP_MISTAKES}")
+    if frames < 2:
+        raise ValueError(f"data.clip_frames={frames}: a clip needs at least 2 frames to show motion")
+
+
 class ClipPairs:
     """A random-access source of judged clip pairs (for grain); ``seed`` keeps sets disjoint."""
 
@@ -96,11 +105,7 @@ class ClipPairs:
             raise ValueError(f"label_noise={label_noise}: use a value in [0, 0.5)")
         if not 0.0 <= clean_share <= 1.0:
             raise ValueError(f"clean_share={clean_share}: use a value in [0, 1]")
-        unknown = set(mistakes) - set(CLIP_MISTAKES)
-        if unknown or not mistakes:
-            raise ValueError(f"clip mistakes {sorted(unknown) or '(none)'}: name some of {CLIP_MISTAKES}")
-        if frames < 2:
-            raise ValueError(f"data.clip_frames={frames}: a clip needs at least 2 frames to show motion")
+        check_clip_source(frames, mistakes)
         self.num_pairs, self.seed, self.size, self.frames = num_pairs, seed, size, frames
         self.noise, self.kinds, self.clean_share, self.mistakes = label_noise, kinds, clean_share, tuple(mistakes)
         self.mistake_weights = normalised_mistake_weights(mistake_weights, CLIP_MISTAKES)
@@ -134,12 +139,8 @@ class WorldClipCaptions:
                  mistakes=CLIP_MISTAKES):
         if not 0.0 <= question_share <= 1.0:
             raise ValueError(f"data.question_share={question_share} must lie in [0, 1]")
-        if frames < 2:
-            raise ValueError(f"data.clip_frames={frames}: a clip needs at least 2 frames to show motion")
+        check_clip_source(frames, mistakes)
         self.num, self.seed, self.size, self.frames, self.kinds = num_clips, seed, size, frames, kinds
-        unknown = set(mistakes) - set(CLIP_MISTAKES)
-        if unknown or not mistakes:
-            raise ValueError(f"clip mistakes {sorted(unknown) or '(none)'}: name some of {CLIP_MISTAKES}")
         self.question_share, self.mistakes = question_share, tuple(mistakes)
         self.mistake_weights = normalised_mistake_weights(mistake_weights, CLIP_MISTAKES)
 
