@@ -121,10 +121,11 @@ class ClipPairs:
 
 
 class WorldClipCaptions:
-    """Clips with what they show: the moving world's VLM pretraining set, so a clip RM starts from
-    a VLM that has read motion off frames. A still VLM's captions never make it tell "moving left"
-    from "moving right" (the clip RM built on one stays at chance on direction near misses,
-    bench/results/video_refl.md); here the motion word is part of every caption to predict.
+    """Clips with what they show: a VLM pretraining set for the moving world, meant to let a clip
+    RM start from a VLM that reads motion off frames. A still VLM's captions never name a motion
+    (the clip RM built on one stays at chance on direction near misses); here the motion word is
+    in every caption. Measured (bench/results/video_refl.md): 800 steps on it leave the smoke VLM
+    at chance on that word, so this is the set to train and probe motion reading on, not a fix.
 
     Each record is a random motion scene's faithful clip captioned by its prompt or, for
     ``question_share`` of them, a grounding question: the prompt asked about (criteria
