@@ -181,29 +181,22 @@ def test_clip_captions_source_draws_hard_negatives_for_training_only_and_reads_m
     import ml_collections
     import rdance.world  # noqa: F401  (registers the world's sources)
     from rdance.data.registry import open_source
-    from rdance.world import clip_pairs
     from rdance.world.vlm import world_corpus
 
     data = ml_collections.ConfigDict(dict(image_size=32, clip_frames=3, question_share=1.0, train="world_clip_captions",
                                           eval_sets="", clip_mistake_weights=dict(direction=20.0)))
-    drawn = []
-    real = clip_pairs.render_clip_variant
-    monkeypatch.setattr(clip_pairs, "render_clip_variant",
-                        lambda mscene, mistake, *a: drawn.append(mistake) or real(mscene, mistake, *a))
-    train = open_source("world_clip_captions", data, seed=0, size=80, noise=0.0, train=True)
-    assert all(train[i].images[0].shape == (3, 32, 32, 3) for i in range(80))
-    trained, drawn[:] = list(drawn), []
-    held_out = open_source("world_clip_captions", data, seed=0, size=80, noise=0.0)
-    [held_out[i] for i in range(80)]
-    misses = [m for m in trained if m], [m for m in drawn if m]
-    assert misses[0].count("direction") > 0.7 * len(misses[0]) and misses[1].count("direction") < 0.4 * len(misses[1])
+    trained, train = drawn_mistakes(monkeypatch, open_source("world_clip_captions", data, seed=0, size=80, noise=0.0,
+                                                             train=True), 80)
+    assert all(record.images[0].shape == (3, 32, 32, 3) for record in train)
+    held_out, _ = drawn_mistakes(monkeypatch, open_source("world_clip_captions", data, seed=0, size=80, noise=0.0), 80)
+    assert trained.count("direction") > 0.7 * len(trained) and held_out.count("direction") < 0.4 * len(held_out)
     with pytest.raises(ValueError, match=r"unknown near misses \['single'\]"):
         open_source("world_clip_captions:single", data, seed=0, size=2, noise=0.0)
     data.question_share = 0.0   # a named set is questions only, on those near misses alone
-    drawn[:] = []
-    direction = open_source("world_clip_captions:direction", data, seed=0, size=40, noise=0.0)
-    assert all(direction[i].criteria == "question" for i in range(40))
-    assert set(drawn) == {None, "direction"}
+    misses, direction = drawn_mistakes(monkeypatch, open_source("world_clip_captions:direction", data, seed=0, size=40,
+                                                                noise=0.0), 40)
+    assert all(record.criteria == "question" for record in direction)
+    assert set(misses) == {"direction"} and {r.label for r in direction} == {0, 1}
     assert {"moving", "left", "staying"} <= set(" ".join(world_corpus(data)).split())
 
 
