@@ -1,12 +1,14 @@
 """The synthetic world's generator: a miniature FLUX. A small FLUX transformer, conditioned by a
 small T5 encoder over the world's word tokenizer, generates the latents of a small ``AutoencoderKL``
-of the FLUX VAE's architecture (rdance.models.flux.vae at tiny width), packed 2x2 as FLUX packs them.
+of the FLUX VAE's architecture (rdance.models.flux.vae at tiny width).
 
 With ``vae_channels`` set (the recipe's default, experiments/gen_smoke.py) the VAE is trained first on
 world renders (rdance.world.autoencoder) and then frozen: ``encode`` maps renders to scaled latents
 for flow matching, ``decode`` is the VAE decoder, differentiable, which sampling, ReFL and RWR go
-through exactly as with FLUX (``frozen["vae"]``). At 32x32 with ``vae_channels=(32, 64)`` the VAE
-downsamples by 2, so its 16x16 latents pack into 64 tokens of 4 x ``vae_latent_channels``.
+through exactly as with FLUX (``frozen["vae"]``). The VAE downsamples by 2^(len(vae_channels) - 1);
+``vae_pack=2`` packs its latents 2x2 into tokens as FLUX does, ``vae_pack=1`` makes every latent
+pixel a token. E.g. at 32x32, ``vae_channels=(16, 32)`` packed 2x2 gives 64 tokens of
+4 x ``vae_latent_channels``; ``(16, 32, 32)`` unpacked gives 64 tokens of ``vae_latent_channels``.
 
 With ``vae_channels=()`` (folders written before the VAE) there is no VAE: the "latents" are the
 pixels themselves, cut into ``patch_size`` patches (channel-major, like FLUX's packing), and
@@ -53,8 +55,10 @@ class WorldGeneratorConfig:
     image_size: int = 32
     patch_size: int = 4            # pixel space only (no VAE): the side of a pixel patch token
     # The VAE (AutoencoderKL, FLUX's architecture): its block widths (downsampling 2^(len-1));
-    # () is pixel space, no VAE. Its latents are packed 2x2 like FLUX's.
+    # () is pixel space, no VAE.
     vae_channels: tuple[int, ...] = ()
+    # Latent pixels per token side: 2 packs 2x2 as FLUX does; 1 makes each latent pixel a token.
+    vae_pack: int = 2
     vae_latent_channels: int = 4
     vae_layers: int = 1            # resnet blocks per encoder level (the decoder has one more)
     vae_groups: int = 8            # GroupNorm groups; divides every width
@@ -83,10 +87,13 @@ class WorldGeneratorConfig:
 
     def __post_init__(self):
         if self.vae_channels:
-            unit = 2 * 2 ** (len(self.vae_channels) - 1)
+            if self.vae_pack not in (1, 2):
+                raise ValueError(f"vae_pack {self.vae_pack}: 2 packs the latents 2x2 as FLUX does, 1 makes "
+                                 "each latent pixel a token; nothing else")
+            unit = self.vae_pack * self.vae_factor
             if self.image_size % unit:
                 raise ValueError(f"image_size {self.image_size} is not a multiple of {unit} (the VAE's "
-                                 f"downsampling {unit // 2} x FLUX's 2x2 packing)")
+                                 f"downsampling {self.vae_factor} x vae_pack {self.vae_pack})")
             if any(c < 1 or c % self.vae_groups for c in self.vae_channels) or self.vae_groups < 1:
                 raise ValueError(f"vae_channels {tuple(self.vae_channels)} must be positive multiples of "
                                  f"vae_groups {self.vae_groups}")
@@ -114,11 +121,11 @@ class WorldGeneratorConfig:
     @property
     def grid(self) -> int:
         """Image tokens per side."""
-        return self.image_size // (2 * self.vae_factor) if self.vae_channels else self.image_size // self.patch_size
+        return self.image_size // (self.vae_pack * self.vae_factor) if self.vae_channels else self.image_size // self.patch_size
 
     @property
     def token_dim(self) -> int:
-        return 4 * self.vae_latent_channels if self.vae_channels else 3 * self.patch_size ** 2
+        return self.vae_pack ** 2 * self.vae_latent_channels if self.vae_channels else 3 * self.patch_size ** 2
 
     def vae(self) -> VAEConfig:
         n = len(self.vae_channels)
@@ -186,7 +193,7 @@ class WorldGenerator:
         # {"vae": its parameters} with a VAE (set by with_vae or a folder's loaders), else {}.
         self.frozen: dict = {}
         self.vae_def = (nnx.split(nnx.eval_shape(self.make_vae), nnx.Param)[0] if cfg.vae_channels else None)
-        # Rotary ids over the patch grid: image_ids takes the 2x2-packed latent size, i.e. 2 * grid.
+        # Rotary ids over the token grid (image_ids takes twice its side: FLUX's packed latent size).
         self.img_ids = flow_match.image_ids(2 * cfg.grid, 2 * cfg.grid)
         self.txt_ids = np.zeros((cfg.max_tokens, 3), np.float32)
 
@@ -322,7 +329,7 @@ class WorldGenerator:
         latents = latents.astype(jnp.float32)
         if self.cfg.vae_channels:
             side = self.cfg.image_size // self.cfg.vae_factor
-            images = self._vae(frozen).decode_latents(flow_match.unpack(latents, side, side))
+            images = self._vae(frozen).decode_latents(self._unpack(latents, side))
             images = jnp.transpose(images.astype(jnp.float32), (0, 2, 3, 1))
         else:
             images = unpatchify(latents, self.cfg.image_size, self.cfg.patch_size)
@@ -333,8 +340,20 @@ class WorldGenerator:
         x = jnp.asarray(images, jnp.float32) / 127.5 - 1.0
         if self.cfg.vae_channels:
             latents = self._vae(frozen).encode_latents(jnp.transpose(x, (0, 3, 1, 2)))
-            return flow_match.pack(latents.astype(jnp.float32))
+            return self._pack(latents.astype(jnp.float32))
         return patchify(x, self.cfg.patch_size)
+
+    def _pack(self, latents: jax.Array) -> jax.Array:
+        """NCHW latents -> [B, tokens, token_dim]: FLUX's 2x2 packing, or one latent pixel a token."""
+        if self.cfg.vae_pack == 2:
+            return flow_match.pack(latents)
+        b, c, h, w = latents.shape
+        return jnp.transpose(latents, (0, 2, 3, 1)).reshape(b, h * w, c)
+
+    def _unpack(self, tokens: jax.Array, side: int) -> jax.Array:
+        if self.cfg.vae_pack == 2:
+            return flow_match.unpack(tokens, side, side)
+        return jnp.transpose(tokens.reshape(tokens.shape[0], side, side, -1), (0, 3, 1, 2))
 
     def prompts(self, data) -> tuple[list[str], list[Scene]]:
         """The world's own split (``data.prompt_seed``, ``train_prompts``, ``eval_prompts``):

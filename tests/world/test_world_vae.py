@@ -44,6 +44,22 @@ def test_latents_are_the_vaes_packed_2x2(tmp_path):
     assert make(tmp_path, vae_channels=(8, 8, 8), vae_groups=4).latent_shape == (16, 4 * 4)
 
 
+def test_unpacked_latents_make_each_latent_pixel_a_token(tmp_path):
+    gen = make(tmp_path, vae_channels=(8, 8, 8), vae_latent_channels=4, vae_groups=4, vae_pack=1)
+    assert gen.cfg.grid == 8 and gen.latent_shape == (64, 4) and gen.cfg.flux().in_channels == 4
+    assert gen.img_ids.shape == (64, 3) and gen.img_ids[9].tolist() == [0, 1, 1]
+    images = renders(2)
+    latents = gen.encode(gen.frozen, images)
+    vae = nnx.merge(gen.vae_def, gen.frozen["vae"])
+    x = jnp.transpose(jnp.asarray(images, jnp.float32) / 127.5 - 1.0, (0, 3, 1, 2))
+    z = vae.encode_latents(x)                                           # [2, 4, 8, 8]
+    # Token r * 8 + c holds latent pixel (r, c), its channels in order.
+    np.testing.assert_allclose(latents[:, 8 * 3 + 5], z[:, :, 3, 5], rtol=1e-5, atol=1e-6)
+    out = gen.decode(gen.frozen, latents)
+    ref = jnp.clip((jnp.transpose(vae.decode_latents(z), (0, 2, 3, 1)) + 1.0) * 0.5, 0.0, 1.0)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
 def test_vae_sizes_are_checked():
     with pytest.raises(ValueError, match="multiples of vae_groups"):
         WorldGeneratorConfig(vae_channels=(12, 16), vae_groups=8)
@@ -51,6 +67,10 @@ def test_vae_sizes_are_checked():
         WorldGeneratorConfig(image_size=36, vae_channels=(8, 8, 8), vae_groups=4)
     with pytest.raises(ValueError, match="vae_scale"):
         WorldGeneratorConfig(vae_channels=(8, 8), vae_groups=4, vae_scale=0.0)
+    with pytest.raises(ValueError, match="vae_pack 3"):
+        WorldGeneratorConfig(vae_channels=(8, 8), vae_groups=4, vae_pack=3)
+    with pytest.raises(ValueError, match="not a multiple of 4 .* vae_pack 1"):
+        WorldGeneratorConfig(image_size=34, vae_channels=(8, 8, 8), vae_groups=4, vae_pack=1)
 
 
 def test_vae_training_step_lowers_the_loss(tmp_path):
