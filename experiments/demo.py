@@ -44,10 +44,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         raise ValueError(f"experiments/demo.py:{variant}: variants are full (the default) and ci")
     c = ml_collections.ConfigDict()
     c.variant = variant
-    # The VAE stage (gen_smoke's 900 steps) comes first: about 1.5 s/step on 2 cores shared at load
-    # 10-14, an estimated 0.5 s/step idle (not measured idle), so about 7.5 + 4.5 minutes in all.
-    c.generator = stage("experiments/gen_smoke.py", 720,
-                        train=dict(steps=600, eval_every=150, checkpoint_every=150, log_every=25))
+    # The VAE stage (gen_smoke's 900 steps, 5:10 on one core of an AMD EPYC), then 1500 of the
+    # transformer's (10:30 with its evals; judge 0.271 on the pretraining's eval against 0.124 for
+    # the earlier downsampling-2 VAE's 600 steps): bench/results/world_generator.md.
+    c.generator = stage("experiments/gen_smoke.py", 960,
+                        train=dict(steps=1500, eval_every=500, checkpoint_every=250, log_every=50))
     # Judge-labelled pairs over the generator's samples: the RM's held-out test on the images RL
     # will show it ("samples" eval set) and, with rm.train_data=pairs, its training set.
     c.pairs = stage("experiments/gen_smoke.py", 30, pairs=dict(num_prompts=0, eval_prompts=160))

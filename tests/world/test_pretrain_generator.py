@@ -33,6 +33,12 @@ def test_patchify_round_trip_and_layout():
     np.testing.assert_array_equal(unpatchify(tokens, 8, 4), images)
 
 
+def test_recipe_generator_is_16_tokens_of_a_downsampling_4_vae(tmp_path):
+    """gen_smoke's sizes as bench/results/world_generator.md measured them (shapes only)."""
+    gen = make_generator(gen_smoke.get_config(), str(tmp_path))
+    assert gen.cfg.vae_factor == 4 and gen.cfg.vae_pack == 2 and gen.latent_shape == (16, 32)
+
+
 def test_pretraining_learns_exports_and_writes_pairs(tmp_path, devices):
     config = gen_smoke.get_config()
     config.model.update(TINY_GENERATOR)
