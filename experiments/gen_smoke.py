@@ -11,23 +11,24 @@ The generator is exported to WORKDIR/export (generator.json, tokenizer/, text_en
 and vae/ in diffusers' AutoencoderKL layout); fine-tune it with experiments/finetune_smoke.py.
 ``--config.model.vae_channels='()'`` trains the older pixel-space generator (4x4 patches as tokens).
 
-Measured on 2 cores of an AMD EPYC with the run pinned to one of them (bench/results/world_generator.md,
+Measured on 2 cores of an AMD EPYC, the runs pinned to one of them unless a row says both (bench/results/world_generator.md,
 which also has every row below and the runs that chose this recipe). The VAE stage (900 steps of 32
 renders, Adam 4e-3 with cosine decay, L1 + MSE + edge L1 + 1e-4 KL) takes 5:10; its reconstructions
 of held-out renders pass every check of the judge (1.000), the ceiling of any generator on it. The
-transformer (batch 64, AdamW 1e-3 cosine, 0.40 s a step) then, judged by the pretraining's eval (64
+transformer (batch 64, AdamW 1e-3 cosine, 0.40 s a step on one core) then, judged by the pretraining's eval (64
 held-out prompts of prompt seed 7 x 2 samples, 20 Euler steps, guidance 3):
 
 | transformer steps (cosine length) | wall, VAE + transformer | judge | colour_found | shape_given_colour |
 |---|---|---|---|---|
 | 1500 (1500) | 5:10 + 10:30 | 0.271 | 0.598 | 0.541 |
 | 3000 (3000) | 5:10 + 21:09 | 0.479 | 0.662 | 0.726 |
-| 6000 (6000, this recipe) | 5:10 + 39:03 | 0.561 | 0.804 | 0.744 |
+| 6000 (6000) | 5:10 + 39:03 | 0.561 | 0.804 | 0.744 |
+| 9000 (9000, this recipe), both cores | 5:10 + 31:15 (0.205 s a step) | 0.666 | 0.853 | 0.874 |
 
 On the fine-tuning's held-out prompts (experiments/finetune_smoke.py's split, 64 x 4, count, pair
-and relation prompts; what issue #21 names) the 6000-step generator scores judge 0.414 and
-shape_given_colour 0.739 (3000 steps: 0.300 / 0.593; target 0.45 / 0.75): colour-to-shape binding
-in two-object prompts is what is left, and it still rose with steps. The earlier recipe, widths (16, 32) (downsampling 2, 16x16x4 latents packed into
+and relation prompts; what issue #21 names) the 9000-step generator scores judge 0.550 and
+shape_given_colour 0.829 (6000 steps: 0.414 / 0.739; 3000: 0.300 / 0.593; target 0.45 / 0.75):
+colour-to-shape binding in two-object prompts is what takes the steps. The earlier recipe, widths (16, 32) (downsampling 2, 16x16x4 latents packed into
 64 tokens of 16), drew bean-shaped outlines: judge 0.147 and shape_given_colour 0.374 there after
 600 steps. A downsampling-2 latent packed 2x2 is close to the 4x4 pixel patch that
 shared/WORLD-GENERATOR.md found to be the cause of shapeless samples. ``model.vae_pack=1`` (each
@@ -67,6 +68,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.mesh = dict(shape=(1, -1, 1), rules=DEFAULT_RULES)
     # train.peak_tflops: peak dense TFLOP/s per device that MFU is measured against; 0 takes the
     # local chip's from rdance.core.hardware (none for a CPU: TFLOP/s are logged, MFU is not).
-    c.train = dict(steps=6000, log_every=50, eval_every=1000, checkpoint_every=250,
+    c.train = dict(steps=9000, log_every=50, eval_every=1500, checkpoint_every=250,
                    keep_checkpoints=2, async_checkpoints=True, peak_tflops=0.0)
     return c
