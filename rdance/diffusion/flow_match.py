@@ -67,18 +67,20 @@ def latent_hw(height: int, width: int, vae_factor: int) -> tuple[int, int]:
     return height // vae_factor, width // vae_factor
 
 
-def pack(latents: jax.Array) -> jax.Array:
-    """NCHW latents -> [B, (H/2)(W/2), C*4] tokens of 2x2 patches (diffusers' _pack_latents)."""
+def pack(latents: jax.Array, factor: int = 2) -> jax.Array:
+    """NCHW latents -> [B, (H/f)(W/f), C*f*f] tokens of f x f patches, channel-major; f = 2 is
+    diffusers' _pack_latents (FLUX), f = 1 makes each latent pixel a token."""
     b, c, h, w = latents.shape
-    x = latents.reshape(b, c, h // 2, 2, w // 2, 2).transpose(0, 2, 4, 1, 3, 5)
-    return x.reshape(b, (h // 2) * (w // 2), c * 4)
+    x = latents.reshape(b, c, h // factor, factor, w // factor, factor).transpose(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, (h // factor) * (w // factor), c * factor * factor)
 
 
-def unpack(tokens: jax.Array, h: int, w: int) -> jax.Array:
+def unpack(tokens: jax.Array, h: int, w: int, factor: int = 2) -> jax.Array:
     """Inverse of :func:`pack` for latent height ``h`` and width ``w``."""
     b, _, d = tokens.shape
-    x = tokens.reshape(b, h // 2, w // 2, d // 4, 2, 2).transpose(0, 3, 1, 4, 2, 5)
-    return x.reshape(b, d // 4, h, w)
+    c = d // (factor * factor)
+    x = tokens.reshape(b, h // factor, w // factor, c, factor, factor).transpose(0, 3, 1, 4, 2, 5)
+    return x.reshape(b, c, h, w)
 
 
 def image_ids(h: int, w: int) -> np.ndarray:

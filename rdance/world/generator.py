@@ -329,7 +329,7 @@ class WorldGenerator:
         latents = latents.astype(jnp.float32)
         if self.cfg.vae_channels:
             side = self.cfg.image_size // self.cfg.vae_factor
-            images = self._vae(frozen).decode_latents(self._unpack(latents, side))
+            images = self._vae(frozen).decode_latents(flow_match.unpack(latents, side, side, self.cfg.vae_pack))
             images = jnp.transpose(images.astype(jnp.float32), (0, 2, 3, 1))
         else:
             images = unpatchify(latents, self.cfg.image_size, self.cfg.patch_size)
@@ -340,20 +340,8 @@ class WorldGenerator:
         x = jnp.asarray(images, jnp.float32) / 127.5 - 1.0
         if self.cfg.vae_channels:
             latents = self._vae(frozen).encode_latents(jnp.transpose(x, (0, 3, 1, 2)))
-            return self._pack(latents.astype(jnp.float32))
+            return flow_match.pack(latents.astype(jnp.float32), self.cfg.vae_pack)
         return patchify(x, self.cfg.patch_size)
-
-    def _pack(self, latents: jax.Array) -> jax.Array:
-        """NCHW latents -> [B, tokens, token_dim]: FLUX's 2x2 packing, or one latent pixel a token."""
-        if self.cfg.vae_pack == 2:
-            return flow_match.pack(latents)
-        b, c, h, w = latents.shape
-        return jnp.transpose(latents, (0, 2, 3, 1)).reshape(b, h * w, c)
-
-    def _unpack(self, tokens: jax.Array, side: int) -> jax.Array:
-        if self.cfg.vae_pack == 2:
-            return flow_match.unpack(tokens, side, side)
-        return jnp.transpose(tokens.reshape(tokens.shape[0], side, side, -1), (0, 3, 1, 2))
 
     def prompts(self, data) -> tuple[list[str], list[Scene]]:
         """The world's own split (``data.prompt_seed``, ``train_prompts``, ``eval_prompts``):
