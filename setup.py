@@ -6,6 +6,8 @@ setup(
     version="0.1.0",
     description="Generative reward models (InternVL) and reward fine-tuning of FLUX/Wan generators in JAX/Flax",
     packages=find_packages(include=["rdance", "rdance.*"]),
+    # The synthetic world's pretrained generator and VLMs (rdance/world/pretrained), a few MB.
+    package_data={"rdance.world.pretrained": ["manifest.json", "*/*", "*/*/*"]},
     python_requires=">=3.11",
     install_requires=[
         "jax>=0.10.2",

@@ -4,10 +4,10 @@ paper's head-to-head, on the synthetic world's held-out prompts.
     python bench/bench_gsb.py --demo=/tmp/demo          # a finished `python -m rdance.run.demo --workdir=/tmp/demo`
     python bench/bench_gsb.py --before=/tmp/gen/export --after=/tmp/refl/export --rm=/tmp/rm/export
 
-``--demo`` takes the demo's folders: before = WORKDIR/generator/export, after =
-WORKDIR/finetune/export (the fine-tuned generator, exported in the same layout), RM =
-WORKDIR/rm/export (the pairwise RM it was fine-tuned against); ``--before/--after/--rm`` override
-them. The prompts are the world's held-out split of experiments/finetune_smoke.py
+``--demo`` takes the demo's folders: before = WORKDIR/generator/export when the demo trained its
+generator, else the shipped one (rdance/world/pretrained/generator); after =
+WORKDIR/finetune_SIZE/export (the generator fine-tuned against the ``--size`` RM, default large),
+RM = WORKDIR/rm_SIZE/export (that pairwise RM); ``--before/--after/--rm`` override them. The prompts are the world's held-out split of experiments/finetune_smoke.py
 (``data.prompt_seed``, ``train_prompts``, ``eval_prompts``: what fine-tuning's eval/judge scores),
 written to OUT/prompts.txt; then, as a user would type it,
 
@@ -31,7 +31,8 @@ sys.path.insert(0, ROOT)
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--demo", help="A demo workdir: its generator, finetune and rm stages' exports.")
+    parser.add_argument("--demo", help="A demo workdir: its generator, finetune_SIZE and rm_SIZE stages' exports.")
+    parser.add_argument("--size", default="large", help="With --demo: which RM size's run (small or large).")
     parser.add_argument("--before", help="The world generator folder before fine-tuning.")
     parser.add_argument("--after", help="The fine-tuned generator folder (a fine-tuning run's WORKDIR/export).")
     parser.add_argument("--rm", help="A pairwise reward model folder (the judge).")
@@ -46,7 +47,11 @@ def main():
     args = parser.parse_args()
 
     folders = {name: getattr(args, name) or (os.path.join(args.demo, stage, "export") if args.demo else None)
-               for name, stage in (("before", "generator"), ("after", "finetune"), ("rm", "rm"))}
+               for name, stage in (("before", "generator"), ("after", f"finetune_{args.size}"),
+                                   ("rm", f"rm_{args.size}"))}
+    if args.demo and not args.before and not os.path.isdir(folders["before"]):   # the demo's shipped generator
+        from rdance.world import pretrained
+        folders["before"] = pretrained.folder("generator")
     missing = [f"--{name}" for name, folder in folders.items() if not folder or not os.path.isdir(folder)]
     if missing:
         sys.exit(f"error: no folder for {', '.join(missing)}: give --demo=WORKDIR of a finished demo, or the folders "

@@ -1,23 +1,28 @@
-"""The demo: the whole RewardDance job on the synthetic world, on a CPU, in one command.
+"""The demo: the RewardDance story on the synthetic world, on a CPU, in one command.
 
     python -m rdance.run.demo --workdir=/tmp/demo
 
-Stages, each an rdance entrypoint in its own folder under the workdir (rdance/run/demo.py wires
-them): pretrain the world generator (experiments/gen_smoke.py), write judge-labelled preference
-pairs over its samples (rdance.run.make_pairs), caption-pretrain the VLM (experiments/vlm_smoke.py),
-train the pairwise generative RM from it (experiments/rm_smoke.py), build the Best-of-N
-reference bank and fine-tune with ReFL (experiments/finetune_smoke.py), judge the generator
-before and after on the same held-out prompts and noise (rdance.run.judge_generators), and write
-WORKDIR/report/report.md (+ .html).
+It starts, as the paper does, from pretrained models: the world generator and two caption-pretrained
+VLMs, a small and a large one, shipped in rdance/world/pretrained (their commands, wall times and
+scores are in its manifest.json; ``--config.pretrained=false`` trains them here first, at the
+demo's shorter budgets). Stages, each an rdance entrypoint in its own folder under the workdir
+(rdance/run/demo.py wires them): judge-labelled preference pairs over the generator's samples
+(rdance.run.make_pairs, the RMs' test on the images RL shows them); for each RM size, train the
+pairwise generative RM from its VLM (experiments/rm_smoke.py), build its Best-of-N reference bank
+and fine-tune the generator with ReFL against it (experiments/finetune_smoke.py); a control
+fine-tuning with the reward's weight at 0 (the anchor loss alone); judge every generator on the
+same held-out prompts and noise (rdance.run.judge_generators); and write WORKDIR/report/report.md
+(+ .html), which sets the sizes side by side: RM accuracy, reward and reward-std curves, judge.
 
 Every recipe number comes from those smoke configs; each stage's ``set`` section overrides only
 what the demo's time budget needs (steps, eval and checkpoint cadence, how much data it writes),
 so a retuned recipe flows into the demo. ``estimate_s`` is a stage's expected wall time on 2
 idle CPU cores (for the ETA). Override anything, e.g. ``--config.rm.set.train.steps=800``, or keys
-the demo does not set with ``--config.rm.extra="optim.learning_rate=3e-4;data.label_noise=0"``.
+the demo does not set with ``--config.rm.extra="optim.learning_rate=3e-4;data.label_noise=0"``;
+a size's own overrides are ``--config.sizes.small.rm.optim.learning_rate=1e-3``.
 
-Variant ``:ci`` (``--config=experiments/demo.py:ci``): tiny models and a few steps of each stage,
-the whole chain in about 3 minutes; it checks the plumbing, not the quality.
+Variant ``:ci`` (``--config=experiments/demo.py:ci``): tiny models trained here (nothing shipped),
+a few steps of each stage; it checks the plumbing, not the quality.
 """
 import ml_collections
 
@@ -44,27 +49,43 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         raise ValueError(f"experiments/demo.py:{variant}: variants are full (the default) and ci")
     c = ml_collections.ConfigDict()
     c.variant = variant
-    # The VAE stage (gen_smoke's 900 steps, 5:10 on one core of an AMD EPYC), then 1500 of the
-    # transformer's (10:30 with its evals; judge 0.271 on the pretraining's eval against 0.124 for
-    # the earlier downsampling-2 VAE's 600 steps): bench/results/world_generator.md.
+    # true: the generator and the VLMs are the shipped ones (rdance/world/pretrained); false: the
+    # generator and vlm stages train them first (the generator at 1500 steps, the VLMs at 400:
+    # weaker than the shipped ones, and about 20 minutes more).
+    c.pretrained = True
+    # With pretrained=false: the VAE stage (gen_smoke's 900 steps, 5:10 on one core of an AMD
+    # EPYC), then 1500 of the transformer's (10:30 with its evals; judge 0.271 on the pretraining's
+    # eval): bench/results/world_generator.md. The shipped generator has 9000.
     c.generator = stage("experiments/gen_smoke.py", 960,
                         train=dict(steps=1500, eval_every=500, checkpoint_every=250, log_every=50))
-    # Judge-labelled pairs over the generator's samples: the RM's held-out test on the images RL
-    # will show it ("samples" eval set) and, with rm.train_data=pairs, its training set.
+    # Judge-labelled pairs over the generator's samples: the RMs' held-out test on the images RL
+    # will show them ("samples" eval set) and, with rm.train_data=pairs, their training set.
     c.pairs = stage("experiments/gen_smoke.py", 30, pairs=dict(num_prompts=0, eval_prompts=160))
+    # With pretrained=false, once per size (each size's vlm_smoke variant).
     c.vlm = stage("experiments/vlm_smoke.py", 180, train=dict(steps=400, eval_every=100, checkpoint_every=100))
-    # Near misses drawn uniformly: in 360 steps the smoke recipe's shape-heavy mix would not yet
-    # see shapes and would learn the rest slower (this demo's figures were measured uniform).
-    c.rm = stage("experiments/rm_smoke.py", 320, train=dict(steps=360, eval_every=120, checkpoint_every=60),
-                 data=dict(mistake_weights=dict(shape=1.0)))
+    # The RM recipe both sizes share (rm_smoke's, shape-heavy near misses), 800 steps.
+    c.rm = stage("experiments/rm_smoke.py", 320, train=dict(steps=800, eval_every=200, checkpoint_every=100))
     c.rm.train_data = "recipe"          # recipe: rm_smoke's data.train | pairs: the pairs stage's train.jsonl
-    # Fine-tuning; the bank stage runs the same config with train.steps=0 (it only builds the bank).
+    # The RM sizes (model scaling, the paper's Table 2): each a VLM (experiments/vlm_smoke.py's
+    # variant, shipped as rdance/world/pretrained/<shipped>) turned into a pairwise RM with its
+    # own overrides of the vlm and rm stages (``vlm``, ``rm``), then used for ReFL. The learning rate follows the
+    # width, as in experiments/ablations/base.py.
+    c.sizes = ml_collections.ConfigDict(dict(
+        small=dict(vlm_variant="small", shipped="vlm_small", vlm=dict(), rm=dict(optim=dict(learning_rate=6e-4)),
+                   rm_estimate_s=150),
+        large=dict(vlm_variant="", shipped="vlm_large", vlm=dict(), rm=dict(), rm_estimate_s=480)))
+    c.order = "small,large"
+    # A control fine-tuning: the large RM's run with the reward's weight at 0 (refl.scale=0), so
+    # what the anchor loss and EMA do alone is measured on the same prompts and steps.
+    c.control = True
+    # Fine-tuning; the bank stages run the same config with train.steps=0 (they only build the bank).
     c.finetune = stage("experiments/finetune_smoke.py", 190,
                        train=dict(steps=120, checkpoint_every=30), monitor=dict(eval_every=20, grid_every=40))
     c.bank = dict(estimate_s=90)
-    c.evaluate = dict(estimate_s=30, samples_per_prompt=4, grid_prompts=16, grid_samples=4, scale=3)
+    c.evaluate = dict(estimate_s=60, samples_per_prompt=4, grid_prompts=16, grid_samples=4, scale=3)
     c.report = dict(html=True)
     if variant == "ci":
+        c.pretrained = False
         c.generator.set = dict(model=TINY_GENERATOR, vae=TINY_VAE_STAGE, data=dict(global_batch_size=16),
                                optim=dict(warmup_steps=2),
                                eval=dict(prompts=8, samples=1, num_steps=4, chunk=8),
@@ -77,10 +98,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                          optim=dict(warmup_steps=2), train=dict(steps=10, log_every=5, eval_every=10,
                                                                 checkpoint_every=10))
         c.vlm.estimate_s = 25
+        # The small size: the tiny VLM at half its text width (its variant's sizes replaced).
+        c.sizes.small.vlm = dict(model=dict(TINY_VLM, text_hidden=16))
         c.rm.set = dict(data=dict(global_batch_size=8, eval_pairs=16, eval_batch_size=16, eval_sets="in_domain=world"),
                         optim=dict(warmup_steps=2), train=dict(steps=10, log_every=5, eval_every=10,
                                                                checkpoint_every=10))
-        c.rm.estimate_s = 30
+        for size in c.sizes.values():
+            size.rm_estimate_s = 30
         c.finetune.set = dict(
             sampler=dict(num_steps=4), refl=dict(window=2),
             data=dict(train_prompts=16, eval_prompts=8, global_batch_size=8, samples_per_prompt=2),
@@ -90,5 +114,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                                        compiler_options=FAST_COMPILE))
         c.finetune.estimate_s = 40
         c.bank.estimate_s = 25
-        c.evaluate.update(dict(estimate_s=15, samples_per_prompt=2, grid_prompts=8, grid_samples=2))
+        c.evaluate.update(dict(estimate_s=20, samples_per_prompt=2, grid_prompts=8, grid_samples=2))
     return c

@@ -9,6 +9,8 @@ caption names first is a coin toss), relation words 0.00 (a two-object caption c
 "and" as often as with a relation). Grounding questions on held-out near misses, share rejected:
 colour 0.90, count 0.98, missing object 1.00, shape 0.35, relation 0.02.
 
+``experiments/vlm_smoke.py:small`` is the demo's small VLM (see ``SIZES``).
+
 Then: ``python -m rdance.run.train_reward --config=experiments/rm_smoke.py --workdir=/tmp/rm_smoke
 --config.rm.pretrained=/tmp/vlm_smoke/export``.
 """
@@ -17,8 +19,17 @@ import ml_collections
 from experiments import rm_smoke
 
 
+# Variant ``small``: the VLM of the demo's small reward model, the smoke RM's widths halved and
+# depths x 2/3 (experiments/ablations/rm_size.py's "medium"): vision 32 x 1 layer, text 64 x 2.
+SIZES = {"large": {}, "small": dict(vision_hidden=32, vision_layers=1, text_hidden=64, text_layers=2)}
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    c = rm_smoke.get_config(arg)
+    size = arg or "large"
+    if size not in SIZES:
+        raise ValueError(f"experiments/vlm_smoke.py:{size}: variants are large (the default) and small")
+    c = rm_smoke.get_config()
+    c.model.update(SIZES[size])
     c.rm.paradigm = "caption"
     c.rm.max_prompt_tokens = 56   # grounding questions; captions need 32
     c.rm.max_answer_tokens = 16

@@ -99,6 +99,9 @@ class Stage:
     flags: dict[str, Any] = dataclasses.field(default_factory=dict)
     copy: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
     marker: str = "export"                       # exists in the workdir once the stage has finished
+    # Digests of what the stage reads from outside the job (e.g. a shipped model's files): a
+    # changed input is a changed stage, like a changed setting.
+    inputs: dict[str, str] = dataclasses.field(default_factory=dict)
     estimate_s: float = 60.0
     workdir: str = ""                            # set by resolve()
     hash: str = ""                               # set by resolve()
@@ -245,6 +248,8 @@ def resolve(stages: Sequence[Stage], workdir_of: Callable[[Stage], str]) -> tupl
         payload = {"module": stage.module, "config": flatten(config.to_dict()),
                    "flags": {k: _fill(v, hashed) for k, v in stage.flags.items()},
                    "copy": {k: (done[dep].hash, sub) for k, (dep, sub) in stage.copy.items()}}
+        if stage.inputs:   # absent otherwise, so the hashes of stages without inputs stay as they were
+            payload["inputs"] = stage.inputs
         digest = _digest(payload)[:16]
         if digest in by_hash:
             done[stage.name] = by_hash[digest]

@@ -1,19 +1,21 @@
 """The whole RewardDance job on the synthetic world, from nothing to a report, in one command.
 
     python -m rdance.run.demo --workdir=/tmp/demo
-    python -m rdance.run.demo --workdir=/tmp/demo_ci --config=experiments/demo.py:ci   # ~3 minutes
+    python -m rdance.run.demo --workdir=/tmp/demo_ci --config=experiments/demo.py:ci   # tiny, a few minutes
 
-Stages (each an rdance entrypoint run as a child process in WORKDIR/<stage>; see
-experiments/demo.py for what each runs and its budget):
+It starts from the shipped pretrained world generator and VLMs (rdance/world/pretrained; with
+``--config.pretrained=false`` the ``generator`` and ``vlm_<size>`` stages train them first). Stages,
+each an rdance entrypoint run as a child process in WORKDIR/<stage> (experiments/demo.py says
+what each runs and its budget):
 
-1. ``generator``  pretrain the world generator                  (rdance.run.pretrain_generator)
-2. ``pairs``      judge-labelled preference pairs of its samples (rdance.run.make_pairs)
-3. ``vlm``        caption-pretrain the small VLM                 (rdance.run.train_reward, caption)
-4. ``rm``         train the generative reward model from it      (rdance.run.train_reward)
-5. ``bank``       the Best-of-N reference bank (pairwise RMs)    (rdance.run.finetune, 0 steps)
-6. ``finetune``   ReFL against the RM                            (rdance.run.finetune)
-7. ``evaluate``   the judge on held-out prompts, before vs after (rdance.run.judge_generators)
-8. ``report``     WORKDIR/report/report.md and report.html
+- ``pairs``            judge-labelled preference pairs of the generator's samples (rdance.run.make_pairs)
+- for each RM size (``small``, ``large``):
+  ``rm_<size>``        train the pairwise generative RM from that size's VLM (rdance.run.train_reward)
+  ``bank_<size>``      its Best-of-N reference bank (rdance.run.finetune, 0 steps)
+  ``finetune_<size>``  ReFL against it (rdance.run.finetune)
+- ``finetune_control`` the large run with the reward's weight at 0 (rdance.run.finetune)
+- ``evaluate``         the judge on held-out prompts: before, control and every size (rdance.run.judge_generators)
+- ``report``           WORKDIR/report/report.md and report.html (rdance.jobs.demo_report)
 
 A finished stage leaves ``DONE.json`` in its folder and a rerun skips it; an interrupted stage
 (Ctrl-C, SIGTERM, a crash) resumes from its checkpoints when the same command is run again. A
@@ -36,7 +38,8 @@ from rdance.run import cli
 
 from rdance.core import console
 
-from rdance.jobs import report as reportlib, stages
+from rdance.jobs import demo_report, stages
+from rdance.world import pretrained
 from rdance.jobs.stages import (REPO, REUSE, VERBOSE, Runner, Stage, StageError, apply_overrides, flatten, job_lock,
                            load_config, parse_assignments, resolve)
 from rdance.train.metrics import format_seconds
@@ -48,34 +51,98 @@ flags.adopt_module_key_flags(stages)
 DEFAULT_CONFIG = os.path.join(REPO, "experiments", "demo.py")
 
 
-def section(config, name: str) -> tuple[str, dict, float]:
-    """A stage section's config file, overrides (``set``, then ``extra``) and time estimate."""
+def section(config, name: str, extra: dict | None = None) -> tuple[str, dict, float]:
+    """A stage section's config file, overrides (``set``, then ``extra``, then ``extra`` given
+    here: a size's own) and time estimate."""
     s = config[name]
-    return s.config, {**flatten(s.set), **parse_assignments(s.extra, f"{name}.extra")}, float(s.estimate_s)
+    overrides = {**flatten(s.set), **parse_assignments(s.extra, f"{name}.extra"), **flatten(extra or {})}
+    return s.config, overrides, float(s.estimate_s)
 
 
 def resolved(spec: str, overrides: dict):
     return apply_overrides(load_config(spec), overrides, spec)
 
 
+def size_names(config) -> list[str]:
+    names = [n for n in config.order.split(",") if n]
+    unknown = [n for n in names if n not in config.sizes]
+    if unknown or not names:
+        raise StageError(f"order={config.order!r}: name one or more of the sizes {', '.join(config.sizes)}")
+    return names
+
+
+def shipped(name: str) -> tuple[str, dict[str, str]]:
+    """A shipped world model's folder and its files' digests (for the stages' settings hashes)."""
+    try:
+        folder = pretrained.folder(name)
+    except pretrained.PretrainedError as e:
+        raise StageError(str(e)) from None
+    return folder, {name: json.dumps(pretrained.manifest()[name]["files"], sort_keys=True)}
+
+
 def build_stages(config) -> list[Stage]:
     """The demo's stages in order, with their overrides and the folders they read."""
     gen_cfg, gen_set, gen_s = section(config, "generator")
     pairs_cfg, pairs_set, pairs_s = section(config, "pairs")
-    vlm_cfg, vlm_set, vlm_s = section(config, "vlm")
-    rm_cfg, rm_set, rm_s = section(config, "rm")
+    rm_cfg, _, _ = section(config, "rm")
     ft_cfg, ft_set, ft_s = section(config, "finetune")
-    stages = [
-        Stage("generator", "pretrain the world generator", "rdance.run.pretrain_generator", gen_cfg, gen_set,
-              marker="export/generator.json", estimate_s=gen_s),
-        Stage("pairs", "judge-labelled preference pairs over the generator's samples", "rdance.run.make_pairs",
-              pairs_cfg, pairs_set, flags={"generator": "{stage:generator}/export"}, marker="pairs.json",
-              estimate_s=pairs_s),
-        Stage("vlm", "caption-pretrain the VLM", "rdance.run.train_reward", vlm_cfg, vlm_set,
-              marker="export/reward_config.json", estimate_s=vlm_s),
-    ]
+    sizes = size_names(config)
+    stages, inputs = [], {}
+    if config.pretrained:
+        generator, inputs = shipped("generator")
+    else:
+        stages.append(Stage("generator", "pretrain the world generator", "rdance.run.pretrain_generator", gen_cfg,
+                            gen_set, marker="export/generator.json", estimate_s=gen_s))
+        generator = "{stage:generator}/export"
+    stages.append(Stage("pairs", "judge-labelled preference pairs over the generator's samples",
+                        "rdance.run.make_pairs", pairs_cfg, pairs_set, flags={"generator": generator},
+                        marker="pairs.json", estimate_s=pairs_s, inputs=inputs))
     pairs = resolved(pairs_cfg, pairs_set).pairs
-    rm = dict(rm_set, **{"rm.pretrained": "{stage:vlm}/export"})
+    runs = {}        # label -> the fine-tuning stage's name
+    for size in sizes:
+        spec = config.sizes[size]
+        if config.pretrained:
+            vlm, vlm_inputs = shipped(spec.shipped)
+        else:
+            vlm_cfg, vlm_set, vlm_s = section(config, "vlm", spec.vlm)
+            vlm_cfg = f"{vlm_cfg}:{spec.vlm_variant}" if spec.vlm_variant else vlm_cfg
+            stages.append(Stage(f"vlm_{size}", f"caption-pretrain the {size} VLM", "rdance.run.train_reward", vlm_cfg,
+                                vlm_set, marker="export/reward_config.json", estimate_s=vlm_s))
+            vlm, vlm_inputs = f"{{stage:vlm_{size}}}/export", {}
+        rm, pairwise = rm_stage(config, size, pairs, vlm, vlm_inputs)
+        stages.append(rm)
+        models = {"generator.path": generator, "reward.path": f"{{stage:rm_{size}}}/export"}
+        # Pairwise RMs score against Best-of-N references; pointwise and regressive ones need no bank.
+        copy = {"bank": (f"bank_{size}", "bank")} if pairwise else {}
+        if pairwise:
+            bank = {**ft_set, **models, "train.steps": 0, "monitor.eval_every": 0, "monitor.grid_every": 0}
+            stages.append(Stage(f"bank_{size}", f"build the Best-of-N reference bank with the {size} RM",
+                                "rdance.run.finetune", ft_cfg, bank, marker="bank/bank.json",
+                                estimate_s=float(config.bank.estimate_s), inputs=inputs))
+        stages.append(Stage(f"finetune_{size}", f"fine-tune the generator against the {size} RM "
+                            f"({resolved(ft_cfg, ft_set).algo})", "rdance.run.finetune", ft_cfg, {**ft_set, **models},
+                            copy=copy, marker="export/generator.json", estimate_s=ft_s, inputs=inputs))
+        runs[size] = f"finetune_{size}"
+    if config.control:   # the last size's run with the reward's weight at 0 (and its bank)
+        stages.append(Stage("finetune_control", "control: the same fine-tuning with the reward's weight at 0",
+                            "rdance.run.finetune", ft_cfg, {**ft_set, **models, "refl.scale": 0.0}, copy=copy,
+                            marker="export/generator.json", estimate_s=ft_s, inputs=inputs))
+        runs = {"control": "finetune_control", **runs}
+    e = config.evaluate
+    generators = [f"before={generator}"] + [f"{label}={{stage:{name}}}/export" for label, name in runs.items()]
+    stages.append(Stage(
+        "evaluate", "judge every generator on the same held-out prompts and noise",
+        "rdance.run.judge_generators", ft_cfg, ft_set, marker="scores.json", estimate_s=float(e.estimate_s),
+        flags={"generators": ",".join(generators), "samples_per_prompt": e.samples_per_prompt,
+               "grid_prompts": e.grid_prompts, "grid_samples": e.grid_samples, "scale": e.scale}, inputs=inputs))
+    return stages
+
+
+def rm_stage(config, size: str, pairs, vlm: str, vlm_inputs: dict) -> tuple[Stage, bool]:
+    """The RM stage of one size, from its VLM ``vlm``, and whether the RM is pairwise."""
+    spec = config.sizes[size]
+    rm_cfg, rm_set, _ = section(config, "rm", spec.rm)
+    rm = dict(rm_set, **{"rm.pretrained": vlm})
     rm_config = resolved(rm_cfg, rm)
     if pairs.eval_prompts + pairs.eval_rendered_pairs > 0:   # the RM's accuracy on the generator's samples
         rm["data.eval_sets"] = ",".join(filter(None, [rm_config.data.eval_sets, "samples={stage:pairs}/eval.jsonl"]))
@@ -86,25 +153,10 @@ def build_stages(config) -> list[Stage]:
         rm["data.train"] = "{stage:pairs}/train.jsonl"
     elif config.rm.train_data != "recipe":
         raise StageError(f"rm.train_data={config.rm.train_data!r}: use 'recipe' (rm_smoke's data.train) or 'pairs'")
-    stages.append(Stage("rm", f"train the {rm_config.rm.paradigm} reward model", "rdance.run.train_reward", rm_cfg, rm,
-                        marker="export/reward_config.json", estimate_s=rm_s))
-    models = {"generator.path": "{stage:generator}/export", "reward.path": "{stage:rm}/export"}
-    pairwise = rm_config.rm.paradigm == "pairwise"
-    if pairwise:   # pointwise and regressive RMs score without references: no bank
-        bank = {**ft_set, **models, "train.steps": 0, "monitor.eval_every": 0, "monitor.grid_every": 0}
-        stages.append(Stage("bank", "build the Best-of-N reference bank", "rdance.run.finetune", ft_cfg, bank,
-                            marker="bank/bank.json", estimate_s=float(config.bank.estimate_s)))
-    stages.append(Stage("finetune", f"fine-tune the generator ({resolved(ft_cfg, ft_set).algo})", "rdance.run.finetune",
-                        ft_cfg, {**ft_set, **models}, copy={"bank": ("bank", "bank")} if pairwise else {},
-                        marker="export/generator.json", estimate_s=ft_s))
-    e = config.evaluate
-    stages.append(Stage(
-        "evaluate", "judge the generator before and after on the same held-out prompts and noise",
-        "rdance.run.judge_generators", ft_cfg, ft_set, marker="scores.json", estimate_s=float(e.estimate_s),
-        flags={"generators": "before={stage:generator}/export,after={stage:finetune}/export",
-               "samples_per_prompt": e.samples_per_prompt, "grid_prompts": e.grid_prompts,
-               "grid_samples": e.grid_samples, "scale": e.scale}))
-    return stages
+    paradigm = rm_config.rm.paradigm
+    return Stage(f"rm_{size}", f"train the {size} {paradigm} reward model", "rdance.run.train_reward", rm_cfg, rm,
+                 marker="export/reward_config.json", estimate_s=float(spec.rm_estimate_s),
+                 inputs=vlm_inputs), paradigm == "pairwise"
 
 
 def check_workdir(workdir: str | None) -> str:
@@ -143,7 +195,7 @@ def _run_locked(config, workdir: str, verbose: bool, out, reuse) -> str:
         json.dump([dict(r.__dict__, title=s.title, estimate_s=s.estimate_s) for r, s in zip(runs, stages)], f, indent=1)
     head = f"stage {len(stages) + 1}/{len(stages) + 1} report"
     print(f"{head}: writing {os.path.join(workdir, 'report')}", file=out, flush=True)
-    path = reportlib.demo_report(workdir, {s.name: s for s in stages}, runs, dict(config.to_dict()),
+    path = demo_report.demo_report(workdir, {s.name: s for s in stages}, runs, dict(config.to_dict()),
                                  with_html=config.report.html)
     print(f"{head}: done; the demo took {format_seconds(time.perf_counter() - started)} this time "
           f"({format_seconds(sum(r.wall_s for r in runs))} of stage time in all)", file=out, flush=True)

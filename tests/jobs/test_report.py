@@ -9,7 +9,7 @@ from PIL import Image
 
 from rdance.run import ablate
 
-from rdance.jobs import report
+from rdance.jobs import demo_report, report
 from rdance.jobs.stages import Stage, StageRun
 
 
@@ -83,43 +83,80 @@ def test_grid_rows_are_named_by_their_prompts():
 
 
 def test_demo_report_says_what_each_judge_figure_counts(tmp_path, monkeypatch):
-    """The table is over every held-out prompt × N samples, the comparison's row means over the
-    shown prompts × sample 0: each says so, and the sample grids name their prompts."""
+    """The tables are over every held-out prompt × N samples, the comparison's row means over the
+    shown prompts × sample 0: each says so, every generator has a column, and the sample grids
+    (before, and the largest RM's run) name their prompts."""
     folder = tmp_path / "evaluate"
     folder.mkdir()
     prompts = ["a red cube", "two blue spheres", "a green cone left of a star"]
+    checks = {"colour_found": 0.8, "shape_given_colour": 0.5, "present": 0.4, "relation": 0.25}
     scores = {"prompts": prompts, "kinds": ["single", "count", "relation"], "samples_per_prompt": 4,
               "num_steps": 8, "target": {"judge": 0.9}, "grid_prompts": 2, "grid_samples": 3,
-              "generators": {label: {"judge": j, "by_kind": {"single": j, "count": j, "relation": j}}
-                             for label, j in (("before", 0.2), ("after", 0.3))}}
+              "generators": {label: {"judge": j, "by_kind": {"single": j, "count": j, "relation": j},
+                                     "checks": {k: v + j for k, v in checks.items()}}
+                             for label, j in (("before", 0.2), ("control", 0.25), ("small", 0.3), ("large", 0.5))}}
     (folder / "scores.json").write_text(json.dumps(scores))
     samples = np.random.default_rng(0).integers(0, 255, (4, 3, 8, 8, 3), dtype=np.uint8)
-    np.savez(folder / "samples.npz", before=samples, after=samples[::-1], render=samples[0])
+    np.savez(folder / "samples.npz", before=samples, control=samples, small=samples, large=samples[::-1],
+             render=samples[0])
     Image.new("RGB", (40, 30), "white").save(folder / "comparison.png")
-    given, grid_image = [], report.grid_image
+    given, grid_image = [], demo_report.grid_image
 
     def spy(rows, scale, **labels):
         given.append(labels)
         return grid_image(rows, scale, **labels)
-    monkeypatch.setattr(report, "grid_image", spy)
+    monkeypatch.setattr(demo_report, "grid_image", spy)
     doc = report.Document(str(tmp_path / "report"))
-    report._judge_section(doc, {"evaluate": Stage("evaluate", "", "", "", workdir=str(folder))}, scale=2)
+    demo_report.judge_section(doc, {"evaluate": Stage("evaluate", "", "", "", workdir=str(folder))},
+                              ["control", "small", "large"], scores, scale=2)
     md = doc.markdown()
-    assert "| prompts | n | before (n × 4 samples) | after (n × 4 samples) | change |" in md
-    assert "\n| all | 3 | 0.200 | 0.300 | +0.100 |" in md
-    assert "mean over these 2 prompts × 1 sample, not the table's 3 prompts × 4 samples" in md
+    assert "| prompts | n | before | control | small | large |" in md
+    assert "\n| all | 3 | 0.200 | 0.250 | 0.300 | 0.500 |" in md
+    assert "\n| shape_given_colour | 0.700 | 0.750 | 0.800 | 1.000 |" in md
+    assert "mean over these 2 prompts × 1 sample, not the tables' 3 prompts × 4 samples" in md
     assert "Columns: 1. a red cube; 2. two blue spheres." in md
     assert given == [{"labels": prompts[:2]}] * 2
-    for label in ("before", "after"):
+    for label in ("before", "large"):
         assert Image.open(tmp_path / "report" / f"grid_{label}.png").size == (report.LABEL_WIDTH + 3 * 18 + 2,
                                                                               2 * 18 + 2)
+
+
+def test_the_scaling_table_sets_each_rm_beside_its_run_and_the_control(tmp_path):
+    """One row per fine-tuning run: its RM's accuracy (the control's is the largest RM's), the late
+    reward and its window std, the judge, and the gains over before and over the control."""
+    stages = {}
+    for size, acc in (("small", 0.6), ("large", 0.85)):
+        write_metrics(tmp_path / f"rm_{size}", [{"step": 100, "eval/in_domain/accuracy": acc - 0.1},
+                                                {"step": 200, "eval/in_domain/accuracy": acc,
+                                                 "eval/samples/accuracy": acc - 0.2}])
+        (tmp_path / f"rm_{size}" / "export").mkdir()
+        stages[f"rm_{size}"] = Stage(f"rm_{size}", "", "", "", workdir=str(tmp_path / f"rm_{size}"))
+    with open(tmp_path / "rm_large" / "export" / "model.safetensors", "wb") as f:
+        header = json.dumps({"a": {"dtype": "F32", "shape": [1000, 250], "data_offsets": [0, 10 ** 6]}}).encode()
+        f.write(len(header).to_bytes(8, "little") + header)
+    for label, reward in (("control", 0.5), ("small", 0.6), ("large", 0.8)):
+        write_metrics(tmp_path / f"finetune_{label}", [{"step": s, "reward/mean": reward, "reward/window_std": 0.1}
+                                                       for s in range(8)])
+        stages[f"finetune_{label}"] = Stage(f"finetune_{label}", "", "", "", workdir=str(tmp_path / f"finetune_{label}"))
+    scores = {"prompts": ["p"] * 64, "samples_per_prompt": 4,
+              "generators": {"before": {"judge": 0.5}, "control": {"judge": 0.52}, "small": {"judge": 0.55},
+                             "large": {"judge": 0.7}}}
+    doc = report.Document(str(tmp_path / "report"))
+    demo_report.scaling_section(doc, stages, ["control", "small", "large"], scores)
+    md = doc.markdown()
+    assert "| before fine-tuning |  |  |  |  |  | 0.500 |  |  |" in md
+    assert "| control | large (0.25M), reward weight 0 | 0.850 | 0.650 | 0.500 | 0.100 | 0.520 | +0.020 | +0.000 |" in md
+    assert "| small | small (0.00M) | 0.600 | 0.400 | 0.600 | 0.100 | 0.550 | +0.050 | +0.030 |" in md
+    assert "| large | large (0.25M) | 0.850 | 0.650 | 0.800 | 0.100 | 0.700 | +0.200 | +0.180 |" in md
+    assert "Judge gain over the control run, whose generator saw the same prompts, steps and anchor loss without " \
+           "the reward: small +0.030, large +0.180." in md
 
 
 def test_the_stage_table_counts_every_attempt(tmp_path):
     doc = report.Document(str(tmp_path / "report"))
     stages = {name: Stage(name, name + " it", "", "", estimate_s=60, workdir=str(tmp_path / name)) for name in "ab"}
-    report._stages_section(doc, stages, [StageRun("a", False, 281.0, str(tmp_path / "a"), attempts=2),
-                                         StageRun("b", True, 30.0, str(tmp_path / "b"))])
+    demo_report.stages_section(doc, stages, [StageRun("a", False, 281.0, str(tmp_path / "a"), attempts=2),
+                                             StageRun("b", True, 30.0, str(tmp_path / "b"))])
     md = doc.markdown()
     assert "| stage | what | wall time (all attempts) | budget | folder |" in md
     assert "| a | a it | 4:41 (2 attempts) | 1:00 | a |" in md and "| b | b it | 0:30 (earlier run) | 1:00 | b |" in md

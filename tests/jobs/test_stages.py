@@ -238,22 +238,31 @@ def test_demo_stages_follow_the_rm_paradigm_and_data():
     from rdance.run import demo
     from rdance.jobs.stages import load_config
     config = load_config("experiments/demo.py:ci")
-    names = [s.name for s in demo.build_stages(config)]
-    assert names == ["generator", "pairs", "vlm", "rm", "bank", "finetune", "evaluate"]
-    rm = demo.build_stages(config)[3]
-    assert rm.overrides["data.eval_sets"] == "in_domain=world,samples={stage:pairs}/eval.jsonl"
-    assert rm.overrides["rm.pretrained"] == "{stage:vlm}/export"
+    stages = {s.name: s for s in demo.build_stages(config)}
+    assert list(stages) == ["generator", "pairs", "vlm_small", "rm_small", "bank_small", "finetune_small", "vlm_large",
+                            "rm_large", "bank_large", "finetune_large", "finetune_control", "evaluate"]
+    for size in ("small", "large"):
+        rm = stages[f"rm_{size}"]
+        assert rm.overrides["data.eval_sets"] == "in_domain=world,samples={stage:pairs}/eval.jsonl"
+        assert rm.overrides["rm.pretrained"] == f"{{stage:vlm_{size}}}/export"
+    assert stages["vlm_small"].config == "experiments/vlm_smoke.py:small"
+    assert stages["vlm_small"].overrides["model.text_hidden"] == 16      # the CI variant's own small size
 
     config.rm.extra = "rm.paradigm=pointwise"     # scored without references: no bank
-    stages = demo.build_stages(config)
-    assert [s.name for s in stages] == ["generator", "pairs", "vlm", "rm", "finetune", "evaluate"]
-    assert stages[4].copy == {} and "pointwise" in stages[3].title
+    stages = {s.name: s for s in demo.build_stages(config)}
+    assert "bank_small" not in stages and "bank_large" not in stages
+    assert stages["finetune_large"].copy == stages["finetune_control"].copy == {}
+    assert "pointwise" in stages["rm_large"].title
 
     config.rm.train_data = "pairs"
     with pytest.raises(st.StageError, match="needs training pairs"):
         demo.build_stages(config)
     config.pairs.set.pairs.num_prompts = 4
-    assert demo.build_stages(config)[3].overrides["data.train"] == "{stage:pairs}/train.jsonl"
+    assert {s.name: s for s in demo.build_stages(config)}["rm_small"].overrides["data.train"] == \
+        "{stage:pairs}/train.jsonl"
     config.rm.train_data = "mine"
     with pytest.raises(st.StageError, match="use 'recipe'"):
+        demo.build_stages(config)
+    config.rm.train_data, config.order = "recipe", "small,huge"
+    with pytest.raises(st.StageError, match="order='small,huge': name one or more of the sizes large, small"):
         demo.build_stages(config)

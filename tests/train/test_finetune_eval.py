@@ -106,10 +106,11 @@ def test_gsb_of_the_generator_before_and_after_finetuning(tmp_path, reference_ru
 
 
 def test_bench_gsb_prints_the_table_for_a_demo_workdir(tmp_path, reference_run, gen_folder, rm_folder):
-    """bench/bench_gsb.py --demo=WORKDIR on a folder shaped as the demo's (generator, finetune and
-    rm stages' exports), at tiny size."""
+    """bench/bench_gsb.py --demo=WORKDIR on a folder shaped as the demo's (generator, finetune_large
+    and rm_large stages' exports), at tiny size."""
     demo = tmp_path / "demo"
-    for stage, folder in (("generator", gen_folder), ("finetune", f"{reference_run}/export"), ("rm", rm_folder)):
+    for stage, folder in (("generator", gen_folder), ("finetune_large", f"{reference_run}/export"),
+                          ("rm_large", rm_folder)):
         (demo / stage).mkdir(parents=True)
         os.symlink(folder, demo / stage / "export")
     done = subprocess.run([sys.executable, "bench/bench_gsb.py", f"--demo={demo}", f"--out_dir={tmp_path / 'out'}",
