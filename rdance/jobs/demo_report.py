@@ -217,7 +217,8 @@ def finetune_section(doc: Document, stages: dict, labels: list[str]) -> None:
             if v:
                 rows.append([label, metric, f"{v[0]:.4f} (step {s[0]})", f"{v[-1]:.4f} (step {s[-1]})"])
     doc.table(["run", "metric", "first", "last"], rows)
-    doc.paragraph("The control run computes the reward too (it is logged) but its weight in the loss is 0.")
+    if "control" in records:
+        doc.paragraph("The control run computes the reward too (it is logged) but its weight in the loss is 0.")
 
 
 def stages_section(doc: Document, stages: dict, runs: Sequence) -> None:

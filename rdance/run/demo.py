@@ -124,6 +124,9 @@ def build_stages(config) -> list[Stage]:
                             copy=copy, marker="export/generator.json", estimate_s=ft_s, inputs=inputs))
         runs[size] = f"finetune_{size}"
     if config.control:   # the last size's run with the reward's weight at 0 (and its bank)
+        if resolved(ft_cfg, ft_set).algo != "refl":
+            raise StageError("the control run sets refl.scale=0, which only ReFL reads: with finetune algo "
+                             f"{resolved(ft_cfg, ft_set).algo!r} add --config.control=false")
         stages.append(Stage("finetune_control", "control: the same fine-tuning with the reward's weight at 0",
                             "rdance.run.finetune", ft_cfg, {**ft_set, **models, "refl.scale": 0.0}, copy=copy,
                             marker="export/generator.json", estimate_s=ft_s, inputs=inputs))

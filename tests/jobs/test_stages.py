@@ -263,6 +263,11 @@ def test_demo_stages_follow_the_rm_paradigm_and_data():
     config.rm.train_data = "mine"
     with pytest.raises(st.StageError, match="use 'recipe'"):
         demo.build_stages(config)
-    config.rm.train_data, config.order = "recipe", "small,huge"
+    config.rm.train_data, config.finetune.extra = "recipe", "algo=rwr"
+    with pytest.raises(st.StageError, match="only ReFL reads: with finetune algo 'rwr' add --config.control=false"):
+        demo.build_stages(config)
+    config.control = False
+    assert "finetune_control" not in [s.name for s in demo.build_stages(config)]
+    config.order = "small,huge"
     with pytest.raises(st.StageError, match="order='small,huge': name one or more of the sizes large, small"):
         demo.build_stages(config)
