@@ -86,6 +86,7 @@ def build_stages(config) -> list[Stage]:
     pairs_cfg, pairs_set, pairs_s = section(config, "pairs")
     rm_cfg, _, _ = section(config, "rm")
     ft_cfg, ft_set, ft_s = section(config, "finetune")
+    algo = resolved(ft_cfg, ft_set).algo
     sizes = size_names(config)
     stages, inputs = [], {}
     if config.pretrained:
@@ -120,13 +121,13 @@ def build_stages(config) -> list[Stage]:
                                 "rdance.run.finetune", ft_cfg, bank, marker="bank/bank.json",
                                 estimate_s=float(config.bank.estimate_s), inputs=inputs))
         stages.append(Stage(f"finetune_{size}", f"fine-tune the generator against the {size} RM "
-                            f"({resolved(ft_cfg, ft_set).algo})", "rdance.run.finetune", ft_cfg, {**ft_set, **models},
+                            f"({algo})", "rdance.run.finetune", ft_cfg, {**ft_set, **models},
                             copy=copy, marker="export/generator.json", estimate_s=ft_s, inputs=inputs))
         runs[size] = f"finetune_{size}"
     if config.control:   # the last size's run with the reward's weight at 0 (and its bank)
-        if resolved(ft_cfg, ft_set).algo != "refl":
+        if algo != "refl":
             raise StageError("the control run sets refl.scale=0, which only ReFL reads: with finetune algo "
-                             f"{resolved(ft_cfg, ft_set).algo!r} add --config.control=false")
+                             f"{algo!r} add --config.control=false")
         stages.append(Stage("finetune_control", "control: the same fine-tuning with the reward's weight at 0",
                             "rdance.run.finetune", ft_cfg, {**ft_set, **models, "refl.scale": 0.0}, copy=copy,
                             marker="export/generator.json", estimate_s=ft_s, inputs=inputs))
