@@ -63,7 +63,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.refl = dict(window=5, grad_steps=1, scale=1.0, loss="linear", hinge_margin=1.0, references="sample",
                   shift=2)
     c.rwr = dict(temperature=0.5)
-    c.anchor = dict(weight=1.0, path="", seed=99)   # flow-matching loss on caption-image pairs (world: renders)
+    # The anchor: flow-matching loss on caption-image pairs (world: renders). drop_captions: with the
+    # generator's pretraining caption dropout (world generators; FLUX and Wan have none), so the
+    # empty-caption branch that guidance subtracts keeps being trained.
+    c.anchor = dict(weight=1.0, path="", seed=99, drop_captions=True)
     c.ema = dict(decay=0.99, warmup=True)
     c.optim = dict(name="adamw", learning_rate=2e-5, schedule="constant", warmup_steps=0,
                    b1=0.9, b2=0.99, weight_decay=0.0, grad_clip_norm=1.0, grad_accum_steps=1)

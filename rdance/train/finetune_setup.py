@@ -182,6 +182,7 @@ def step_settings(config, paradigm: str) -> StepSettings:
         reward_scale=r.scale, refl_loss=r.loss, hinge_margin=r.hinge_margin, references=r.references,
         shift=r.shift,
         rwr_temperature=w.temperature, anchor_weight=config.anchor.weight,
+        anchor_drop_captions=config.anchor.drop_captions,
         t_sampling=config.sampler.t_sampling, collapse_eps=config.monitor.collapse_eps,
         ema_decay=config.ema.decay, ema_warmup=config.ema.warmup,
         lora_scale=config.lora.alpha / config.lora.rank if config.lora.rank else None)

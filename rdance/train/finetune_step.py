@@ -16,7 +16,11 @@ on the mesh and out of the compiled program.
 - **RWR**: G samples per prompt without gradient, scored, and each sample's flow-matching loss
   (on its own final latents) weighted by G * softmax(z / temperature) over the prompt's samples,
   z the rewards normalised per prompt (zero mean, unit std).
-- **Anchor**: the flow-matching loss on caption-image pairs, added with ``anchor_weight``.
+- **Anchor**: the flow-matching loss on caption-image pairs, added with ``anchor_weight``; with
+  ``anchor_drop_captions`` and a generator that has a pretraining caption dropout (the world's),
+  that dropout too. Sampling uses classifier-free guidance, which subtracts the empty caption's
+  velocity: an anchor on captioned pairs alone never trains that branch, and it drifts with the
+  shared weights (the demo's control lost 0.036 judge in 120 steps that way).
 
 Every random draw is keyed by (step, purpose, sample id), so a sample's noise, reference and
 timestep do not depend on the micro-batch it falls in or on the mesh: accumulation and sharding
@@ -68,6 +72,7 @@ class StepSettings:
     shift: int = 0                    # ReFL: random translation of the scored image, up to this many pixels
     rwr_temperature: float = 1.0
     anchor_weight: float = 0.0
+    anchor_drop_captions: bool = True  # the generator's pretraining caption dropout in the anchor
     t_sampling: str = "uniform"
     collapse_eps: float = 0.02
     ema_decay: float = 0.99
@@ -183,7 +188,10 @@ def make_micro(gen: genlib.Generator, graphdef, reward_fn: RewardFn, s: StepSett
 
     def anchor_loss(model, frozen, mb, rows, key):
         x0 = gen.encode(frozen, constrain(mb["anchor_image"]))
-        cond = gen.condition(model, frozen, mb["anchor_gen"])
+        tokens = mb["anchor_gen"]
+        if s.anchor_drop_captions and hasattr(gen, "drop_captions"):
+            tokens = gen.drop_captions(tokens, jax.random.fold_in(key, 2), rows)
+        cond = gen.condition(model, frozen, tokens)
         return jnp.mean(genlib.flow_matching_loss(gen, model, cond, x0, key, rows, s.t_sampling))
 
     def with_anchor(model, frozen, mb, rows, keys, rl_loss):

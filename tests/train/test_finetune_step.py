@@ -96,3 +96,46 @@ def test_sharded_run_equals_one_device_with_accumulation(tmp_path, reference_run
     exported = WorldGenerator.from_pretrained(os.path.join(reference_run, "export")).initial_params(None, None)
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6),
                  to_host(result.state.ema), exported)
+
+
+def test_anchor_trains_the_empty_caption_as_pretraining_did(gen_folder, devices):
+    """With anchor.drop_captions, the anchor is pretraining's loss: rows drawn by caption dropout
+    (keyed by row, as pretraining keys them by id) take the empty caption, so the unconditional
+    velocity that guidance subtracts keeps being trained; without it, every row is captioned."""
+    import dataclasses
+    mesh = sh.make_mesh((1, 1, 1), devices[:1])
+    gen = WorldGenerator.from_pretrained(gen_folder)
+    gen.cfg = dataclasses.replace(gen.cfg, caption_dropout=0.5, guidance_scale=3.0)
+    graphdef = nnx.split(nnx.eval_shape(gen.make_model), nnx.Param)[0]
+    params = gen.initial_params(mesh, sh.DEFAULT_RULES)
+    scenes = prompt_set(7, 8)
+    images = np.stack([render(scene, 32, np.random.default_rng(i)) for i, scene in enumerate(scenes)])
+    tokens = gen.tokenize([scene.prompt for scene in scenes])
+    rows, keys = jnp.arange(8), step_keys(jax.random.key(3))
+    dropped = gen.drop_captions(tokens, jax.random.fold_in(keys["anchor"], 2), rows)
+    empty = np.asarray(dropped["mask"]).sum(axis=1) == 0
+    assert 0 < empty.sum() < 8, empty                     # both kinds of row, so the test tells them apart
+
+    def written_out(toks):
+        model = nnx.merge(graphdef, params)
+        x0 = gen.encode(gen.frozen, images)
+        return jnp.mean(genlib.flow_matching_loss(gen, model, gen.condition(model, {}, toks), x0, keys["anchor"], rows))
+
+    def anchor_of(drop):
+        s = StepSettings(algo="refl", paradigm="pointwise", num_steps=4, window=2, reward_scale=0.0,
+                         anchor_weight=1.0, anchor_drop_captions=drop)
+        reward = lambda rm_params, tokens, images: jnp.zeros(images.shape[0])  # noqa: E731
+        micro = make_micro(gen, graphdef, reward, s, mesh)
+        mb = {"gen": tokens, "rm": {"ids": np.zeros((8, 1), np.int32)}, "anchor_image": images, "anchor_gen": tokens}
+        _, aux, grads = jax.jit(micro)(params, gen.frozen, {}, mb, rows, jnp.arange(8), keys, 2)
+        return float(aux["anchor_loss"]), np.asarray(grads["text"]["shared"]["embedding"])
+
+    (with_drop, grads_drop), (without, grads_all) = anchor_of(True), anchor_of(False)
+    np.testing.assert_allclose(with_drop, float(written_out(dropped)), rtol=1e-5)
+    np.testing.assert_allclose(without, float(written_out(tokens)), rtol=1e-5)
+    # A word only the dropped rows' captions hold gets no gradient when they are dropped.
+    ids = np.asarray(tokens["ids"])
+    only_dropped = set(ids[empty].ravel()) - set(ids[~empty].ravel())
+    assert only_dropped
+    for word in only_dropped:
+        assert np.abs(grads_drop[word]).max() == 0 and np.abs(grads_all[word]).max() > 0
