@@ -1,4 +1,5 @@
 """Data sources open by spec through rdance.data.registry; an unknown spec names every known form."""
+import numpy as np
 import pytest
 
 import rdance.world  # noqa: F401  (registers the world's forms)
@@ -37,3 +38,25 @@ def test_world_specs_open_the_worlds_sources():
 def test_a_name_with_a_colon_is_refused():
     with pytest.raises(ValueError, match="without ':'"):
         registry.register_source("a:b", lambda *a, **k: [])
+
+
+def test_a_mixture_draws_its_parts_in_proportion_and_reproducibly(tmp_path):
+    from rdance.data.records import JsonlRecords, write_jsonl
+    from rdance.world.pairs import PreferencePairs
+    path = str(tmp_path / "samples.jsonl")
+    write_jsonl([PreferencePairs(5, seed=3, size=32)[i] for i in range(5)], path)
+    mixture = registry.open_source(f"world@3|{path}", rm_smoke.get_config().data, seed=0, size=400, noise=0.0)
+    assert len(mixture) == 400
+    parts = [mixture.locate(i) for i in range(400)]
+    from_file = [inner for part, inner in parts if part == 1]
+    assert 70 <= len(from_file) <= 130                    # a quarter, give or take the draw
+    assert set(from_file) == set(range(5))                # a small file repeats whole
+    file_records = JsonlRecords(path)
+    i = next(i for i, (part, _) in enumerate(parts) if part == 1)
+    assert mixture[i].prompt == file_records[parts[i][1]].prompt and f"line {parts[i][1] + 1} of" in mixture.where(i)
+    again = registry.open_source(f"world@3|{path}", rm_smoke.get_config().data, seed=0, size=400, noise=0.0)
+    assert [again.locate(i) for i in range(400)] == parts
+    np.testing.assert_array_equal(again[3].images[0], mixture[3].images[0])
+    for bad in (f"world@0|{path}", f"world@x|{path}", f"|{path}"):
+        with pytest.raises(ValueError, match="a mixture is SPEC@WEIGHT"):
+            open_spec(bad)
