@@ -150,13 +150,19 @@ def rm_stage(config, size: str, pairs, vlm: str, vlm_inputs: dict) -> tuple[Stag
     rm_config = resolved(rm_cfg, rm)
     if pairs.eval_prompts + pairs.eval_rendered_pairs > 0:   # the RM's accuracy on the generator's samples
         rm["data.eval_sets"] = ",".join(filter(None, [rm_config.data.eval_sets, "samples={stage:pairs}/eval.jsonl"]))
-    if config.rm.train_data == "pairs":
+    train_data = config.rm.train_data
+    if train_data not in ("recipe", "pairs", "mix"):
+        raise StageError(f"rm.train_data={train_data!r}: use 'recipe' (rm_smoke's data.train), 'pairs' (the "
+                         "pairs stage's judged samples) or 'mix' (both, rm.pairs_share of them pairs)")
+    if train_data != "recipe":
         if pairs.num_prompts + pairs.rendered_pairs == 0:
-            raise StageError("rm.train_data=pairs needs training pairs: set pairs.set.pairs.num_prompts (or "
+            raise StageError(f"rm.train_data={train_data} needs training pairs: set pairs.set.pairs.num_prompts (or "
                              "pairs.set.pairs.rendered_pairs) above 0")
-        rm["data.train"] = "{stage:pairs}/train.jsonl"
-    elif config.rm.train_data != "recipe":
-        raise StageError(f"rm.train_data={config.rm.train_data!r}: use 'recipe' (rm_smoke's data.train) or 'pairs'")
+        share = float(config.rm.pairs_share)
+        if train_data == "mix" and not 0.0 < share < 1.0:
+            raise StageError(f"rm.pairs_share={share}: the share of judged sample pairs in the mix, between 0 and 1")
+        rm["data.train"] = ("{stage:pairs}/train.jsonl" if train_data == "pairs" else
+                            f"{rm_config.data.train}@{1 - share:g}|{{stage:pairs}}/train.jsonl@{share:g}")
     paradigm = rm_config.rm.paradigm
     return Stage(f"rm_{size}", f"train the {size} {paradigm} reward model", "rdance.run.train_reward", rm_cfg, rm,
                  marker="export/reward_config.json", estimate_s=float(spec.rm_estimate_s),

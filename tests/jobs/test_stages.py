@@ -260,6 +260,12 @@ def test_demo_stages_follow_the_rm_paradigm_and_data():
     config.pairs.set.pairs.num_prompts = 4
     assert {s.name: s for s in demo.build_stages(config)}["rm_small"].overrides["data.train"] == \
         "{stage:pairs}/train.jsonl"
+    config.rm.train_data, config.rm.pairs_share = "mix", 0.25
+    assert {s.name: s for s in demo.build_stages(config)}["rm_large"].overrides["data.train"] == \
+        "world@0.75|{stage:pairs}/train.jsonl@0.25"
+    config.rm.pairs_share = 1.0
+    with pytest.raises(st.StageError, match="rm.pairs_share=1.0: the share of judged sample pairs"):
+        demo.build_stages(config)
     config.rm.train_data = "mine"
     with pytest.raises(st.StageError, match="use 'recipe'"):
         demo.build_stages(config)
