@@ -20,7 +20,7 @@ on the mesh and out of the compiled program.
   ``anchor_drop_captions`` and a generator that has a pretraining caption dropout (the world's),
   that dropout too. Sampling uses classifier-free guidance, which subtracts the empty caption's
   velocity: an anchor on captioned pairs alone never trains that branch, and it drifts with the
-  shared weights (the demo's control lost 0.036 judge in 120 steps that way).
+  shared weights (docs/finetune.md has the demo's control with and without it).
 
 Every random draw is keyed by (step, purpose, sample id), so a sample's noise, reference and
 timestep do not depend on the micro-batch it falls in or on the mesh: accumulation and sharding

@@ -5,6 +5,7 @@ import pytest
 import rdance.world  # noqa: F401  (registers the world's forms)
 from experiments import rm_smoke
 from rdance.data import registry
+from rdance.data.records import JsonlRecords, write_jsonl
 from rdance.world.pairs import PreferencePairs, WorldCaptions
 
 
@@ -41,8 +42,6 @@ def test_a_name_with_a_colon_is_refused():
 
 
 def test_a_mixture_draws_its_parts_in_proportion_and_reproducibly(tmp_path):
-    from rdance.data.records import JsonlRecords, write_jsonl
-    from rdance.world.pairs import PreferencePairs
     path = str(tmp_path / "samples.jsonl")
     write_jsonl([PreferencePairs(5, seed=3, size=32)[i] for i in range(5)], path)
     mixture = registry.open_source(f"world@3|{path}", rm_smoke.get_config().data, seed=0, size=400, noise=0.0)

@@ -1,6 +1,7 @@
 """The fine-tuning step's maths: the ReFL gradient against a finite difference, and a sharded
 run against a one-device run."""
 
+import dataclasses
 import os
 
 import jax
@@ -102,7 +103,6 @@ def test_anchor_trains_the_empty_caption_as_pretraining_did(gen_folder, devices)
     """With anchor.drop_captions, the anchor is pretraining's loss: rows drawn by caption dropout
     (keyed by row, as pretraining keys them by id) take the empty caption, so the unconditional
     velocity that guidance subtracts keeps being trained; without it, every row is captioned."""
-    import dataclasses
     mesh = sh.make_mesh((1, 1, 1), devices[:1])
     gen = WorldGenerator.from_pretrained(gen_folder)
     gen.cfg = dataclasses.replace(gen.cfg, caption_dropout=0.5, guidance_scale=3.0)
