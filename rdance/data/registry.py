@@ -70,10 +70,11 @@ def open_source(spec: str, data, *, seed: int, size: int, noise: float, train: b
 
 
 def _mixture_part(part: str, spec: str) -> tuple[str, float]:
-    source, at, weight = part.strip().rpartition("@") if "@" in part else ("", "", "")
-    source = source if at else part.strip()
+    source, at, weight = part.strip().rpartition("@")
+    if not at:
+        source, weight = weight, "1"
     try:
-        value = float(weight) if at else 1.0
+        value = float(weight)
     except ValueError:
         value = -1.0
     if not source or not value > 0:
@@ -106,11 +107,6 @@ class Mixture(collections.abc.Sequence):
         u, v = np.random.default_rng([self.seed, index]).random(2)
         part = min(int(np.searchsorted(self.cumulative, u, side="right")), len(self.sources) - 1)
         return part, int(v * len(self.sources[part]))
-
-    def where(self, index: int) -> str:
-        part, inner = self.locate(index)
-        where = getattr(self.sources[part], "where", None)
-        return where(inner) if where else f"record {inner} of mixture part {part + 1}"
 
     def __getitem__(self, index: int):
         part, inner = self.locate(index)

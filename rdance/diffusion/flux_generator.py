@@ -144,6 +144,11 @@ class FluxGenerator:
         return {"t5": self.text.tokenize_t5(prompts, self.max_sequence_length, "warn"),
                 "clip": self.text.tokenize_clip(prompts)}
 
+    def drop_captions(self, tokens: dict, key, ids) -> dict:
+        """No caption dropout: FLUX.1-dev is guidance-distilled (one pass, no empty-caption branch)."""
+        del key, ids
+        return tokens
+
     def condition(self, model, frozen, tokens) -> dict:
         t5 = nnx.merge(self._defs["t5"], frozen["t5"])
         clip = nnx.merge(self._defs["clip"], frozen["clip"])

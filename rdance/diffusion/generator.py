@@ -57,6 +57,11 @@ class Generator(Protocol):
     def tokenize(self, prompts: Sequence[str]) -> dict[str, np.ndarray]:
         """Prompts -> integer arrays [B, ...] (host side)."""
 
+    def drop_captions(self, tokens: dict, key: jax.Array, ids: jax.Array) -> dict:
+        """Pretraining's caption dropout on a batch of tokens (rows drawn by ``ids``), for losses
+        that should train the empty caption as pretraining did; ``tokens`` unchanged where the
+        generator has no such rate."""
+
     def condition(self, model, frozen, tokens) -> dict:
         """Text conditioning of a batch."""
 

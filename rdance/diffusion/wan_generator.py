@@ -192,6 +192,11 @@ class WanGenerator:
         umt5 = nnx.merge(self._defs["umt5"], frozen["umt5"])
         return jax.lax.stop_gradient(zero_padding(umt5(tokens["ids"], tokens["mask"]), tokens["mask"]))
 
+    def drop_captions(self, tokens: dict, key, ids) -> dict:
+        """No caption dropout: rdance does not pretrain Wan and has no rate of its pretraining to repeat."""
+        del key, ids
+        return tokens
+
     def condition(self, model, frozen, tokens) -> dict:
         """UMT5 states of the prompts and, when guiding, of the negative prompt (one row, shared)."""
         cond = {"text": self._text(frozen, tokens)}

@@ -17,8 +17,8 @@ on the mesh and out of the compiled program.
   (on its own final latents) weighted by G * softmax(z / temperature) over the prompt's samples,
   z the rewards normalised per prompt (zero mean, unit std).
 - **Anchor**: the flow-matching loss on caption-image pairs, added with ``anchor_weight``; with
-  ``anchor_drop_captions`` and a generator that has a pretraining caption dropout (the world's),
-  that dropout too. Sampling uses classifier-free guidance, which subtracts the empty caption's
+  ``anchor_drop_captions``, the generator's pretraining caption dropout too (``drop_captions``;
+  the world's generators have one, FLUX and Wan return the tokens unchanged). Sampling uses classifier-free guidance, which subtracts the empty caption's
   velocity: an anchor on captioned pairs alone never trains that branch, and it drifts with the
   shared weights (docs/finetune.md has the demo's control with and without it).
 
@@ -189,7 +189,7 @@ def make_micro(gen: genlib.Generator, graphdef, reward_fn: RewardFn, s: StepSett
     def anchor_loss(model, frozen, mb, rows, key):
         x0 = gen.encode(frozen, constrain(mb["anchor_image"]))
         tokens = mb["anchor_gen"]
-        if s.anchor_drop_captions and hasattr(gen, "drop_captions"):
+        if s.anchor_drop_captions:
             tokens = gen.drop_captions(tokens, jax.random.fold_in(key, 2), rows)
         cond = gen.condition(model, frozen, tokens)
         return jnp.mean(genlib.flow_matching_loss(gen, model, cond, x0, key, rows, s.t_sampling))

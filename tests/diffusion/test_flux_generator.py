@@ -81,3 +81,4 @@ def test_refl_gradient_reaches_the_flux_transformer_and_lora(pipeline, rm_folder
              if "lora_a" not in str(path)}
     assert all(np.isfinite(v) for v in norms.values())
     assert sum(v > 0 for v in norms.values()) > len(norms) // 2, norms
+    assert gen.drop_captions(mb["gen"], jax.random.key(0), jnp.arange(2)) is mb["gen"]   # guidance-distilled

@@ -57,6 +57,8 @@ def test_open_wan_real_and_abstract_agree(opened):
     assert shapes(gen.frozen) == shapes(abstract.frozen)
     assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(abstract.frozen))
     assert set(gen.tokenize(["a cat"])) == set(abstract.tokenize(["a cat"])) == {"ids", "mask"}
+    tokens = gen.tokenize(["a cat"])             # no pretraining caption dropout to repeat in the anchor
+    assert gen.drop_captions(tokens, jax.random.key(0), np.arange(1)) is tokens
 
 
 def test_decode_and_encode_clips(opened):
